@@ -1,0 +1,17 @@
+# The two commands a new user needs:
+#   make demo   set up and run a simulated dock session end to end
+#   make test   set up and run the test suite
+.PHONY: demo test lint bench setup
+
+demo:
+	@scripts/setup.sh run
+	.venv/bin/dockd demo $(DEMO_ARGS)
+
+test:
+	@scripts/setup.sh test
+	.venv/bin/ruff check dockd tests bench
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+bench:
+	@scripts/setup.sh test
+	.venv/bin/python bench/offload.py

@@ -1,0 +1,337 @@
+"""Configuration: TOML (stdlib ``tomllib``) into frozen dataclasses.
+
+The dataclasses below are the one schema. ``load()`` reports *every* problem at once, each
+with its key path (``targets[0].path: ...``); unknown keys are errors, never ignored.
+``config.example.toml`` documents every key and is checked against this schema by a test.
+
+``for_workdir(dir)`` is the ``--workdir`` shorthand: state, staging, keys, ports and a local
+target all under one directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError
+
+DEFAULT_FILE_PATTERN = (
+    r"^(?P<serial>[A-Za-z0-9]+)_(?P<officer>[A-Za-z0-9]+)_(?P<start>\d{14})_(?P<seq>\d+)"
+    r"\.(?P<ext>[A-Za-z0-9]+)$"
+)
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+}
+
+
+class ByteSize(int):
+    """An int that TOML may spell as ``1048576`` or ``"1 MiB"``."""
+
+
+def parse_size(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 1048576 or \"1 MiB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("size must not be negative")
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    raise ValueError(f"expected a size such as 1048576 or \"1 MiB\", got {value!r}")
+
+
+@dataclass(frozen=True)
+class DockConfig:
+    id: str = "dock-01"
+    """Identifier of this docking station; written into every manifest."""
+    name: str = ""
+    ports: int = 8
+    """Number of ports (port-01 .. port-NN) the simulated/directory device source watches."""
+    timezone: str = "Asia/Shanghai"
+    """Time zone in which recorders write local times (file names, info file)."""
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    state_dir: Path = Path("/var/lib/dockd")
+    staging_dir: Path = Path("/var/lib/dockd/staging")
+    ports_dir: Path = Path("/run/dockd/ports")
+    key_file: Path = Path("/var/lib/dockd/keys/dock.key")
+    public_key_file: Path = Path("/var/lib/dockd/keys/dock.pub")
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "dockd.db"
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    ffmpeg: str = "ffmpeg"
+    ffprobe: str = "ffprobe"
+    exiftool: str = "exiftool"
+
+
+@dataclass(frozen=True)
+class OffloadConfig:
+    workers: int = 4
+    chunk_size: ByteSize = ByteSize(4 * 1024 * 1024)
+    verify_staged: bool = True
+    settle_seconds: float = 1.0
+    min_free: ByteSize = ByteSize(256 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    deadline_hours: float = 24.0
+    keep_staged: bool = False
+    retry_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str = "primary"
+    kind: str = "local"
+    path: Path = Path("/srv/dockd/target")
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    name: str = "zfy-generic"
+    match_models: tuple[str, ...] = ()
+    """Glob patterns of recorder models this profile applies to; empty: any recorder."""
+    file_pattern: str = DEFAULT_FILE_PATTERN
+    time_format: str = "%Y%m%d%H%M%S"
+    clip_dirs: tuple[str, ...] = ("DCIM", "VIDEO", "RECORD", "AUDIO", "PHOTO")
+    extensions: tuple[str, ...] = ("mp4", "mov", "avi", "ts", "wav", "mp3", "jpg")
+    info_file: str = "ZFY_INFO.INI"
+    info_encoding: str = "gbk"
+    timeset_file: str = ""
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(self.file_pattern)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    dock: DockConfig = field(default_factory=DockConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    targets: tuple[TargetConfig, ...] = (TargetConfig(),)
+    profiles: tuple[ProfileConfig, ...] = (ProfileConfig(),)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.dock.timezone)
+
+    def with_workdir(self, workdir: Path) -> Config:
+        """This configuration with state, staging, keys, ports and the local target under ``workdir``."""
+        w = Path(workdir).absolute()
+        paths = PathsConfig(
+            state_dir=w / "state",
+            staging_dir=w / "staging",
+            ports_dir=w / "ports",
+            key_file=w / "keys" / "dock.key",
+            public_key_file=w / "keys" / "dock.pub",
+        )
+        targets = tuple(
+            dataclasses.replace(t, path=w / "target") if t.kind == "local" and i == 0 else t
+            for i, t in enumerate(self.targets)
+        )
+        return dataclasses.replace(self, paths=paths, targets=targets)
+
+
+def for_workdir(workdir: Path) -> Config:
+    return Config().with_workdir(workdir)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: Path | None = None, *, workdir: Path | None = None) -> Config:
+    """Load ``path`` (or the defaults), then apply ``workdir``. Raises ConfigError with all problems."""
+    cfg = Config()
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+        cfg = from_dict(raw)
+    if workdir is not None:
+        cfg = cfg.with_workdir(workdir)
+    return cfg
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    problems: list[str] = []
+    cfg = _build(Config, raw, "", problems)
+    if not problems:
+        problems.extend(_semantic_checks(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _semantic_checks(cfg: Config) -> list[str]:
+    problems = []
+    if cfg.dock.ports < 1 or cfg.dock.ports > 99:
+        problems.append(f"dock.ports: must be between 1 and 99, got {cfg.dock.ports}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", cfg.dock.id):
+        problems.append(f"dock.id: use letters, digits, '.', '_' or '-' (got {cfg.dock.id!r})")
+    try:
+        ZoneInfo(cfg.dock.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(f"dock.timezone: unknown time zone {cfg.dock.timezone!r}")
+    if cfg.offload.workers < 1:
+        problems.append(f"offload.workers: must be at least 1, got {cfg.offload.workers}")
+    if cfg.offload.chunk_size < 4096:
+        problems.append(f"offload.chunk_size: must be at least 4 KiB, got {cfg.offload.chunk_size}")
+    if cfg.delivery.deadline_hours <= 0:
+        problems.append("delivery.deadline_hours: must be positive")
+    if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        problems.append(f"logging.level: one of DEBUG, INFO, WARNING, ERROR (got {cfg.logging.level!r})")
+    if not cfg.targets:
+        problems.append("targets: at least one storage target is needed")
+    names = [t.name for t in cfg.targets]
+    for i, t in enumerate(cfg.targets):
+        if t.kind not in {"local"}:
+            problems.append(f"targets[{i}].kind: unknown target kind {t.kind!r} (known: local)")
+        if names.count(t.name) > 1:
+            problems.append(f"targets[{i}].name: duplicate target name {t.name!r}")
+    if cfg.targets and not any(t.required for t in cfg.targets):
+        problems.append("targets: at least one target must be required = true")
+    if not cfg.profiles:
+        problems.append("profiles: at least one recorder profile is needed")
+    for i, p in enumerate(cfg.profiles):
+        try:
+            rx = re.compile(p.file_pattern)
+        except re.error as exc:
+            problems.append(f"profiles[{i}].file_pattern: not a valid regular expression: {exc}")
+        else:
+            if "start" not in rx.groupindex:
+                problems.append(f"profiles[{i}].file_pattern: needs a named group (?P<start>...)")
+        try:
+            "x".encode(p.info_encoding)
+        except LookupError:
+            problems.append(f"profiles[{i}].info_encoding: unknown encoding {p.info_encoding!r}")
+    return problems
+
+
+def _describe(tp: Any) -> str:
+    if tp is ByteSize:
+        return "a size"
+    if tp is Path:
+        return "a path (string)"
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return "a list"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"{path or '<top>'}: expected a table, got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            where = f"{path}.{key}" if path else key
+            problems.append(f"{where}: unknown key (known: {', '.join(sorted(fields))})")
+    kwargs: dict[str, Any] = {}
+    for name in fields:
+        if name not in raw:
+            continue
+        where = f"{path}.{name}" if path else name
+        value = _convert(hints[name], raw[name], where, problems)
+        if value is not _BAD:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # pragma: no cover - defensive
+        problems.append(f"{path or '<top>'}: {exc}")
+        return cls()
+
+
+_BAD = object()
+
+
+def _convert(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, problems)  # type: ignore[arg-type]
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected a list, got {type(value).__name__}")
+            return _BAD
+        items = [_convert(item_tp, v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+        return _BAD if any(i is _BAD for i in items) else tuple(items)
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported union in config schema at {where}")  # pragma: no cover
+    if tp is ByteSize:
+        try:
+            return ByteSize(parse_size(value))
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            return _BAD
+    if tp is Path:
+        if isinstance(value, str) and value:
+            return Path(value)
+        problems.append(f"{where}: expected a non-empty path string, got {value!r}")
+        return _BAD
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    problems.append(f"{where}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
+    return _BAD
+
+
+def schema_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every key path of the schema (``offload.workers``, ``targets[].path``, ...)."""
+    out: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out.extend(schema_keys(tp, key + "."))  # type: ignore[arg-type]
+        elif typing.get_origin(tp) is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            out.extend(schema_keys(typing.get_args(tp)[0], key + "[]."))
+        else:
+            out.append(key)
+    return out

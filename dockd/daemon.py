@@ -1,0 +1,264 @@
+"""The supervisor: owns the state, wires the device source to offload workers and the
+delivery worker, talks to systemd, and stops cleanly on SIGTERM.
+
+Threads at the edges, a synchronous core: the device source's observer thread only queues
+hints; this supervisor loop turns them into dockings; a bounded pool offloads ports in
+parallel; one delivery thread drains signed clips earliest-deadline-first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .delivery.base import StorageTarget
+from .delivery.local import LocalTarget
+from .devices.drivers import registry_from_config
+from .devices.watch import Docked, DirectorySource, Undocked
+from .errors import CopyError, DockdError, SigningError
+from .ingest.offload import clean_stale_partials
+from .ingest.probe import Prober
+from .integrity.keys import key_id, load_private_key, public_key_pem
+from .pipeline import Pipeline, Signer
+from .state import State
+
+log = logging.getLogger(__name__)
+
+
+def load_signer(cfg: Config) -> Signer:
+    try:
+        key = load_private_key(cfg.paths.key_file)
+    except FileNotFoundError as exc:
+        raise SigningError(f"no signing key at {cfg.paths.key_file}: run `dockd keygen` "
+                           "first") from exc
+    return Signer(private_key=key, key_id=key_id(key.public_key()),
+                  public_pem=public_key_pem(key))
+
+
+def build_targets(cfg: Config) -> list[StorageTarget]:
+    targets: list[StorageTarget] = []
+    for t in cfg.targets:
+        if t.kind == "local":
+            targets.append(LocalTarget(t.name, t.path, required=t.required))
+        else:  # pragma: no cover - config-check rejects unknown kinds
+            raise DockdError(f"target {t.name}: unknown kind {t.kind!r}")
+    return targets
+
+
+def build_pipeline(cfg: Config, state: State, prober: Prober) -> Pipeline:
+    return Pipeline(cfg, state, registry=registry_from_config(cfg), prober=prober,
+                    targets=build_targets(cfg), signer=load_signer(cfg))
+
+
+class SystemdNotifier:
+    """sd_notify(3) over $NOTIFY_SOCKET; silently inactive when not run by systemd."""
+
+    def __init__(self, address: str | None = None):
+        self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+
+    def notify(self, message: str) -> bool:
+        if not self.address:
+            return False
+        addr = self.address
+        if addr.startswith("@"):
+            addr = "\0" + addr[1:]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.connect(addr)
+                s.sendall(message.encode("utf-8"))
+            return True
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)
+            return False
+
+    def watchdog_interval(self) -> float | None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or (pid and pid != str(os.getpid())):
+            return None
+        return int(usec) / 1e6 / 2
+
+
+@dataclass
+class _PortJob:
+    root: Path
+    future: Future[Any]
+    gone: threading.Event
+
+
+class Daemon:
+    def __init__(self, cfg: Config, *, state: State | None = None,
+                 notifier: SystemdNotifier | None = None, install_signals: bool = True):
+        self.cfg = cfg
+        self._own_state = state is None
+        self.state = state or State(cfg.paths.database)
+        self.notifier = notifier or SystemdNotifier()
+        self.install_signals = install_signals
+        self.stop_event = threading.Event()
+        self.work_event = threading.Event()
+        self.ready = threading.Event()
+        self.jobs: dict[str, _PortJob] = {}
+        self.docked: dict[str, Path] = {}
+        self.retry_at: dict[str, float] = {}
+        self.source = DirectorySource(cfg.paths.ports_dir, cfg.dock.ports,
+                                      cfg.offload.settle_seconds)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def request_stop(self, *_: Any) -> None:
+        log.info("stop requested")
+        self.stop_event.set()
+        self.work_event.set()
+
+    def run(self) -> int:
+        if self.install_signals and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        cfg = self.cfg
+        cfg.paths.staging_dir.mkdir(parents=True, exist_ok=True)
+        for p in clean_stale_partials(cfg.paths.staging_dir):
+            log.info("removed stale partial copy %s", p)
+        with Prober(cfg.tools) as prober:
+            self.pipeline = build_pipeline(cfg, self.state, prober)
+            self.pipeline.resume()
+            for port in range(1, cfg.dock.ports + 1):
+                self.state.set_port(f"port-{port:02d}")
+            pool = ThreadPoolExecutor(max_workers=cfg.offload.workers,
+                                      thread_name_prefix="offload")
+            deliverer = threading.Thread(target=self._deliver_loop, name="deliver", daemon=True)
+            self.source.start()
+            deliverer.start()
+            self.notifier.notify("READY=1\nSTATUS=watching ports")
+            self.ready.set()
+            log.info("dockd %s ready: watching %s (%d ports), %d target(s)", cfg.dock.id,
+                     cfg.paths.ports_dir, cfg.dock.ports, len(self.pipeline.targets))
+            wd = self.notifier.watchdog_interval()
+            last_ping = 0.0
+            first_scan = True
+            try:
+                while not self.stop_event.is_set():
+                    for ev in self.source.poll(timeout=0.5):
+                        self._on_event(ev, pool)
+                    if first_scan:
+                        self._close_orphaned_dockings()
+                        first_scan = False
+                    self._reap_jobs(pool)
+                    if wd and time.monotonic() - last_ping >= wd:
+                        self.notifier.notify("WATCHDOG=1")
+                        last_ping = time.monotonic()
+            finally:
+                self.notifier.notify("STOPPING=1")
+                self.source.stop()
+                for job in self.jobs.values():
+                    job.gone.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                self.work_event.set()
+                deliverer.join(timeout=30)
+                if self._own_state:
+                    self.state.close()
+                log.info("dockd stopped")
+        return 0
+
+    # ------------------------------------------------------------------ device events
+
+    def _on_event(self, ev: Any, pool: ThreadPoolExecutor) -> None:
+        if isinstance(ev, Docked):
+            log.info("port %s: recorder tree appeared at %s", ev.port, ev.root)
+            self.docked[ev.port] = ev.root
+            self._submit(ev.port, ev.root, pool)
+        elif isinstance(ev, Undocked):
+            log.info("port %s: recorder removed", ev.port)
+            self.docked.pop(ev.port, None)
+            self.retry_at.pop(ev.port, None)
+            job = self.jobs.get(ev.port)
+            if job is not None:
+                job.gone.set()
+            else:
+                self._interrupt_port(ev.port)
+            self.state.set_port(ev.port, state="empty", serial=None, docking_id=None,
+                                message=None, error=None, clips_done=0, clips_total=0,
+                                bytes_done=0, bytes_total=0, rate_bps=None)
+
+    def _submit(self, port: str, root: Path, pool: ThreadPoolExecutor) -> None:
+        if port in self.jobs:
+            return
+        gone = threading.Event()
+
+        def should_stop() -> bool:
+            return gone.is_set() or self.stop_event.is_set()
+
+        def job() -> None:
+            try:
+                self.pipeline.run_docking(port, root, {}, should_stop)
+            except CopyError as exc:
+                if gone.is_set():
+                    d = self._active_docking(port)
+                    if d is not None:
+                        self.pipeline.mark_interrupted(d, f"recorder removed: {exc}")
+                        self.pipeline.finish(d)
+                elif not self.stop_event.is_set():
+                    self.retry_at[port] = time.monotonic() + self.cfg.delivery.retry_seconds
+                    raise
+            self.work_event.set()
+
+        self.jobs[port] = _PortJob(root, pool.submit(job), gone)
+
+    def _reap_jobs(self, pool: ThreadPoolExecutor) -> None:
+        for port, job in list(self.jobs.items()):
+            if not job.future.done():
+                continue
+            del self.jobs[port]
+            exc = job.future.exception()
+            if exc is not None:
+                log.error("port %s: docking failed: %s", port, exc,
+                          exc_info=not isinstance(exc, DockdError))
+                self.state.set_port(port, state="error", error=str(exc))
+        for port, when in list(self.retry_at.items()):
+            if time.monotonic() >= when and port in self.docked and port not in self.jobs:
+                del self.retry_at[port]
+                log.info("port %s: retrying offload", port)
+                self._submit(port, self.docked[port], pool)
+
+    def _active_docking(self, port: str) -> int | None:
+        row = self.state.query_one("SELECT id FROM dockings WHERE port = ? AND "
+                                   "state = 'offloading' ORDER BY id DESC LIMIT 1", (port,))
+        return row["id"] if row else None
+
+    def _interrupt_port(self, port: str) -> None:
+        d = self._active_docking(port)
+        if d is not None:
+            self.pipeline.mark_interrupted(d, "recorder removed")
+            self.pipeline.finish(d)
+            self.work_event.set()
+
+    def _close_orphaned_dockings(self) -> None:
+        """Dockings left 'offloading' by a killed daemon whose recorder is no longer there."""
+        for row in self.state.query("SELECT id, port FROM dockings WHERE state = 'offloading'"):
+            if row["port"] not in self.docked:
+                self.pipeline.mark_interrupted(row["id"], "recorder not present after restart")
+                self.pipeline.finish(row["id"])
+                self.work_event.set()
+
+    # ------------------------------------------------------------------ delivery
+
+    def _deliver_loop(self) -> None:
+        last_resume = time.monotonic()
+        while not self.stop_event.is_set():
+            self.work_event.clear()
+            try:
+                self.pipeline.deliver_pending(self.stop_event.is_set)
+                if time.monotonic() - last_resume > 30:
+                    last_resume = time.monotonic()
+                    self.pipeline.resume()  # dockings a failed job left half-checked
+            except Exception:  # keep the delivery thread alive; the error is in state/logs
+                log.exception("delivery pass failed")
+            self.work_event.wait(timeout=1.0)

@@ -1,0 +1,602 @@
+"""One docking's path through dockd: identify → register → offload → probe → check → sign,
+and the delivery step that drains signed clips to every storage target.
+
+Each step reads the clips in the state it handles and moves each one along one edge in one
+transaction, so a process killed anywhere resumes by simply running the steps again.
+Domain decisions (what a clip's times are, which findings apply) live in pure helpers in
+:mod:`dockd.integrity.checks`; this module is the thin orchestration around them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ProfileConfig
+from .delivery.base import StorageTarget
+from .delivery.layout import MANIFEST_NAME, SIGNATURE_NAME, clip_key, docking_prefix, key_path
+from .devices.drivers import DriverRegistry
+from .errors import (
+    CopyError,
+    DeliveryError,
+    DockdError,
+    ProbeError,
+    RecorderGone,
+    StagingFull,
+    TransitionError,
+)
+from .ingest.offload import copy_clip, hash_file
+from .ingest.probe import Prober
+from .ingest.scan import scan_recorder
+from .integrity import checks
+from .integrity.manifest import build_manifest, canonical_bytes, manifest_sha256, sign_manifest
+from .lifecycle import deadline_for, retry_delay
+from .model import ClipEntry, Finding, RecorderSnapshot
+from .state import State, dumps, iso, parse_iso
+
+log = logging.getLogger(__name__)
+
+StopFn = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class Signer:
+    """The dock's signing identity. The private key object never leaves this process."""
+
+    private_key: Any
+    key_id: str
+    public_pem: bytes
+
+
+@dataclass
+class DockingOutcome:
+    docking_id: int
+    copied: int = 0
+    skipped_known: int = 0
+    interrupted: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, cfg: Config, state: State, *, registry: DriverRegistry, prober: Prober,
+                 targets: Sequence[StorageTarget], signer: Signer):
+        self.cfg = cfg
+        self.state = state
+        self.registry = registry
+        self.prober = prober
+        self.targets = list(targets)
+        self.signer = signer
+        self._sign_lock = threading.Lock()
+        self._probe_lock = threading.Lock()  # one exiftool process: one request at a time
+        self._finishing: set[int] = set()
+        self._finishing_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ helpers
+
+    def profile(self, name: str) -> ProfileConfig:
+        for p in self.cfg.profiles:
+            if p.name == name:
+                return p
+        return self.cfg.profiles[0]
+
+    def profile_for(self, snap: RecorderSnapshot) -> ProfileConfig:
+        model = snap.identity.model
+        for p in self.cfg.profiles:
+            if p.name == snap.profile:
+                return p
+        for p in self.cfg.profiles:
+            if any(fnmatch.fnmatch(model, g) for g in p.match_models):
+                return p
+        return self.cfg.profiles[0]
+
+    def staging_dir(self, docking_id: int) -> Path:
+        return self.cfg.paths.staging_dir / f"docking-{docking_id:06d}"
+
+    def _port_msg(self, port: str, **fields: Any) -> None:
+        self.state.set_port(port, **fields)
+
+    # ------------------------------------------------------------------ 1. identify + register
+
+    def begin_docking(self, port: str, root: Path, hints: Mapping[str, str] | None = None
+                      ) -> tuple[int, list[tuple[ClipEntry, dict[str, Any]]]]:
+        """Identify the recorder at ``root`` and register its clips. Returns the docking id and
+        the clips that look already handled (same recorder, path and size) for the offload step
+        to confirm by hash."""
+        hints = dict(hints or {})
+        now = self.state.clock()
+        driver = self.registry.select(root, hints)
+        snap = driver.snapshot(root, hints, now=now)
+        ident, health = snap.identity, snap.health
+        profile = self.profile_for(snap)
+        log.info("port %s serial %s: recorder docked (officer %s, driver %s, profile %s, "
+                 "clock offset %s s)", port, ident.serial, ident.officer_no, snap.driver,
+                 profile.name, health.clock_offset_s)
+        self._port_msg(port, state="identifying", serial=ident.serial, error=None,
+                       message="identifying recorder")
+        snapshot_doc = checks.snapshot_doc(snap)
+        with self.state.tx() as conn:
+            conn.execute(
+                "INSERT INTO recorders (serial, first_seen) VALUES (?, ?) "
+                "ON CONFLICT(serial) DO NOTHING", (ident.serial, iso(now)))
+            conn.execute(
+                "UPDATE recorders SET officer_no=?, officer_name=?, unit_no=?, unit_name=?, "
+                "vendor=?, model=?, firmware=?, last_seen=?, last_port=?, last_battery=?, "
+                "last_clock_offset_s=?, last_storage_total=?, last_storage_free=? WHERE serial=?",
+                (ident.officer_no, ident.officer_name, ident.unit_no, ident.unit_name,
+                 ident.vendor, ident.model, health.firmware, iso(now), port,
+                 health.battery_percent, health.clock_offset_s, health.storage_total,
+                 health.storage_free, ident.serial))
+            active = conn.execute(
+                "SELECT id, port FROM dockings WHERE serial = ? AND state = 'offloading' "
+                "ORDER BY id", (ident.serial,)).fetchall()
+            docking_id = None
+            for row in active:
+                if row["port"] == port and docking_id is None:
+                    docking_id = row["id"]  # same recorder, same port: the daemon restarted
+                else:
+                    self.state._advance_docking(conn, row["id"], "offloading", "interrupted",
+                                                {"undocked_at": iso(now)})
+            if docking_id is None:
+                cur = conn.execute(
+                    "INSERT INTO dockings (serial, port, dock_id, root, state, docked_at, "
+                    "deadline_at, driver, profile, snapshot, findings, clock_offset_s, "
+                    "skipped_known) VALUES (?, ?, ?, ?, 'offloading', ?, ?, ?, ?, ?, '[]', ?, 0)",
+                    (ident.serial, port, self.cfg.dock.id, str(root), iso(now),
+                     iso(deadline_for(now, self.cfg.delivery.deadline_hours)), snap.driver,
+                     profile.name, dumps(snapshot_doc), health.clock_offset_s))
+                docking_id = int(cur.lastrowid or 0)
+                self.state.audit("docked", f"docking/{docking_id}",
+                                 {"port": port, "serial": ident.serial,
+                                  "clock_offset_s": health.clock_offset_s}, conn=conn)
+            else:
+                conn.execute("UPDATE dockings SET root = ? WHERE id = ?", (str(root), docking_id))
+                log.info("port %s serial %s: resuming docking %d", port, ident.serial, docking_id)
+        scan = scan_recorder(root, profile)
+        known = self._register_clips(docking_id, ident.serial, scan.entries, scan.findings)
+        return docking_id, known
+
+    def _register_clips(self, docking_id: int, serial: str, entries: Sequence[ClipEntry],
+                        scan_findings: Sequence[Finding]
+                        ) -> list[tuple[ClipEntry, dict[str, Any]]]:
+        known: list[tuple[ClipEntry, dict[str, Any]]] = []
+        now = self.state.now()
+        with self.state.tx() as conn:
+            docking = conn.execute("SELECT * FROM dockings WHERE id = ?", (docking_id,)).fetchone()
+            conn.execute("UPDATE dockings SET findings = ? WHERE id = ?",
+                         (dumps([f.as_dict() for f in scan_findings]), docking_id))
+            for e in entries:
+                rows = conn.execute(
+                    "SELECT * FROM clips WHERE serial = ? AND rel_path = ? AND size = ? "
+                    "ORDER BY id DESC", (serial, e.rel_path, e.size)).fetchall()
+                mine = [r for r in rows if r["docking_id"] == docking_id]
+                if mine:
+                    continue  # already registered in this docking (resumed)
+                pending = [r for r in rows if r["state"] == "discovered"]
+                handled = [r for r in rows if r["state"] != "discovered"]
+                if pending:
+                    # Left uncopied by an earlier docking that was interrupted: continue it
+                    # here, keeping the deadline of the docking that first saw it (R3).
+                    conn.execute("UPDATE clips SET docking_id = ?, safe_name = ?, mtime = ?, "
+                                 "updated_at = ? WHERE id = ?",
+                                 (docking_id, e.safe_name, e.mtime, now, pending[0]["id"]))
+                    continue
+                if handled:
+                    known.append((e, dict(handled[0])))
+                    continue
+                self._insert_clip(conn, docking_id, serial, e, docking["deadline_at"], now)
+            total = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM clips "
+                                 "WHERE docking_id = ?", (docking_id,)).fetchone()
+            conn.execute("UPDATE dockings SET clips_total = ?, bytes_total = ? WHERE id = ?",
+                         (total[0], total[1], docking_id))
+        return known
+
+    def _insert_clip(self, conn: Any, docking_id: int, serial: str, e: ClipEntry,
+                     deadline: str, now: str, extra_findings: Sequence[Finding] = ()) -> int:
+        findings = [f.as_dict() for f in (*e.findings, *extra_findings)]
+        cur = conn.execute(
+            "INSERT INTO clips (docking_id, first_docking_id, serial, rel_path, safe_name, size, "
+            "mtime, state, findings, deadline_at, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'discovered', ?, ?, ?, ?)",
+            (docking_id, docking_id, serial, e.rel_path, e.safe_name, e.size, e.mtime,
+             dumps(findings), deadline, now, now))
+        return int(cur.lastrowid or 0)
+
+    # ------------------------------------------------------------------ 2. offload
+
+    def offload(self, docking_id: int, root: Path,
+                known: Sequence[tuple[ClipEntry, dict[str, Any]]] = (),
+                should_stop: StopFn = _never) -> DockingOutcome:
+        d = self.state.docking(docking_id)
+        port, serial = d["port"], d["serial"]
+        out = DockingOutcome(docking_id)
+        chunk = self.cfg.offload.chunk_size
+        try:
+            for entry, prior in known:
+                if should_stop():
+                    raise CopyError("stopped")
+                size, digest = hash_file(_inside(root, entry.rel_path), chunk)
+                if size == prior["size"] and digest == prior["sha256"]:
+                    out.skipped_known += 1
+                    continue
+                log.warning("port %s serial %s: %s differs from the copy handled in docking %s "
+                            "(sha256 %s vs %s): copying it as a new clip", port, serial,
+                            entry.safe_name, prior["docking_id"], digest, prior["sha256"])
+                finding = Finding("changed_since_copy", "warning",
+                                  "file on the recorder differs from an earlier copy with the "
+                                  "same name and size", {"earlier_clip": prior["id"],
+                                                         "earlier_sha256": prior["sha256"]})
+                with self.state.tx() as conn:
+                    exists = conn.execute("SELECT 1 FROM clips WHERE docking_id = ? AND "
+                                          "rel_path = ?", (docking_id, entry.rel_path)).fetchone()
+                    if not exists:
+                        self._insert_clip(conn, docking_id, serial, entry, d["deadline_at"],
+                                          self.state.now(), (finding,))
+            if out.skipped_known:
+                with self.state.tx() as conn:
+                    conn.execute("UPDATE dockings SET skipped_known = ? WHERE id = ?",
+                                 (out.skipped_known, docking_id))
+            pending = self.state.clips_of(docking_id, "discovered")
+            done = self.state.query(
+                "SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM clips "
+                "WHERE docking_id = ? AND state != 'discovered'", (docking_id,))[0]
+            total_n = done["n"] + len(pending)
+            total_b = done["b"] + sum(c["size"] for c in pending)
+            bytes_done = done["b"]
+            started = time.monotonic()
+            copied_bytes = 0
+            self._port_msg(port, state="copying", docking_id=docking_id, serial=serial,
+                           clips_done=done["n"], clips_total=total_n, bytes_done=bytes_done,
+                           bytes_total=total_b, message="copying")
+            staging = self.staging_dir(docking_id)
+            staging.mkdir(parents=True, exist_ok=True)
+            last_report = [0.0]
+
+            for i, c in enumerate(pending):
+                entry = ClipEntry(c["rel_path"], c["safe_name"], c["size"], c["mtime"])
+                base = bytes_done
+
+                def progress(n: int, base: int = base) -> None:
+                    now_m = time.monotonic()
+                    if now_m - last_report[0] >= 0.5:
+                        last_report[0] = now_m
+                        rate = (copied_bytes + n - (base - bytes_done)) / max(1e-3, now_m - started)
+                        self._port_msg(port, bytes_done=base + n, rate_bps=rate)
+
+                res = copy_clip(root, entry, staging, chunk_size=chunk,
+                                verify=self.cfg.offload.verify_staged,
+                                min_free=self.cfg.offload.min_free,
+                                progress=progress, should_stop=should_stop)
+                self.state.advance_clip(c["id"], "discovered", "copied", sha256=res.sha256,
+                                        size=res.size, staged_path=str(res.staged_path),
+                                        copied_at=self.state.now())
+                out.copied += 1
+                bytes_done += res.size
+                copied_bytes += res.size
+                rate = copied_bytes / max(1e-3, time.monotonic() - started)
+                self._port_msg(port, clips_done=done["n"] + i + 1, bytes_done=bytes_done,
+                               rate_bps=rate)
+                log.info("port %s serial %s: copied %s (%d bytes, sha256 %s)", port, serial,
+                         c["safe_name"], res.size, res.sha256)
+        except RecorderGone as exc:
+            log.warning("port %s serial %s: recorder gone during offload: %s", port, serial, exc)
+            out.interrupted = True
+            out.errors.append(str(exc))
+            self.mark_interrupted(docking_id, f"recorder removed during copy: {exc}")
+            return out
+        except (StagingFull, CopyError) as exc:
+            log.error("port %s serial %s: offload stopped: %s", port, serial, exc)
+            out.errors.append(str(exc))
+            self._port_msg(port, state="error", error=str(exc))
+            raise
+        with self.state.tx() as conn:
+            left = conn.execute("SELECT count(*) FROM clips WHERE docking_id = ? AND "
+                                "state = 'discovered'", (docking_id,)).fetchone()[0]
+            cur = conn.execute("SELECT state FROM dockings WHERE id = ?", (docking_id,)).fetchone()
+            if left == 0 and cur["state"] == "offloading":
+                self.state._advance_docking(conn, docking_id, "offloading", "offloaded", {})
+        return out
+
+    def mark_interrupted(self, docking_id: int, why: str) -> None:
+        with self.state.tx() as conn:
+            cur = conn.execute("SELECT state, port FROM dockings WHERE id = ?",
+                               (docking_id,)).fetchone()
+            if cur is None or cur["state"] != "offloading":
+                return
+            left = conn.execute("SELECT count(*) FROM clips WHERE docking_id = ? AND "
+                                "state = 'discovered'", (docking_id,)).fetchone()[0]
+            new = "interrupted" if left else "offloaded"
+            self.state._advance_docking(conn, docking_id, "offloading", new,
+                                        {"undocked_at": self.state.now(), "error": why})
+            self.state.audit("undocked", f"docking/{docking_id}",
+                             {"port": cur["port"], "uncopied": left, "why": why}, conn=conn)
+
+    # ------------------------------------------------------------------ 3. probe + check
+
+    def process(self, docking_id: int) -> None:
+        d = self.state.docking(docking_id)
+        port, serial = d["port"], d["serial"]
+        profile = self.profile(d["profile"])
+        tz = self.cfg.tz
+        offset = d["clock_offset_s"]
+        for c in self.state.clips_of(docking_id, "copied"):
+            self._port_msg(port, state="checking", message=f"checking {c['safe_name']}")
+            try:
+                with self._probe_lock:
+                    probe = self.prober.probe(Path(c["staged_path"]))
+            except ProbeError as exc:
+                # Tools missing altogether: not the clip's fault, keep it at 'copied' and retry.
+                self.state.clip_error(c["id"], str(exc))
+                log.error("port %s serial %s: cannot probe %s: %s", port, serial,
+                          c["safe_name"], exc)
+                raise
+            times = checks.clip_times(c["rel_path"], probe, profile, tz, offset, c["mtime"])
+            findings = checks.probe_findings(probe)
+            if not probe.ok:
+                log.warning("port %s serial %s: %s could not be parsed (%s); kept and flagged",
+                            port, serial, c["safe_name"], probe.error)
+            self.state.advance_clip(
+                c["id"], "copied", "probed", probe=dumps(probe.summary()),
+                start_recorded=times.start_recorded, start_utc=iso(times.start_utc),
+                duration_s=times.duration_s,
+                findings=dumps(_json_list(c["findings"]) + [f.as_dict() for f in findings]))
+        for c in self.state.clips_of(docking_id, "probed"):
+            findings = checks.clip_findings(c, serial, profile)
+            self.state.advance_clip(
+                c["id"], "probed", "checked",
+                findings=dumps(_json_list(c["findings"]) + [f.as_dict() for f in findings]))
+
+    # ------------------------------------------------------------------ 4. sign
+
+    def ready_to_sign(self, docking_id: int) -> bool:
+        d = self.state.docking(docking_id)
+        if d["state"] not in ("offloaded", "interrupted"):
+            return False
+        busy = self.state.query_one(
+            "SELECT count(*) AS n FROM clips WHERE docking_id = ? AND state IN "
+            "('copied', 'probed')", (docking_id,))
+        return bool(busy) and busy["n"] == 0
+
+    def sign(self, docking_id: int) -> str:
+        """Build, sign and store the docking's manifest; all its checked clips become signed."""
+        with self._sign_lock, self.state.tx() as conn:
+            d = dict(conn.execute("SELECT * FROM dockings WHERE id = ?", (docking_id,)).fetchone())
+            if d["state"] == "signed" or d["state"] == "delivered":
+                row = conn.execute("SELECT sha256 FROM manifests WHERE docking_id = ?",
+                                   (docking_id,)).fetchone()
+                return str(row["sha256"])
+            clips = [dict(r) for r in conn.execute(
+                "SELECT * FROM clips WHERE docking_id = ? ORDER BY rel_path", (docking_id,))]
+            if any(c["state"] in ("copied", "probed") for c in clips):
+                raise TransitionError(f"docking {docking_id}: clips still being checked")
+            checked = [c for c in clips if c["state"] == "checked"]
+            not_copied = [c for c in clips if c["state"] == "discovered"]
+            prev = conn.execute("SELECT sha256 FROM manifests WHERE dock_id = ? "
+                                "ORDER BY id DESC LIMIT 1", (self.cfg.dock.id,)).fetchone()
+            now = self.state.clock()
+            snap = checks.snapshot_from_doc(json_obj(d["snapshot"]))
+            docked_at = parse_iso(d["docked_at"])
+            assert docked_at is not None
+            prefix = docking_prefix(snap.identity, docked_at, self.cfg.dock.id, d["port"],
+                                    docking_id)
+            extra: dict[str, Any] = {
+                "interrupted": d["state"] == "interrupted",
+                "not_copied": [c["safe_name"] for c in not_copied],
+                "skipped_already_delivered": d["skipped_known"] or 0,
+                "deadline_at": d["deadline_at"],
+                "profile": d["profile"], "driver": d["driver"],
+            }
+            manifest = build_manifest(
+                dock_id=self.cfg.dock.id, port=d["port"], docking_id=docking_id,
+                docked_at=docked_at, recorder=snap.identity, health=snap.health,
+                clips=[checks.manifest_clip(c) for c in checked],
+                findings=[checks.finding_from_dict(f) for f in json_obj(d["findings"])],
+                prev_manifest_sha256=prev["sha256"] if prev else None,
+                key_id=self.signer.key_id, created_at=now, extra=extra)
+            body = canonical_bytes(manifest)
+            digest = manifest_sha256(body)
+            sig = sign_manifest(body, self.signer.private_key)
+            cur = conn.execute(
+                "INSERT INTO manifests (docking_id, dock_id, sha256, prev_sha256, key_id, prefix, "
+                "created_at, manifest, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (docking_id, self.cfg.dock.id, digest, prev["sha256"] if prev else None,
+                 self.signer.key_id, prefix, iso(now), body, sig))
+            manifest_id = cur.lastrowid
+            for c in checked:
+                self.state._advance_clip(conn, c["id"], "checked", "signed", {})
+                for t in self.targets:
+                    conn.execute("INSERT OR IGNORE INTO deliveries (clip_id, target, state, key) "
+                                 "VALUES (?, ?, 'pending', ?)",
+                                 (c["id"], t.name, clip_key(prefix, c["safe_name"])))
+            for t in self.targets:
+                conn.execute("INSERT OR IGNORE INTO manifest_deliveries (manifest_id, target, "
+                             "state) VALUES (?, ?, 'pending')", (manifest_id, t.name))
+            self.state._advance_docking(conn, docking_id, d["state"], "signed",
+                                        {"prefix": prefix, "signed_at": iso(now)})
+            self.state.audit("signed", f"docking/{docking_id}",
+                             {"manifest_sha256": digest, "clips": len(checked),
+                              "key_id": self.signer.key_id}, conn=conn)
+        log.info("port %s serial %s: docking %d signed (%d clips, manifest %s)", d["port"],
+                 d["serial"], docking_id, len(checked), digest)
+        self._port_msg(d["port"], state="done", message="copied and signed; delivering")
+        return digest
+
+    # ------------------------------------------------------------------ 5. deliver
+
+    def deliver_pending(self, should_stop: StopFn = _never, *, ignore_backoff: bool = False
+                        ) -> int:
+        """Deliver what is due, earliest deadline first. Returns how many items landed."""
+        landed = 0
+        now = self.state.now()
+        due = "" if ignore_backoff else "AND (d.next_try_at IS NULL OR d.next_try_at <= :now)"
+        rows = self.state.query(
+            "SELECT d.clip_id, d.target, d.key, c.staged_path, c.sha256, c.size, c.docking_id, "
+            "c.safe_name FROM deliveries d JOIN clips c ON c.id = d.clip_id "
+            f"WHERE d.state = 'pending' AND c.state = 'signed' {due} "
+            "ORDER BY c.deadline_at, c.id", {"now": now})
+        targets = {t.name: t for t in self.targets}
+        for r in rows:
+            if should_stop():
+                return landed
+            target = targets.get(r["target"])
+            if target is None:
+                continue
+            try:
+                target.put_file(Path(r["staged_path"]), r["key"], sha256=r["sha256"],
+                                size=r["size"])
+                if not target.verify(r["key"], sha256=r["sha256"], size=r["size"]):
+                    raise DeliveryError(f"{target.name}: {r['key']}: copy on target does not "
+                                        "match after upload", retry=True)
+            except (DeliveryError, OSError) as exc:
+                self._delivery_failed("deliveries", "clip_id", r["clip_id"], target, exc)
+                continue
+            landed += 1
+            self._clip_landed(r["clip_id"], target.name)
+        for m in self.state.query(
+                "SELECT m.id, m.docking_id, m.prefix, m.manifest, m.signature, m.key_id, "
+                "md.target FROM manifest_deliveries md JOIN manifests m ON m.id = md.manifest_id "
+                f"WHERE md.state = 'pending' {due.replace('d.', 'md.')} ORDER BY m.id",
+                {"now": now}):
+            target = targets.get(m["target"])
+            if target is None or should_stop():
+                continue
+            waiting = self.state.query_one(
+                "SELECT count(*) AS n FROM deliveries dl JOIN clips c ON c.id = dl.clip_id "
+                "WHERE c.docking_id = ? AND dl.target = ? AND dl.state != 'delivered'",
+                (m["docking_id"], target.name))
+            if waiting and waiting["n"]:
+                continue  # the manifest goes last: it is the docking's commit marker
+            try:
+                target.put_bytes(self.signer.public_pem, key_path(m["key_id"]))
+                target.put_bytes(bytes(m["manifest"]), f"{m['prefix']}/{MANIFEST_NAME}")
+                target.put_bytes(bytes(m["signature"]), f"{m['prefix']}/{SIGNATURE_NAME}")
+            except (DeliveryError, OSError) as exc:
+                self._delivery_failed("manifest_deliveries", "manifest_id", m["id"], target, exc)
+                continue
+            landed += 1
+            self._manifest_landed(m["id"], m["docking_id"], target.name)
+        return landed
+
+    def _clip_landed(self, clip_id: int, target: str) -> None:
+        required = {t.name for t in self.targets if t.required}
+        with self.state.tx() as conn:
+            conn.execute("UPDATE deliveries SET state = 'delivered', verified_at = ?, "
+                         "last_error = NULL WHERE clip_id = ? AND target = ?",
+                         (self.state.now(), clip_id, target))
+            have = {r["target"] for r in conn.execute(
+                "SELECT target FROM deliveries WHERE clip_id = ? AND state = 'delivered'",
+                (clip_id,))}
+            if required <= have:
+                self.state._advance_clip(conn, clip_id, "signed", "delivered",
+                                         {"delivered_at": self.state.now()})
+        log.info("clip %d verified on %s", clip_id, target)
+
+    def _manifest_landed(self, manifest_id: int, docking_id: int, target: str) -> None:
+        required = {t.name for t in self.targets if t.required}
+        with self.state.tx() as conn:
+            conn.execute("UPDATE manifest_deliveries SET state = 'delivered', verified_at = ?, "
+                         "last_error = NULL WHERE manifest_id = ? AND target = ?",
+                         (self.state.now(), manifest_id, target))
+            have = {r["target"] for r in conn.execute(
+                "SELECT target FROM manifest_deliveries WHERE manifest_id = ? AND "
+                "state = 'delivered'", (manifest_id,))}
+            undelivered = conn.execute(
+                "SELECT count(*) FROM clips WHERE docking_id = ? AND state = 'signed'",
+                (docking_id,)).fetchone()[0]
+            d = conn.execute("SELECT state, port, serial FROM dockings WHERE id = ?",
+                             (docking_id,)).fetchone()
+            finished = required <= have and undelivered == 0 and d["state"] == "signed"
+            if finished:
+                self.state._advance_docking(conn, docking_id, "signed", "delivered",
+                                            {"delivered_at": self.state.now()})
+                self.state.audit("delivered", f"docking/{docking_id}",
+                                 {"targets": sorted(have)}, conn=conn)
+        if finished:
+            log.info("port %s serial %s: docking %d delivered and verified on %s", d["port"],
+                     d["serial"], docking_id, ", ".join(sorted(have)))
+            if not self.cfg.delivery.keep_staged:
+                shutil.rmtree(self.staging_dir(docking_id), ignore_errors=True)
+
+    def _delivery_failed(self, table: str, idcol: str, ident: int, target: StorageTarget,
+                         exc: BaseException) -> None:
+        retry = getattr(exc, "retry", True)
+        row = self.state.query_one(f"SELECT attempts FROM {table} WHERE {idcol} = ? AND "
+                                   "target = ?", (ident, target.name))
+        attempts = (row["attempts"] if row else 0) + 1
+        delay = retry_delay(attempts, self.cfg.delivery.retry_seconds)
+        next_try = datetime.fromtimestamp(self.state.clock().timestamp() + delay,
+                                          tz=self.state.clock().tzinfo)
+        with self.state.tx() as conn:
+            conn.execute(f"UPDATE {table} SET attempts = ?, last_error = ?, next_try_at = ?, "
+                         f"state = ? WHERE {idcol} = ? AND target = ?",
+                         (attempts, str(exc), iso(next_try), "pending" if retry else "failed",
+                          ident, target.name))
+            if not retry:
+                self.state.audit("delivery_failed", f"{table}/{ident}",
+                                 {"target": target.name, "error": str(exc)}, conn=conn)
+        level = logging.WARNING if retry else logging.ERROR
+        log.log(level, "delivery of %s %d to %s failed (attempt %d, %s): %s", idcol, ident,
+                target.name, attempts, "will retry" if retry else "permanent, not retrying", exc)
+
+    # ------------------------------------------------------------------ whole docking
+
+    def run_docking(self, port: str, root: Path, hints: Mapping[str, str] | None = None,
+                    should_stop: StopFn = _never) -> DockingOutcome:
+        docking_id, known = self.begin_docking(port, root, hints)
+        out = self.offload(docking_id, root, known, should_stop)
+        self.finish(docking_id)
+        return out
+
+    def finish(self, docking_id: int) -> bool:
+        """Probe, check and sign whatever of the docking is copied (idempotent). Returns False
+        when another thread is already finishing this docking."""
+        with self._finishing_lock:
+            if docking_id in self._finishing:
+                return False
+            self._finishing.add(docking_id)
+        try:
+            self.process(docking_id)
+            if self.ready_to_sign(docking_id):
+                self.sign(docking_id)
+            return True
+        finally:
+            with self._finishing_lock:
+                self._finishing.discard(docking_id)
+
+    def resume(self) -> list[int]:
+        """At start-up: carry every docking whose recorder is no longer needed forward."""
+        resumed = []
+        for d in self.state.query("SELECT id, state FROM dockings WHERE state IN "
+                                  "('offloaded', 'interrupted') ORDER BY id"):
+            try:
+                self.finish(d["id"])
+                resumed.append(d["id"])
+            except DockdError as exc:
+                log.error("docking %d: cannot finish yet: %s", d["id"], exc)
+        return resumed
+
+
+def _inside(root: Path, rel_path: str) -> Path:
+    return root / rel_path
+
+
+def json_obj(text: str | None) -> Any:
+    import json
+
+    return json.loads(text) if text else []
+
+
+def _json_list(text: str | None) -> list[Any]:
+    value = json_obj(text)
+    return list(value) if isinstance(value, list) else []

@@ -1,0 +1,318 @@
+"""Durable state: SQLite (WAL) through sqlite-utils, schema migrations, atomic transitions.
+
+One ``State`` object per process owns one connection; every write goes through
+:meth:`State.tx`, which holds a lock and an ``BEGIN IMMEDIATE`` transaction, so each
+state transition is exactly one transaction. A process killed at any moment leaves every
+clip in its last committed state; the daemon resumes from there.
+
+Read-only views (``dockd status`` in another process) open the same file with
+:func:`open_readonly`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .errors import StateError, TransitionError
+from .lifecycle import check_clip_edge, check_docking_edge
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime given to state layer")
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db["ports"].create({
+        "port": str, "dock_id": str, "state": str, "serial": str, "docking_id": int,
+        "clips_done": int, "clips_total": int, "bytes_done": int, "bytes_total": int,
+        "rate_bps": float, "message": str, "error": str, "updated_at": str,
+    }, pk="port", not_null={"state"}, defaults={"state": "empty", "clips_done": 0,
+                                                  "clips_total": 0, "bytes_done": 0,
+                                                  "bytes_total": 0})
+    db["recorders"].create({
+        "serial": str, "officer_no": str, "officer_name": str, "unit_no": str,
+        "unit_name": str, "vendor": str, "model": str, "firmware": str,
+        "first_seen": str, "last_seen": str, "last_port": str, "last_battery": int,
+        "last_clock_offset_s": float, "last_storage_total": int, "last_storage_free": int,
+    }, pk="serial")
+    db["dockings"].create({
+        "id": int, "serial": str, "port": str, "dock_id": str, "root": str,
+        "state": str, "docked_at": str, "undocked_at": str, "deadline_at": str,
+        "driver": str, "profile": str, "snapshot": str, "findings": str,
+        "clock_offset_s": float, "clips_total": int, "bytes_total": int,
+        "skipped_known": int, "prefix": str, "error": str,
+        "signed_at": str, "delivered_at": str,
+    }, pk="id", not_null={"serial", "port", "state", "docked_at"},
+        foreign_keys=[("serial", "recorders", "serial")])
+    db["clips"].create({
+        "id": int, "docking_id": int, "first_docking_id": int, "serial": str,
+        "rel_path": str, "safe_name": str, "size": int, "mtime": float,
+        "state": str, "sha256": str, "staged_path": str, "probe": str, "findings": str,
+        "start_recorded": str, "start_utc": str, "duration_s": float,
+        "deadline_at": str, "error": str, "attempts": int,
+        "created_at": str, "updated_at": str, "copied_at": str, "delivered_at": str,
+    }, pk="id", not_null={"docking_id", "serial", "rel_path", "safe_name", "state"},
+        defaults={"attempts": 0},
+        foreign_keys=[("docking_id", "dockings", "id")])
+    db["clips"].create_index(["docking_id", "safe_name"], unique=True)
+    db["clips"].create_index(["serial", "rel_path"])
+    db["clips"].create_index(["state", "deadline_at"])
+    db["deliveries"].create({
+        "clip_id": int, "target": str, "state": str, "key": str, "attempts": int,
+        "last_error": str, "next_try_at": str, "verified_at": str,
+    }, pk=("clip_id", "target"), defaults={"attempts": 0},
+        foreign_keys=[("clip_id", "clips", "id")])
+    db["manifests"].create({
+        "id": int, "docking_id": int, "dock_id": str, "sha256": str, "prev_sha256": str,
+        "key_id": str, "prefix": str, "created_at": str, "manifest": bytes,
+        "signature": bytes,
+    }, pk="id", not_null={"docking_id", "sha256", "manifest", "signature"})
+    db["manifests"].create_index(["docking_id"], unique=True)
+    db["manifests"].create_index(["sha256"], unique=True)
+    db["manifest_deliveries"].create({
+        "manifest_id": int, "target": str, "state": str, "attempts": int,
+        "last_error": str, "next_try_at": str, "verified_at": str,
+    }, pk=("manifest_id", "target"), defaults={"attempts": 0})
+    db["audit"].create({
+        "id": int, "ts": str, "actor": str, "action": str, "subject": str,
+        "detail": str, "prev_hash": str, "hash": str,
+    }, pk="id")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class State:
+    """The daemon's durable state. Thread-safe: one connection, one lock, short transactions."""
+
+    def __init__(self, path: Path | str, *, clock: Callable[[], datetime] = utcnow):
+        self.path = Path(path)
+        self.clock = clock
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                               timeout=30.0)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA busy_timeout = 30000")
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        if str(path) != ":memory:":
+            self.db.enable_wal()
+        conn.execute("PRAGMA synchronous = FULL")
+        self._migrate()
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One atomic transaction (BEGIN IMMEDIATE ... COMMIT), serialised across threads."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
+
+    def query_one(self, sql: str, params: tuple | dict = ()) -> dict[str, Any] | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def now(self) -> str:
+        return iso(self.clock()) or ""
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"{self.path}: database schema version {version} is newer than this dockd "
+                    f"understands ({SCHEMA_VERSION}); upgrade dockd")
+            for number in range(version, SCHEMA_VERSION):
+                log.info("migrating state database %s to schema version %d", self.path, number + 1)
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    MIGRATIONS[number](self.db)
+                    self.conn.execute(f"PRAGMA user_version = {number + 1}")
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                self.conn.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- clip transitions ----------------------------------------------------------
+
+    def advance_clip(self, clip_id: int, old: str, new: str, **fields: Any) -> None:
+        """Move one clip along one edge, with the columns that go with it, in one transaction."""
+        check_clip_edge(old, new)
+        with self.tx() as conn:
+            self._advance_clip(conn, clip_id, old, new, fields)
+
+    def _advance_clip(self, conn: sqlite3.Connection, clip_id: int, old: str, new: str,
+                      fields: dict[str, Any]) -> None:
+        check_clip_edge(old, new)
+        cols = {**fields, "state": new, "updated_at": self.now(), "error": None}
+        sets = ", ".join(f"{k} = ?" for k in cols)
+        cur = conn.execute(f"UPDATE clips SET {sets} WHERE id = ? AND state = ?",
+                           (*cols.values(), clip_id, old))
+        if cur.rowcount != 1:
+            row = conn.execute("SELECT state FROM clips WHERE id = ?", (clip_id,)).fetchone()
+            now_state = row["state"] if row else "missing"
+            raise TransitionError(f"clip {clip_id}: expected state {old!r}, found {now_state!r}")
+
+    def clip_error(self, clip_id: int, message: str) -> None:
+        with self.tx() as conn:
+            conn.execute("UPDATE clips SET error = ?, attempts = attempts + 1, updated_at = ? "
+                         "WHERE id = ?", (message, self.now(), clip_id))
+
+    def advance_docking(self, docking_id: int, old: str, new: str, **fields: Any) -> None:
+        check_docking_edge(old, new)
+        with self.tx() as conn:
+            self._advance_docking(conn, docking_id, old, new, fields)
+
+    def _advance_docking(self, conn: sqlite3.Connection, docking_id: int, old: str, new: str,
+                         fields: dict[str, Any]) -> None:
+        check_docking_edge(old, new)
+        cols = {**fields, "state": new}
+        sets = ", ".join(f"{k} = ?" for k in cols)
+        cur = conn.execute(f"UPDATE dockings SET {sets} WHERE id = ? AND state = ?",
+                           (*cols.values(), docking_id, old))
+        if cur.rowcount != 1:
+            row = conn.execute("SELECT state FROM dockings WHERE id = ?", (docking_id,)).fetchone()
+            raise TransitionError(f"docking {docking_id}: expected state {old!r}, found "
+                                  f"{row['state'] if row else 'missing'!r}")
+
+    # -- reads used by several layers --------------------------------------------------
+
+    def clip(self, clip_id: int) -> dict[str, Any]:
+        row = self.query_one("SELECT * FROM clips WHERE id = ?", (clip_id,))
+        if row is None:
+            raise StateError(f"no clip {clip_id}")
+        return row
+
+    def docking(self, docking_id: int) -> dict[str, Any]:
+        row = self.query_one("SELECT * FROM dockings WHERE id = ?", (docking_id,))
+        if row is None:
+            raise StateError(f"no docking {docking_id}")
+        return row
+
+    def clips_of(self, docking_id: int, state: str | None = None) -> list[dict[str, Any]]:
+        if state is None:
+            return self.query("SELECT * FROM clips WHERE docking_id = ? ORDER BY rel_path",
+                              (docking_id,))
+        return self.query("SELECT * FROM clips WHERE docking_id = ? AND state = ? "
+                          "ORDER BY rel_path", (docking_id, state))
+
+    def counts_by_state(self) -> dict[str, int]:
+        rows = self.query("SELECT state, count(*) AS n FROM clips GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
+
+    # -- ports (live view for status) ----------------------------------------------------
+
+    def set_port(self, port: str, **fields: Any) -> None:
+        fields = {**fields, "updated_at": self.now()}
+        with self.tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO ports (port, state) VALUES (?, 'empty')", (port,))
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            conn.execute(f"UPDATE ports SET {sets} WHERE port = ?", (*fields.values(), port))
+
+    # -- audit chain ---------------------------------------------------------------------
+
+    def audit(self, action: str, subject: str, detail: dict[str, Any] | None = None,
+              *, actor: str = "dockd", conn: sqlite3.Connection | None = None) -> str:
+        """Append a hash-chained audit entry; returns its hash. Joins ``conn``'s transaction."""
+        if conn is None:
+            with self.tx() as c:
+                return self.audit(action, subject, detail, actor=actor, conn=c)
+        import hashlib
+
+        prev = conn.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        prev_hash = prev["hash"] if prev else ""
+        ts = self.now()
+        body = dumps({"ts": ts, "actor": actor, "action": action, "subject": subject,
+                      "detail": detail or {}, "prev": prev_hash})
+        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        conn.execute("INSERT INTO audit (ts, actor, action, subject, detail, prev_hash, hash) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (ts, actor, action, subject, dumps(detail or {}), prev_hash, digest))
+        return digest
+
+    def verify_audit_chain(self) -> list[str]:
+        """Recompute the audit chain; returns problems (empty when intact)."""
+        import hashlib
+
+        problems = []
+        prev_hash = ""
+        for row in self.query("SELECT * FROM audit ORDER BY id"):
+            body = dumps({"ts": row["ts"], "actor": row["actor"], "action": row["action"],
+                          "subject": row["subject"], "detail": json.loads(row["detail"]),
+                          "prev": prev_hash})
+            digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+            if row["prev_hash"] != prev_hash or row["hash"] != digest:
+                problems.append(f"audit entry {row['id']} does not chain (altered or removed)")
+            prev_hash = row["hash"]
+        return problems
+
+
+def open_readonly(path: Path) -> State:
+    """Open the state database for a read-only view (status, report) from another process."""
+    if not Path(path).exists():
+        raise StateError(f"{path}: no state database (has the daemon or an ingest run yet?)")
+    return State(path)

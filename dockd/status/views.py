@@ -1,0 +1,163 @@
+"""Read-only views of the state: what each port is doing, the backlog and its deadlines.
+
+``status_data`` returns plain data (what ``--json`` prints); ``render_status`` turns it into
+rich tables for the terminal. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from ..state import State, parse_iso
+
+PORT_LABELS = {
+    "empty": "empty",
+    "identifying": "identifying",
+    "copying": "copying",
+    "checking": "checking",
+    "done": "done - safe to unplug",
+    "error": "ERROR",
+}
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    sign = "-" if seconds < 0 else ""
+    s = int(abs(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{sign}{h}h{m:02d}m" if h else f"{sign}{m}m{s:02d}s"
+
+
+def ports_view(state: State) -> list[dict[str, Any]]:
+    rows = state.query(
+        "SELECT p.*, r.officer_no, r.officer_name, r.unit_name, r.last_battery "
+        "FROM ports p LEFT JOIN recorders r ON r.serial = p.serial ORDER BY p.port")
+    out = []
+    for r in rows:
+        rate = r.get("rate_bps") or None
+        left = (r.get("bytes_total") or 0) - (r.get("bytes_done") or 0)
+        eta = left / rate if (rate and r["state"] == "copying" and left > 0) else None
+        delivered = None
+        if r.get("docking_id"):
+            d = state.query_one(
+                "SELECT count(*) AS total, sum(state IN ('delivered', 'cleared')) AS done "
+                "FROM clips WHERE docking_id = ?", (r["docking_id"],))
+            if d:
+                delivered = {"done": d["done"] or 0, "total": d["total"]}
+        out.append({
+            "port": r["port"], "state": r["state"], "label": PORT_LABELS.get(r["state"], r["state"]),
+            "serial": r.get("serial"), "officer_no": r.get("officer_no"),
+            "officer_name": r.get("officer_name"), "battery_percent": r.get("last_battery"),
+            "docking_id": r.get("docking_id"),
+            "clips_done": r.get("clips_done") or 0, "clips_total": r.get("clips_total") or 0,
+            "bytes_done": r.get("bytes_done") or 0, "bytes_total": r.get("bytes_total") or 0,
+            "rate_bps": rate, "eta_s": eta, "delivered": delivered,
+            "message": r.get("message"), "error": r.get("error"), "updated_at": r.get("updated_at"),
+        })
+    return out
+
+
+def backlog_view(state: State, now: datetime) -> dict[str, Any]:
+    rows = state.query(
+        "SELECT c.docking_id, d.serial, d.port, d.docked_at, min(c.deadline_at) AS deadline_at, "
+        "count(*) AS clips, sum(c.size) AS bytes, group_concat(DISTINCT c.state) AS states "
+        "FROM clips c JOIN dockings d ON d.id = c.docking_id "
+        "WHERE c.state NOT IN ('delivered', 'cleared') "
+        "GROUP BY c.docking_id ORDER BY deadline_at, c.docking_id")
+    items = []
+    for r in rows:
+        deadline = parse_iso(r["deadline_at"])
+        items.append({
+            "docking_id": r["docking_id"], "serial": r["serial"], "port": r["port"],
+            "docked_at": r["docked_at"], "deadline_at": r["deadline_at"],
+            "remaining_s": (deadline - now).total_seconds() if deadline else None,
+            "overdue": bool(deadline and deadline < now),
+            "clips": r["clips"], "bytes": r["bytes"] or 0,
+            "states": sorted((r["states"] or "").split(",")),
+        })
+    failures = state.query(
+        "SELECT dl.clip_id, dl.target, dl.attempts, dl.last_error, dl.state, dl.next_try_at "
+        "FROM deliveries dl WHERE dl.last_error IS NOT NULL AND dl.state != 'delivered' "
+        "ORDER BY dl.clip_id")
+    return {
+        "clips": sum(i["clips"] for i in items),
+        "bytes": sum(i["bytes"] for i in items),
+        "oldest_deadline_at": items[0]["deadline_at"] if items else None,
+        "dockings": items,
+        "delivery_errors": failures,
+    }
+
+
+def status_data(state: State, dock_id: str, now: datetime) -> dict[str, Any]:
+    return {
+        "dock": dock_id,
+        "generated_at": now.isoformat(),
+        "ports": ports_view(state),
+        "clips_by_state": state.counts_by_state(),
+        "backlog": backlog_view(state, now),
+    }
+
+
+def _state_style(state: str) -> str:
+    return {"done": "bold green", "copying": "bold cyan", "checking": "cyan",
+            "identifying": "cyan", "error": "bold red", "empty": "dim"}.get(state, "")
+
+
+def render_status(data: dict[str, Any], *, show_empty: bool = True) -> Group:
+    ports = Table(title=f"dock {data['dock']} - ports", expand=False)
+    for col in ("port", "recorder", "officer", "state", "clips", "bytes", "rate", "ETA",
+                "delivered", "note"):
+        ports.add_column(col, no_wrap=col in ("port", "state"))
+    for p in data["ports"]:
+        if not show_empty and p["state"] == "empty":
+            continue
+        officer = " ".join(x for x in (p["officer_no"], p["officer_name"]) if x) or "-"
+        deliv = p["delivered"]
+        ports.add_row(
+            p["port"], p["serial"] or "-", officer,
+            Text(p["label"], style=_state_style(p["state"])),
+            f"{p['clips_done']}/{p['clips_total']}" if p["clips_total"] else "-",
+            f"{human_bytes(p['bytes_done'])}/{human_bytes(p['bytes_total'])}"
+            if p["bytes_total"] else "-",
+            f"{human_bytes(p['rate_bps'])}/s" if p["rate_bps"] else "-",
+            human_duration(p["eta_s"]),
+            f"{deliv['done']}/{deliv['total']}" if deliv else "-",
+            Text(p["error"] or p["message"] or "", style="red" if p["error"] else ""),
+        )
+    backlog = data["backlog"]
+    bl = Table(title=f"backlog: {backlog['clips']} clip(s), {human_bytes(backlog['bytes'])} "
+                     "not yet delivered", expand=False)
+    for col in ("docking", "recorder", "port", "clips", "bytes", "states", "deadline", "left"):
+        bl.add_column(col)
+    for d in backlog["dockings"]:
+        bl.add_row(str(d["docking_id"]), d["serial"], d["port"], str(d["clips"]),
+                   human_bytes(d["bytes"]), ",".join(d["states"]), d["deadline_at"] or "-",
+                   Text(human_duration(d["remaining_s"]),
+                        style="bold red" if d["overdue"] else ""))
+    parts: list[Any] = [ports, bl]
+    if backlog["delivery_errors"]:
+        errs = Table(title="delivery errors", expand=False)
+        for col in ("clip", "target", "attempts", "state", "error"):
+            errs.add_column(col)
+        for e in backlog["delivery_errors"]:
+            errs.add_row(str(e["clip_id"]), e["target"], str(e["attempts"]), e["state"],
+                         Text(e["last_error"] or "", style="red"))
+        parts.append(errs)
+    return Group(*parts)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Idempotent set-up for dockd on Debian: system tools, then a virtualenv with dockd.
+#   scripts/setup.sh          runtime (demo)
+#   scripts/setup.sh test     runtime + test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want="${1:-run}"
+PY="${PYTHON:-python3}"
+
+need_apt=()
+command -v ffmpeg   >/dev/null 2>&1 || need_apt+=(ffmpeg)
+command -v ffprobe  >/dev/null 2>&1 || need_apt+=(ffmpeg)
+command -v exiftool >/dev/null 2>&1 || need_apt+=(libimage-exiftool-perl)
+"$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    echo "setup: installing Debian packages: ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=".venv/.dockd-$want-$(cat pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    if [ "$want" = test ]; then
+        .venv/bin/python -m pip install -q -e '.[test]'
+    else
+        .venv/bin/python -m pip install -q -e .
+    fi
+    touch "$stamp"
+fi

@@ -1,0 +1,140 @@
+"""Configuration: the example documents the schema; every problem is reported with its path."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dockd import config as cfgmod
+from dockd.cli import main
+from dockd.config import Config, ConfigError, from_dict, load, parse_size, schema_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config.example.toml"
+
+
+def _example_keys(text: str) -> set[str]:
+    """Key paths written in the example file (tables, arrays of tables, assignments)."""
+    keys: set[str] = set()
+    section = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if m := re.fullmatch(r"\[\[(\w+)\]\]", line):
+            section = m.group(1) + "[]."
+        elif m := re.fullmatch(r"\[(\w+)\]", line):
+            section = m.group(1) + "."
+        elif m := re.match(r"(\w+)\s*=", line):
+            keys.add(section + m.group(1))
+    return keys
+
+
+def test_example_config_loads_and_documents_every_key():
+    cfg = load(EXAMPLE)
+    assert cfg.dock.id == "dock-01"
+    assert set(schema_keys()) == _example_keys(EXAMPLE.read_text(encoding="utf-8"))
+
+
+def test_every_example_key_has_a_comment_above_it():
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"\w+\s*=", line.strip()):
+            assert lines[i - 1].lstrip().startswith("#"), f"key without comment: {line}"
+
+
+def test_example_values_equal_schema_defaults_where_not_site_specific():
+    raw = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    cfg = from_dict(raw)
+    default = Config()
+    assert cfg.offload == default.offload
+    assert cfg.delivery == default.delivery
+    assert cfg.profiles == default.profiles
+    assert cfg.tools == default.tools
+
+
+def test_all_problems_reported_at_once_with_key_paths():
+    raw = {
+        "dock": {"id": "dock 01!", "ports": "eight", "colour": "blue"},
+        "offload": {"workers": 0, "chunk_size": "4 parsecs"},
+        "targets": [{"name": "a", "kind": "ftp", "path": "/x"}, {"path": 5}],
+        "mystery": 1,
+    }
+    with pytest.raises(ConfigError) as ei:
+        from_dict(raw)
+    text = "\n".join(ei.value.problems)
+    assert "dock.ports: expected int" in text
+    assert "dock.colour: unknown key" in text
+    assert "offload.chunk_size:" in text
+    assert "targets[1].path: expected a non-empty path" in text
+    assert "mystery: unknown key" in text
+
+
+def test_semantic_problems_reported_together():
+    with pytest.raises(ConfigError) as ei:
+        from_dict({"dock": {"id": "bad id", "timezone": "Mars/Olympus"},
+                   "offload": {"workers": 0},
+                   "targets": [{"kind": "ftp", "required": False}],
+                   "profiles": [{"file_pattern": "(unclosed"}]})
+    probs = ei.value.problems
+    assert any(p.startswith("dock.id:") for p in probs)
+    assert any(p.startswith("dock.timezone:") for p in probs)
+    assert any(p.startswith("offload.workers:") for p in probs)
+    assert any(p.startswith("targets[0].kind:") for p in probs)
+    assert any(p.startswith("targets:") and "required" in p for p in probs)
+    assert any(p.startswith("profiles[0].file_pattern:") for p in probs)
+
+
+def test_pattern_without_start_group_is_rejected():
+    with pytest.raises(ConfigError, match=r"profiles\[0\].file_pattern: needs a named group"):
+        from_dict({"profiles": [{"file_pattern": r"^(?P<serial>\w+)\.MP4$"}]})
+
+
+@pytest.mark.parametrize("text,value", [("4 MiB", 4 * 1024**2), ("1GB", 10**9), (512, 512),
+                                        ("2.5 KiB", 2560)])
+def test_sizes(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("bad", [True, -1, "lots", "5 XB"])
+def test_bad_sizes(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def test_tool_paths_are_settable():
+    cfg = from_dict({"tools": {"ffmpeg": "/opt/ff/ffmpeg", "exiftool": "/opt/et/exiftool"}})
+    assert cfg.tools.ffmpeg == "/opt/ff/ffmpeg"
+    assert cfg.tools.exiftool == "/opt/et/exiftool"
+    assert cfg.tools.ffprobe == "ffprobe"
+
+
+def test_workdir_puts_everything_under_one_directory(tmp_path):
+    cfg = cfgmod.for_workdir(tmp_path)
+    for p in (cfg.paths.database, cfg.paths.staging_dir, cfg.paths.ports_dir,
+              cfg.paths.key_file, cfg.paths.public_key_file, cfg.targets[0].path):
+        assert tmp_path in p.parents
+
+
+def test_unreadable_and_invalid_toml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[dock\nid=1", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad)
+
+
+def test_config_check_command(tmp_path, capsys):
+    good = tmp_path / "good.toml"
+    good.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    assert main(["config-check", "--config", str(good)]) == 0
+    assert "OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[dock]\nports = 0\nfoo = 1\n[offload]\nworkers = "x"\n', encoding="utf-8")
+    assert main(["config-check", "--config", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "dock.foo: unknown key" in out and "offload.workers: expected int" in out
+    assert main(["config-check", "--json", "--config", str(bad)]) == 1
+    assert '"ok": false' in capsys.readouterr().out
