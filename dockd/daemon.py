@@ -23,7 +23,7 @@ from .config import Config
 from .delivery.base import StorageTarget
 from .delivery.local import LocalTarget
 from .devices.drivers import registry_from_config
-from .devices.watch import Docked, DirectorySource, Undocked
+from .devices.watch import Docked, DirectorySource, Undocked, scan_ports
 from .errors import CopyError, DockdError, SigningError
 from .ingest.offload import clean_stale_partials
 from .ingest.probe import Prober
@@ -143,14 +143,11 @@ class Daemon:
                      cfg.paths.ports_dir, cfg.dock.ports, len(self.pipeline.targets))
             wd = self.notifier.watchdog_interval()
             last_ping = 0.0
-            first_scan = True
+            self._close_orphaned_dockings()
             try:
                 while not self.stop_event.is_set():
                     for ev in self.source.poll(timeout=0.5):
                         self._on_event(ev, pool)
-                    if first_scan:
-                        self._close_orphaned_dockings()
-                        first_scan = False
                     self._reap_jobs(pool)
                     if wd and time.monotonic() - last_ping >= wd:
                         self.notifier.notify("WATCHDOG=1")
@@ -241,9 +238,11 @@ class Daemon:
             self.work_event.set()
 
     def _close_orphaned_dockings(self) -> None:
-        """Dockings left 'offloading' by a killed daemon whose recorder is no longer there."""
+        """Dockings left 'offloading' by a killed daemon whose port is empty now. A port that
+        still holds a tree keeps its docking: the Docked event after settling resumes it."""
+        present = scan_ports(self.cfg.paths.ports_dir, self.cfg.dock.ports)
         for row in self.state.query("SELECT id, port FROM dockings WHERE state = 'offloading'"):
-            if row["port"] not in self.docked:
+            if row["port"] not in present:
                 self.pipeline.mark_interrupted(row["id"], "recorder not present after restart")
                 self.pipeline.finish(row["id"])
                 self.work_event.set()

@@ -131,6 +131,7 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
     console.print(format_report(report))
     if not report.ok:
         return 1
-    console.print(f"verify again any time: dockd verify --workdir {workdir} {target}")
-    console.print(f"Delivered to: {target}")
+    console.print(f"verify again any time: dockd verify --workdir {workdir} {target}",
+                  soft_wrap=True)
+    print(f"Delivered to: {target}", flush=True)  # plain: never wrapped, easy to parse
     return 0

@@ -40,7 +40,7 @@ from .integrity import checks
 from .integrity.manifest import build_manifest, canonical_bytes, manifest_sha256, sign_manifest
 from .lifecycle import deadline_for, retry_delay
 from .model import ClipEntry, Finding, RecorderSnapshot
-from .state import State, dumps, iso, parse_iso
+from .state import State, decode_row, dumps, encode_path, iso, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class Pipeline:
             for e in entries:
                 rows = conn.execute(
                     "SELECT * FROM clips WHERE serial = ? AND rel_path = ? AND size = ? "
-                    "ORDER BY id DESC", (serial, e.rel_path, e.size)).fetchall()
+                    "ORDER BY id DESC", (serial, encode_path(e.rel_path), e.size)).fetchall()
                 mine = [r for r in rows if r["docking_id"] == docking_id]
                 if mine:
                     continue  # already registered in this docking (resumed)
@@ -193,7 +193,7 @@ class Pipeline:
                                  (docking_id, e.safe_name, e.mtime, now, pending[0]["id"]))
                     continue
                 if handled:
-                    known.append((e, dict(handled[0])))
+                    known.append((e, decode_row(handled[0])))
                     continue
                 self._insert_clip(conn, docking_id, serial, e, docking["deadline_at"], now)
             total = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM clips "
@@ -209,7 +209,7 @@ class Pipeline:
             "INSERT INTO clips (docking_id, first_docking_id, serial, rel_path, safe_name, size, "
             "mtime, state, findings, deadline_at, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'discovered', ?, ?, ?, ?)",
-            (docking_id, docking_id, serial, e.rel_path, e.safe_name, e.size, e.mtime,
+            (docking_id, docking_id, serial, encode_path(e.rel_path), e.safe_name, e.size, e.mtime,
              dumps(findings), deadline, now, now))
         return int(cur.lastrowid or 0)
 
@@ -239,7 +239,7 @@ class Pipeline:
                                                          "earlier_sha256": prior["sha256"]})
                 with self.state.tx() as conn:
                     exists = conn.execute("SELECT 1 FROM clips WHERE docking_id = ? AND "
-                                          "rel_path = ?", (docking_id, entry.rel_path)).fetchone()
+                                          "rel_path = ?", (docking_id, encode_path(entry.rel_path))).fetchone()
                     if not exists:
                         self._insert_clip(conn, docking_id, serial, entry, d["deadline_at"],
                                           self.state.now(), (finding,))
@@ -376,7 +376,7 @@ class Pipeline:
                 row = conn.execute("SELECT sha256 FROM manifests WHERE docking_id = ?",
                                    (docking_id,)).fetchone()
                 return str(row["sha256"])
-            clips = [dict(r) for r in conn.execute(
+            clips = [decode_row(r) for r in conn.execute(
                 "SELECT * FROM clips WHERE docking_id = ? ORDER BY rel_path", (docking_id,))]
             if any(c["state"] in ("copied", "probed") for c in clips):
                 raise TransitionError(f"docking {docking_id}: clips still being checked")

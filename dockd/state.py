@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -77,7 +78,7 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
         foreign_keys=[("serial", "recorders", "serial")])
     db["clips"].create({
         "id": int, "docking_id": int, "first_docking_id": int, "serial": str,
-        "rel_path": str, "safe_name": str, "size": int, "mtime": float,
+        "rel_path": bytes, "safe_name": str, "size": int, "mtime": float,
         "state": str, "sha256": str, "staged_path": str, "probe": str, "findings": str,
         "start_recorded": str, "start_utc": str, "duration_s": float,
         "deadline_at": str, "error": str, "attempts": int,
@@ -165,7 +166,7 @@ class State:
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
         with self._lock:
-            return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
+            return [decode_row(r) for r in self.conn.execute(sql, params).fetchall()]
 
     def query_one(self, sql: str, params: tuple | dict = ()) -> dict[str, Any] | None:
         rows = self.query(sql, params)
@@ -309,6 +310,19 @@ class State:
                 problems.append(f"audit entry {row['id']} does not chain (altered or removed)")
             prev_hash = row["hash"]
         return problems
+
+
+def encode_path(rel_path: str) -> bytes:
+    """A recorder path as stored: its exact bytes (names need not be valid UTF-8)."""
+    return os.fsencode(rel_path)
+
+
+def decode_row(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
+    """A row as a dict, with ``rel_path`` back in the str-with-surrogates form of ``os.fsdecode``."""
+    d = dict(row)
+    if isinstance(d.get("rel_path"), bytes):
+        d["rel_path"] = os.fsdecode(d["rel_path"])
+    return d
 
 
 def open_readonly(path: Path) -> State:

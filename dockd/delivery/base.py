@@ -1,0 +1,115 @@
+"""The storage-target protocol every delivery backend (local, S3, SFTP, ...) implements.
+
+Rules every backend keeps, because the upload queue relies on them:
+
+* **Idempotent.** If the final object already exists with the same SHA-256 (and size),
+  ``put_*`` does nothing and returns ``Receipt(already_present=True)``. A daemon that
+  crashed after an upload and delivers again never creates a second object.
+* **Never overwrite evidence.** If the final object exists with *different* content,
+  ``put_*`` raises ``DeliveryError(retry=False)`` and leaves it untouched.
+* **All or nothing.** A failure leaves no object under the final key (partial uploads
+  live under a temporary name, a multipart upload, ... and are published last).
+* **Checked.** ``put_file`` refuses a source whose content does not match the ``sha256``
+  and ``size`` it was given, and the backend checks what landed before it is published.
+* **Retry meaning.** Errors are ``DeliveryError`` with ``retry`` set: transient trouble
+  (no space, I/O error, network) is ``retry=True``; what can never succeed (permission
+  denied, conflicting content, a key that escapes the target) is ``retry=False``.
+
+Keys are relative ``/``-separated paths built by ``dockd.delivery.layout``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from ..errors import DeliveryError
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1024 * 1024
+
+_FATAL_ERRNOS = frozenset({
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP, errno.ENOTDIR, errno.EISDIR,
+    errno.ENAMETOOLONG, errno.EINVAL, errno.EXDEV,
+})
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a target confirms after a put."""
+
+    key: str
+    size: int
+    sha256: str
+    already_present: bool
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """What a target knows about a stored object without reading it."""
+
+    key: str
+    size: int
+    sha256: str | None = None
+    """Known only where the backend stores a checksum (object metadata); else None."""
+
+
+@runtime_checkable
+class StorageTarget(Protocol):
+    """A place delivered files go to. See the module docstring for the rules."""
+
+    name: str
+    required: bool
+
+    def describe(self) -> str:
+        """Human description for logs and status (never contains credentials)."""
+        ...
+
+    def put_file(self, local_path: Path, key: str, *, sha256: str, size: int) -> Receipt:
+        """Store ``local_path`` under ``key``; its content must hash to ``sha256``/``size``."""
+        ...
+
+    def put_bytes(self, data: bytes, key: str) -> Receipt:
+        """Store a small document (manifest, signature, public key) under ``key``."""
+        ...
+
+    def stat(self, key: str) -> RemoteObject | None:
+        """The object under ``key``, or None if there is none."""
+        ...
+
+    def verify(self, key: str, *, sha256: str, size: int) -> bool:
+        """Re-read what landed under ``key``: True only if it exists with this content."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def hash_stream(stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> tuple[int, str]:
+    """(size, SHA-256 hex) of everything left in ``stream``, read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    while chunk := stream.read(chunk_size):
+        h.update(chunk)
+        size += len(chunk)
+    return size, h.hexdigest()
+
+
+def os_error_to_delivery(exc: OSError, target: str, key: str, action: str) -> DeliveryError:
+    """Translate an ``OSError`` into a ``DeliveryError`` with the right retry meaning.
+
+    No space / I/O / network trouble: retry. Permission, read-only file system, symlink or
+    not-a-directory (a key that would escape): never. Anything unknown: retry (the upload
+    queue alarms before the deadline, which is safer than dropping a clip).
+    """
+    code = exc.errno
+    name = errno.errorcode.get(code, str(code)) if code is not None else "?"
+    retry = code not in _FATAL_ERRNOS
+    message = f"{target}: cannot {action} {key}: {exc.strerror or exc} ({name})"
+    log.debug("%s (errno %s, retry=%s)", message, code, retry)
+    return DeliveryError(message, retry=retry)

@@ -1,0 +1,548 @@
+"""Copy one clip off a recorder into staging, the way rclone does it.
+
+``copy_clip`` opens the source read-only without following symlinks, streams it once
+through SHA-256 into ``<staging>/<safe_name>.partial``, makes it durable, reads it back
+from disk to prove the bytes landed, then renames it to its final name and syncs the
+folder. A partial is never mistaken for a copy: it is removed on every error, and
+``clean_stale_partials`` removes any left over by a crash.
+
+Four threads keep the source, the CPU and the staging disk busy at once:
+
+* the *reader* ``readinto``-s the source into a few rotating page-aligned buffers and
+  hashes each one (hashlib and file I/O release the GIL on large buffers);
+* the caller's thread writes the buffers to the partial, with ``O_DIRECT`` while the
+  writes stay block-aligned (no page-cache copy: on the reference box a buffered write
+  costs more CPU than SHA-256), buffered for an unaligned tail or where the filesystem
+  refuses ``O_DIRECT``; it reports progress and honours ``should_stop``;
+* the *syncer* ``fdatasync``-s what has been written every ``SYNC_STEP`` bytes and reads
+  that range back from the disk (``O_DIRECT``, or ``POSIX_FADV_DONTNEED`` then a buffered
+  read), handing the buffers to
+* the *verify hasher*, so the final ``fsync`` and the verification pass are mostly done
+  by the time the last byte is written.
+
+Memory is a handful of ``chunk_size`` buffers, whatever the file size.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import queue
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import CopyError, HostileName, RecorderGone, StagingFull
+from ..model import ClipEntry, CopyResult
+from .scan import GONE_ERRNOS
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 4 * 1024 * 1024
+SYNC_STEP = 32 * 1024 * 1024
+"""Bytes written between two background ``fdatasync`` + verify rounds."""
+READ_BUFFERS = 3
+VERIFY_BUFFERS = 2
+ALIGN = 4096
+"""O_DIRECT alignment used for offsets, lengths and buffers (covers 512 and 4K sectors)."""
+STALL_SECONDS = 120.0
+"""No data from the source for this long: the recorder is treated as gone."""
+PARTIAL_SUFFIX = ".partial"
+
+_NOSPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+Progress = Callable[[int], None]
+ShouldStop = Callable[[], bool]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def hash_file(path: Path, chunk_size: int = CHUNK_SIZE) -> tuple[int, str]:
+    """(size, SHA-256 hex) of ``path``, read with one fixed buffer; symlinks refused."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return _hash_fd(fd, chunk_size)
+    finally:
+        os.close(fd)
+
+
+def _hash_fd(fd: int, chunk_size: int) -> tuple[int, str]:
+    h = hashlib.sha256()
+    buf = bytearray(chunk_size)
+    mv = memoryview(buf)
+    size = 0
+    while n := os.readv(fd, [mv]):
+        h.update(mv[:n])
+        size += n
+    return size, h.hexdigest()
+
+
+def clean_stale_partials(staging_dir: Path) -> list[Path]:
+    """Remove every ``*.partial`` under ``staging_dir`` (start-up cleanup). Returns them."""
+    removed: list[Path] = []
+    if not os.path.isdir(staging_dir):
+        return removed
+    for dirpath, _dirs, files in os.walk(staging_dir, followlinks=False):
+        for name in files:
+            if name.endswith(PARTIAL_SUFFIX):
+                p = Path(dirpath, name)
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(p)
+    if removed:
+        log.warning("removed %d stale partial file(s) from %s", len(removed), staging_dir)
+    return sorted(removed)
+
+
+def _staged_paths(staging_dir: Path, safe_name: str) -> tuple[Path, Path, Path]:
+    """(resolved staging dir, final path, partial path); refuses names that could escape."""
+    if (not safe_name or safe_name in (".", "..") or "/" in safe_name or "\x00" in safe_name
+            or safe_name.endswith(PARTIAL_SUFFIX)):
+        raise HostileName(f"unsafe staging name {safe_name!r}")
+    Path(staging_dir).mkdir(parents=True, exist_ok=True)
+    real = Path(staging_dir).resolve(strict=True)
+    final = real / safe_name
+    partial = real / (safe_name + PARTIAL_SUFFIX)
+    if final.parent != real or partial.parent != real:
+        raise HostileName(f"staging name {safe_name!r} escapes {real}")
+    return real, final, partial
+
+
+def _open_source(root: Path, rel_path: str) -> tuple[int, os.stat_result]:
+    """Open ``root/rel_path`` read-only, component by component, never following a link.
+
+    Returns (fd, fstat). The fd is non-blocking-opened (a FIFO swapped in after the scan
+    cannot hang us) and must be a regular file.
+    """
+    parts = rel_path.split("/")
+    if rel_path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise HostileName(f"unsafe path on recorder: {rel_path!r}")
+    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    where = rel_path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:
+        dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RecorderGone(f"recorder root {root} not readable: {exc.strerror}") from exc
+    fd = -1
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, dir_flags, dir_fd=dfd)
+            os.close(dfd)
+            dfd = nfd
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(parts[-1], flags | _O_NOATIME, dir_fd=dfd)
+        except PermissionError:  # O_NOATIME needs ownership or CAP_FOWNER
+            fd = os.open(parts[-1], flags, dir_fd=dfd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HostileName(f"{where} is not a regular file (mode {oct(st.st_mode)})")
+        os.set_blocking(fd, True)
+        return fd, st
+    except OSError as exc:
+        if fd >= 0:
+            os.close(fd)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise HostileName(f"{where}: symbolic link or non-folder in path") from exc
+        if exc.errno in GONE_ERRNOS:
+            raise RecorderGone(f"{where}: {exc.strerror}") from exc
+        raise CopyError(f"cannot open {where} on recorder: {exc.strerror}") from exc
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    finally:
+        os.close(dfd)
+
+
+def _source_error(exc: OSError, what: str) -> CopyError | RecorderGone:
+    if exc.errno in GONE_ERRNOS or exc.errno is None:
+        return RecorderGone(f"{what}: recorder read failed: {exc.strerror or exc}")
+    return CopyError(f"{what}: read failed: {exc.strerror or exc}")
+
+
+def _staging_error(exc: OSError, what: str) -> CopyError:
+    if exc.errno in _NOSPACE:
+        return StagingFull(f"{what}: staging disk full: {exc.strerror}")
+    return CopyError(f"{what}: staging write failed: {exc.strerror or exc}")
+
+
+# --------------------------------------------------------------------------- threads
+
+
+class _Reader(threading.Thread):
+    """Reads exactly ``size`` bytes into rotating buffers, hashing each; owns ``fd``.
+
+    Messages on ``full``: ("data", buf, n), ("eof", extra_bytes, fstat_after),
+    ("error", exc, None).
+    """
+
+    def __init__(self, fd: int, size: int, chunk_size: int):
+        super().__init__(name="dockd-offload-read", daemon=True)
+        self.fd = fd
+        self.size = size
+        self.hasher = hashlib.sha256()
+        self.free: queue.Queue[mmap.mmap | None] = queue.Queue()
+        self.full: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
+        for _ in range(READ_BUFFERS):
+            self.free.put(mmap.mmap(-1, chunk_size))  # page-aligned, for O_DIRECT
+        self.cancelled = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except OSError as exc:
+            self.full.put(("error", exc, None))
+        finally:
+            os.close(self.fd)
+
+    def _run(self) -> None:
+        try:
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:  # pragma: no cover - advisory only
+            pass
+        remaining = self.size
+        while remaining > 0:
+            buf = self.free.get()
+            if buf is None or self.cancelled.is_set():
+                return
+            mv = memoryview(buf)
+            n = os.readv(self.fd, [mv[: min(len(buf), remaining)]])
+            if n == 0:
+                break
+            self.hasher.update(mv[:n])
+            remaining -= n
+            self.full.put(("data", buf, n))
+        extra = len(os.read(self.fd, 1)) if remaining == 0 else 0
+        self.full.put(("eof", extra, os.fstat(self.fd)))
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.free.put(None)
+        self.join(timeout=5.0)
+        if self.is_alive():
+            log.warning("reader thread still blocked on the recorder; abandoned")
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Switch O_DIRECT on or off for ``fd``; False where the filesystem refuses it."""
+    if not _O_DIRECT:
+        return False
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, (flags | _O_DIRECT) if on else (flags & ~_O_DIRECT))
+    except OSError:
+        return False
+    return True
+
+
+class _StagedFile:
+    """The ``.partial`` being written: O_DIRECT while writes stay aligned, buffered after."""
+
+    def __init__(self, path: Path, direct: bool):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o640)
+        self.direct = direct and _set_direct(self.fd, True)
+        self.offset = 0
+
+    def write(self, view: memoryview) -> None:
+        if self.direct and (self.offset % ALIGN or len(view) % ALIGN):
+            self._buffered()
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not self.direct:
+                    raise
+                self._buffered()
+                continue
+            view = view[n:]
+            self.offset += n
+
+    def _buffered(self) -> None:
+        _set_direct(self.fd, False)
+        self.direct = False
+
+
+class _Syncer(threading.Thread):
+    """Makes written data durable in steps and, when verifying, reads it back from disk
+    for a second thread to hash."""
+
+    def __init__(self, wfd: int, path: Path, chunk_size: int, verify: bool, direct: bool):
+        super().__init__(name="dockd-offload-sync", daemon=True)
+        self.wfd = wfd
+        self.verify = verify
+        self.hasher = hashlib.sha256()
+        self.verified = 0
+        self.error: OSError | None = None
+        self._rfd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC) if verify else -1
+        self._direct = verify and direct and _set_direct(self._rfd, True)
+        self._free: queue.Queue[mmap.mmap] = queue.Queue()
+        self._hashq: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue()
+        for _ in range(VERIFY_BUFFERS):
+            self._free.put(mmap.mmap(-1, chunk_size))
+        self._hash_thread = threading.Thread(target=self._hash_loop, daemon=True,
+                                             name="dockd-offload-verify")
+        self._cond = threading.Condition()
+        self._written = 0
+        self._final = False
+        self._abort = False
+        self._step = max(SYNC_STEP, 2 * chunk_size)
+
+    def advance(self, written: int, final: bool = False) -> None:
+        with self._cond:
+            self._written = written
+            self._final = final
+            self._cond.notify()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._abort = True
+            self._cond.notify()
+        self.join()
+
+    def run(self) -> None:
+        synced = 0
+        self._hash_thread.start()
+        try:
+            while True:
+                with self._cond:
+                    while not (self._abort or self._final or self._written - synced >= self._step):
+                        self._cond.wait()
+                    if self._abort:
+                        return
+                    target, final = self._written, self._final
+                (os.fsync if final else os.fdatasync)(self.wfd)
+                if self.verify:
+                    self._read_back(target)
+                synced = target
+                if final:
+                    return
+        except OSError as exc:
+            self.error = exc
+        finally:
+            self._hashq.put(None)
+            self._hash_thread.join()
+            if self._rfd >= 0:
+                os.close(self._rfd)
+
+    def _read_back(self, target: int) -> None:
+        if not self._direct:
+            os.posix_fadvise(self._rfd, self.verified, target - self.verified,
+                             os.POSIX_FADV_DONTNEED)
+        while self.verified < target:
+            want = target - self.verified
+            buf = self._free.get()
+            if self._direct and self.verified % ALIGN:
+                self._direct = False  # an unaligned step (short source read): buffered now
+                _set_direct(self._rfd, False)
+                os.posix_fadvise(self._rfd, self.verified, want, os.POSIX_FADV_DONTNEED)
+            length = min(len(buf), -(-want // ALIGN) * ALIGN if self._direct else want)
+            try:
+                n = os.preadv(self._rfd, [memoryview(buf)[:length]], self.verified)
+            except OSError as exc:
+                self._free.put(buf)
+                if exc.errno != errno.EINVAL or not self._direct:
+                    raise
+                self._direct = False
+                _set_direct(self._rfd, False)
+                os.posix_fadvise(self._rfd, self.verified, want, os.POSIX_FADV_DONTNEED)
+                continue
+            if n == 0:
+                self._free.put(buf)
+                raise OSError(errno.EIO, "staged file shorter than written")
+            n = min(n, want)
+            self.verified += n
+            self._hashq.put((buf, n))
+
+    def _hash_loop(self) -> None:
+        while (item := self._hashq.get()) is not None:
+            buf, n = item
+            self.hasher.update(memoryview(buf)[:n])
+            self._free.put(buf)
+
+
+# --------------------------------------------------------------------------- copy
+
+
+def _pump(reader: _Reader, out: _StagedFile | None, syncer: _Syncer | None, what: str,
+          progress: Progress | None, should_stop: ShouldStop | None) -> tuple[int, int, os.stat_result]:
+    """Drain the reader into ``out``. Returns (bytes, extra bytes at EOF, fstat after)."""
+    done = 0
+    last_data = time.monotonic()
+    while True:
+        if should_stop is not None and should_stop():
+            raise CopyError("stopped")
+        if syncer is not None and syncer.error is not None:
+            raise _staging_error(syncer.error, what)
+        try:
+            kind, obj, n = reader.full.get(timeout=1.0)
+        except queue.Empty:
+            if time.monotonic() - last_data > STALL_SECONDS:
+                raise RecorderGone(f"{what}: no data from the recorder for {STALL_SECONDS:.0f} s") from None
+            continue
+        last_data = time.monotonic()
+        if kind == "error":
+            raise _source_error(obj, what)
+        if kind == "eof":
+            return done, obj, n
+        if out is not None:
+            try:
+                out.write(memoryview(obj)[:n])
+            except OSError as exc:
+                raise _staging_error(exc, what) from exc
+        reader.free.put(obj)
+        done += n
+        if syncer is not None:
+            syncer.advance(done)
+        if progress is not None:
+            progress(done)
+
+
+def _check_complete(done: int, extra: int, st_before: os.stat_result, st_after: os.stat_result,
+                    what: str) -> None:
+    if done < st_before.st_size:
+        raise RecorderGone(f"{what}: source ended after {done} of {st_before.st_size} bytes")
+    if extra or st_after.st_size != st_before.st_size:
+        raise RecorderGone(f"{what}: source changed size during copy "
+                           f"({st_before.st_size} -> {st_after.st_size})")
+    if st_after.st_nlink == 0:
+        raise RecorderGone(f"{what}: source was deleted during copy")
+
+
+def _hash_source(root: Path, entry: ClipEntry, chunk_size: int, what: str,
+                 should_stop: ShouldStop | None) -> tuple[int, str]:
+    fd, st = _open_source(root, entry.rel_path)
+    reader = _Reader(fd, st.st_size, chunk_size)
+    reader.start()
+    try:
+        done, extra, st_after = _pump(reader, None, None, what, None, should_stop)
+    finally:
+        reader.cancel()
+    _check_complete(done, extra, st, st_after, what)
+    return done, reader.hasher.hexdigest()
+
+
+def _try_resume(root: Path, entry: ClipEntry, final: Path, src_size: int, chunk_size: int,
+                what: str, should_stop: ShouldStop | None) -> str | None:
+    """SHA-256 when ``final`` already holds an identical copy, else None."""
+    try:
+        st = final.lstat()
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size != src_size:
+        log.warning("%s: staged file exists but differs in size or type; replacing", what)
+        return None
+    staged_size, staged_hash = hash_file(final, chunk_size)
+    src_len, src_hash = _hash_source(root, entry, chunk_size, what, should_stop)
+    if (staged_size, staged_hash) == (src_len, src_hash):
+        log.info("%s: already staged with the same SHA-256, not copied again", what)
+        return src_hash
+    log.warning("%s: staged file differs from the recorder's; copying again", what)
+    return None
+
+
+def _check_free(staging: Path, need: int, what: str) -> None:
+    sv = os.statvfs(staging)
+    free = sv.f_bavail * sv.f_frsize
+    if free < need:
+        raise StagingFull(f"{what}: staging has {free} bytes free, {need} needed")
+
+
+def _fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def copy_clip(root: Path, entry: ClipEntry, staging_dir: Path, *, chunk_size: int = CHUNK_SIZE,
+              verify: bool = True, min_free: int = 0, progress: Progress | None = None,
+              should_stop: ShouldStop | None = None, direct_io: bool = True) -> CopyResult:
+    """Copy ``entry`` from the recorder mounted at ``root`` into ``staging_dir``.
+
+    ``progress`` gets the number of bytes of this clip copied so far, after each chunk.
+    With ``verify`` the staged bytes are read back from the disk after they were synced and
+    hashed again. ``direct_io`` uses O_DIRECT for staging writes and read-back where the
+    filesystem allows it; without it (or where refused) writes are buffered and the pages
+    are dropped from the page cache (``POSIX_FADV_DONTNEED``) before the read-back.
+
+    Raises RecorderGone (source vanished, I/O error, changed under us), StagingFull (not
+    enough room, ENOSPC), HostileName (not a regular file, unsafe name), CopyError (stopped,
+    staged bytes differ). The ``.partial`` is removed whatever goes wrong.
+    """
+    t0 = time.monotonic()
+    what = entry.safe_name
+    chunk_size = -(-max(int(chunk_size), 64 * 1024) // ALIGN) * ALIGN
+    staging, final, partial = _staged_paths(staging_dir, entry.safe_name)
+    fd, st = _open_source(root, entry.rel_path)
+    if entry.size != st.st_size:
+        log.warning("%s: size on recorder is now %d bytes, %d when scanned", what,
+                    st.st_size, entry.size)
+    try:
+        resumed = _try_resume(root, entry, final, st.st_size, chunk_size, what, should_stop)
+    except BaseException:
+        os.close(fd)
+        raise
+    if resumed is not None:
+        os.close(fd)
+        return CopyResult(size=st.st_size, sha256=resumed, staged_path=final,
+                          seconds=time.monotonic() - t0)
+    reader = _Reader(fd, st.st_size, chunk_size)
+    syncer: _Syncer | None = None
+    out: _StagedFile | None = None
+    try:
+        _check_free(staging, st.st_size + min_free, what)
+        partial.unlink(missing_ok=True)
+        try:
+            out = _StagedFile(partial, direct_io)
+        except OSError as exc:
+            raise _staging_error(exc, what) from exc
+        syncer = _Syncer(out.fd, partial, chunk_size, verify, direct_io)
+        syncer.start()
+        reader.start()
+        done, extra, st_after = _pump(reader, out, syncer, what, progress, should_stop)
+        _check_complete(done, extra, st, st_after, what)
+        syncer.advance(done, final=True)
+        syncer.join()
+        if syncer.error is not None:
+            raise _staging_error(syncer.error, what)
+        sha = reader.hasher.hexdigest()
+        if verify and (syncer.verified != done or syncer.hasher.hexdigest() != sha):
+            raise CopyError(f"{what}: staged bytes do not match the recorder's "
+                            f"(read back {syncer.verified} bytes, sha256 "
+                            f"{syncer.hasher.hexdigest()[:16]}.., source {sha[:16]}..)")
+        os.close(out.fd)
+        out = None
+        os.rename(partial, final)
+        _fsync_dir(staging)
+    except BaseException as exc:
+        if reader.ident is None:
+            os.close(fd)
+        else:
+            reader.cancel()
+        if syncer is not None and syncer.is_alive():
+            syncer.abort()
+        if out is not None:
+            os.close(out.fd)
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _staging_error(exc, what) from exc
+        raise
+    reader.join()
+    seconds = time.monotonic() - t0
+    log.debug("%s: staged %d bytes in %.2f s, sha256 %s", what, done, seconds, sha)
+    return CopyResult(size=done, sha256=sha, staged_path=final, seconds=seconds)

@@ -1,0 +1,203 @@
+"""Classify the reason an officer gives for an interruption (rule R2) from a transcript.
+
+The keywords live in ``dockd/data/reasons.toml`` (one list per reason and language), so an
+agency can read and extend them without touching code. Chinese transcripts are normalised
+to simplified characters first: Whisper often answers in traditional ones (由於…電量不足).
+
+``classify(text, language)`` returns a :class:`Classification` (a named tuple, so it also
+unpacks as ``reason, confidence, matched``):
+
+- ``reason`` is one of :data:`REASONS` (``battery``, ``storage``, ``device_fault``,
+  ``weather``, ``obstruction``) when a reason keyword matched;
+- ``"other"`` when the text speaks of the interruption (中断/暂停/恢复, interrupted,
+  resuming, ...) but names no known reason;
+- ``None`` when nothing matched: speech, but no reason given.
+
+``confidence`` is a heuristic in [0, 1] about the keyword evidence only (not the ASR).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import tomllib
+import unicodedata
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple
+
+log = logging.getLogger(__name__)
+
+REASONS: tuple[str, ...] = ("battery", "storage", "device_fault", "weather", "obstruction")
+OTHER = "other"
+ALL_REASONS: tuple[str, ...] = (*REASONS, OTHER)
+
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_SPACES = re.compile(r"\s+")
+
+
+class Classification(NamedTuple):
+    reason: str | None
+    confidence: float
+    matched: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """Keywords per reason and language, plus the interruption words."""
+
+    reasons: dict[str, dict[str, tuple[str, ...]]]
+    """reason -> language -> keywords, in tie-break order."""
+    interruption: dict[str, tuple[str, ...]]
+    fallback_t2s: dict[str, str]
+
+    @property
+    def languages(self) -> frozenset[str]:
+        langs = set(self.interruption)
+        for per_lang in self.reasons.values():
+            langs.update(per_lang)
+        return frozenset(langs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Lexicon:
+        """Build from the parsed TOML; every problem is reported at once."""
+        problems: list[str] = []
+
+        def words(value: Any, where: str) -> dict[str, tuple[str, ...]]:
+            if not isinstance(value, dict):
+                problems.append(f"{where}: expected a table of language = [keywords]")
+                return {}
+            out: dict[str, tuple[str, ...]] = {}
+            for lang, kws in value.items():
+                if not (isinstance(kws, list) and all(isinstance(k, str) and k for k in kws)):
+                    problems.append(f"{where}.{lang}: expected a list of non-empty strings")
+                    continue
+                out[lang] = tuple(k.lower() for k in kws)
+            return out
+
+        reasons_raw = data.get("reasons", {})
+        reasons: dict[str, dict[str, tuple[str, ...]]] = {}
+        if not isinstance(reasons_raw, dict):
+            problems.append("reasons: expected a table")
+            reasons_raw = {}
+        for name, table in reasons_raw.items():
+            if name not in REASONS:
+                problems.append(f"reasons.{name}: unknown reason (known: {', '.join(REASONS)})")
+                continue
+            reasons[name] = words(table, f"reasons.{name}")
+        interruption = words(data.get("interruption", {}), "interruption")
+        pairs = data.get("fallback_t2s", {}).get("pairs", "")
+        if not isinstance(pairs, str) or len(pairs) % 2:
+            problems.append("fallback_t2s.pairs: expected a string of (traditional, simplified) pairs")
+            pairs = ""
+        unknown = set(data) - {"version", "reasons", "interruption", "fallback_t2s"}
+        problems.extend(f"{key}: unknown key" for key in sorted(unknown))
+        if problems:
+            raise ValueError(f"invalid reason lexicon {source}:\n  " + "\n  ".join(problems))
+        return cls(reasons=reasons, interruption=interruption,
+                   fallback_t2s={pairs[i]: pairs[i + 1] for i in range(0, len(pairs), 2)})
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Lexicon:
+        """Read ``path``, or the lexicon shipped in ``dockd/data/reasons.toml``."""
+        if path is None:
+            return default_lexicon()
+        with open(path, "rb") as fh:
+            return cls.from_dict(tomllib.load(fh), str(path))
+
+
+@functools.cache
+def default_lexicon() -> Lexicon:
+    ref = resources.files("dockd").joinpath("data", "reasons.toml")
+    with ref.open("rb") as fh:
+        return Lexicon.from_dict(tomllib.load(fh), "dockd/data/reasons.toml")
+
+
+@functools.cache
+def _opencc_t2s() -> Any:
+    """OpenCC's traditional -> simplified converter, or None when it is not installed."""
+    try:
+        from opencc import OpenCC  # opencc-python-reimplemented
+    except ImportError:
+        log.warning("opencc not installed; using the lexicon's small traditional->simplified table")
+        return None
+    return OpenCC("t2s")
+
+
+def to_simplified(text: str, lexicon: Lexicon | None = None) -> str:
+    """Traditional -> simplified Chinese (OpenCC when installed, else the lexicon's table)."""
+    if not _CJK.search(text):
+        return text
+    converter = _opencc_t2s()
+    if converter is not None:
+        return str(converter.convert(text))
+    table = (lexicon or default_lexicon()).fallback_t2s
+    return "".join(table.get(ch, ch) for ch in text)
+
+
+def normalise(text: str, lexicon: Lexicon | None = None) -> str:
+    """NFKC, lower case, simplified characters; spaces dropped between CJK characters."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = to_simplified(text, lexicon)
+    return re.sub(r"(?<=[^\x00-\x7f])\s+|\s+(?=[^\x00-\x7f])", "", text).strip()
+
+
+@functools.lru_cache(maxsize=1024)
+def _word_pattern(keyword: str) -> re.Pattern[str]:
+    stem = keyword.endswith("*")
+    body = re.escape(keyword.rstrip("*")).replace(r"\ ", r"\s+")
+    return re.compile(r"\b" + body + (r"\w*" if stem else r"\b"))
+
+
+def _matches(text: str, keywords: tuple[str, ...]) -> list[str]:
+    found: list[str] = []
+    for kw in keywords:
+        if _CJK.search(kw) or not kw.isascii():
+            hit = kw in text
+        elif _CJK.search(text):
+            hit = kw in text  # latin letters inside Chinese text ("sd卡"): no word boundaries
+        else:
+            hit = _word_pattern(kw).search(text) is not None
+        if hit:
+            found.append(kw)
+    return found
+
+
+def _languages(lexicon: Lexicon, language: str | None) -> list[str]:
+    base = (language or "").lower().replace("_", "-").split("-")[0]
+    if base in lexicon.languages:
+        return [base]
+    return sorted(lexicon.languages)  # unknown language: try every lexicon
+
+
+def classify(text: str, language: str | None = "zh",
+             lexicon: Lexicon | None = None) -> Classification:
+    """Find the interruption reason in ``text`` (a transcript in ``language``)."""
+    lexicon = lexicon or default_lexicon()
+    norm = normalise(text, lexicon)
+    if not norm:
+        return Classification(None, 0.0, ())
+    langs = _languages(lexicon, language)
+    hits: dict[str, list[str]] = {}
+    for reason, per_lang in lexicon.reasons.items():
+        found = [kw for lang in langs for kw in _matches(norm, per_lang.get(lang, ()))]
+        if found:
+            hits[reason] = found
+    said_interruption = [kw for lang in langs
+                         for kw in _matches(norm, lexicon.interruption.get(lang, ()))]
+    if not hits:
+        if said_interruption:
+            return Classification(OTHER, 0.5, tuple(said_interruption))
+        return Classification(None, 0.0, ())
+    order = list(lexicon.reasons)
+    best = max(hits, key=lambda r: (len(hits[r]), -order.index(r)))
+    total = sum(len(v) for v in hits.values())
+    share = len(hits[best]) / total
+    strength = min(1.0, 0.6 + 0.15 * (len(hits[best]) - 1) + (0.25 if said_interruption else 0.0))
+    confidence = round(strength * share, 3)
+    matched = tuple(hits[best]) + tuple(said_interruption)
+    if len(hits) > 1:
+        log.debug("several reasons matched %s; chose %s", sorted(hits), best)
+    return Classification(best, confidence, matched)

@@ -1,0 +1,116 @@
+"""Shared fixtures: work directories, simulated recorders, a running daemon."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dockd.config import Config, for_workdir
+from dockd.devices.simulator import RecorderSpec, simulate_recorder
+from dockd.integrity.keys import generate_key
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    w = tmp_path / "w"
+    w.mkdir()
+    return w
+
+
+@pytest.fixture
+def cfg(workdir: Path) -> Config:
+    c = for_workdir(workdir)
+    generate_key(c.paths.key_file, c.paths.public_key_file)
+    return c
+
+
+@pytest.fixture
+def make_recorder(tmp_path: Path) -> Callable[..., Path]:
+    """Build a simulated recorder tree (real ffmpeg clips) and return its root."""
+    counter = iter(range(1000))
+
+    def make(cfg: Config | None = None, dest: Path | None = None, **spec_kw: object) -> Path:
+        c = cfg or Config()
+        spec_kw.setdefault("segments", 3)
+        spec_kw.setdefault("segment_seconds", 1.0)
+        spec = RecorderSpec(**spec_kw)  # type: ignore[arg-type]
+        root = dest or tmp_path / f"rec-{next(counter)}"
+        sim = simulate_recorder(root, spec, profile=c.profiles[0], tz=c.tz, tools=c.tools)
+        return sim.root
+
+    return make
+
+
+def dockd_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dockd.cli", *args]
+
+
+def run_dockd(*args: str, timeout: float = 120, check: bool = False
+              ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(dockd_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          check=check)
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+             what: str = "condition") -> object:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class DaemonProcess:
+    """``dockd run --workdir W`` as a real subprocess (so it can be killed with SIGKILL)."""
+
+    def __init__(self, workdir: Path, log: Path):
+        self.workdir = workdir
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        fh = self.log.open("ab")
+        self.proc = subprocess.Popen(dockd_cmd("run", "--workdir", str(self.workdir)),
+                                     stdout=fh, stderr=subprocess.STDOUT, env=env)
+        fh.close()
+        wait_for(lambda: "ready" in self.log.read_text(errors="replace"), 30, what="daemon ready")
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            return self.proc.wait(30)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[[Path], DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(workdir: Path) -> DaemonProcess:
+        d = DaemonProcess(workdir, tmp_path / "daemon.log").start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(10)
