@@ -5,7 +5,8 @@
 
 demo:
 	@scripts/setup.sh run
-	.venv/bin/dockd demo $(DEMO_ARGS)
+	@scripts/fetch-whisper-base.sh .venv/whisper-base >/dev/null
+	.venv/bin/dockd demo --notes-model .venv/whisper-base $(DEMO_ARGS)
 
 test:
 	@scripts/setup.sh test

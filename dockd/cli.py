@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="simulate a dock session end to end on a local target")
     p.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=300.0, help="give up after SECONDS")
+    p.add_argument("--notes-model", type=Path, metavar="DIR",
+                   help="faster-whisper model directory for spoken-note reasons "
+                        "(make demo passes the base model it fetched)")
     p.set_defaults(func=cmd_demo)
 
     from .devices.simulator import add_simulate_parser
@@ -62,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="ports, backlog and deadlines")
     _json_flag(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", parents=[common],
+                       help="recording timelines: gaps and spoken notes per docking (R1, R2)")
+    p.add_argument("--docking", type=int, help="only this docking")
+    p.add_argument("--serial", help="only this recorder")
+    p.add_argument("--limit", type=int, default=20, help="at most this many dockings (newest)")
+    _json_flag(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("verify", parents=[common],
                        help="verify delivered files against their signed manifests (offline)")
@@ -126,6 +137,11 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.notes_model:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, notes=dataclasses.replace(
+            cfg.notes, model_dir=str(args.notes_model.absolute())))
     return run_demo(cfg, workdir_given=args.workdir is not None, timeout=args.timeout)
 
 
@@ -159,6 +175,21 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         _print_json(data)
     else:
         Console().print(render_status(data))
+    return 0
+
+
+def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .state import open_readonly
+    from .status.report import render_report, report_data
+
+    with open_readonly(cfg.paths.database) as state:
+        data = report_data(state, docking_id=args.docking, serial=args.serial, limit=args.limit)
+    if args.json:
+        _print_json(data)
+    else:
+        Console().print(render_report(data))
     return 0
 
 

@@ -102,6 +102,26 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class ContinuityConfig:
+    split_tolerance_s: float = 1.0
+    """Spacing between segments up to this is a recorder split (GA/T 947: lossless), not a gap."""
+    session_break_s: float = 1800.0
+    """Spacing above this starts a new session (new place/time); in between is an interruption."""
+
+
+@dataclass(frozen=True)
+class NotesConfig:
+    enabled: bool = True
+    model_dir: str = ""
+    """faster-whisper (CTranslate2) model directory; "" = voice detection only, reason unknown."""
+    language: str = "zh"
+    probe_seconds: float = 30.0
+    window_seconds: float = 10.0
+    min_speech_seconds: float = 1.5
+    cpu_threads: int = 0
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     name: str = "primary"
     kind: str = "local"
@@ -139,6 +159,8 @@ class Config:
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     offload: OffloadConfig = field(default_factory=OffloadConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    continuity: ContinuityConfig = field(default_factory=ContinuityConfig)
+    notes: NotesConfig = field(default_factory=NotesConfig)
     targets: tuple[TargetConfig, ...] = (TargetConfig(),)
     profiles: tuple[ProfileConfig, ...] = (ProfileConfig(),)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -213,6 +235,17 @@ def _semantic_checks(cfg: Config) -> list[str]:
         problems.append(f"offload.chunk_size: must be at least 4 KiB, got {cfg.offload.chunk_size}")
     if cfg.delivery.deadline_hours <= 0:
         problems.append("delivery.deadline_hours: must be positive")
+    if not 0 <= cfg.continuity.split_tolerance_s < cfg.continuity.session_break_s:
+        problems.append("continuity.session_break_s: must be greater than split_tolerance_s "
+                        "(and split_tolerance_s >= 0)")
+    n = cfg.notes
+    if not 0 < n.window_seconds <= n.probe_seconds:
+        problems.append("notes.window_seconds: must be > 0 and <= notes.probe_seconds")
+    if n.min_speech_seconds < 0:
+        problems.append("notes.min_speech_seconds: must be >= 0")
+    if n.model_dir and not (Path(n.model_dir) / "model.bin").is_file():
+        problems.append(f"notes.model_dir: {n.model_dir} holds no model.bin (a faster-whisper "
+                        "model directory is needed, or \"\" for voice detection only)")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"logging.level: one of DEBUG, INFO, WARNING, ERROR (got {cfg.logging.level!r})")
     if not cfg.targets:

@@ -23,11 +23,12 @@ from .config import Config
 from .delivery.base import StorageTarget
 from .delivery.local import LocalTarget
 from .devices.drivers import registry_from_config
-from .devices.watch import Docked, DirectorySource, Undocked, scan_ports
+from .devices.watch import DirectorySource, Docked, Undocked, scan_ports
 from .errors import CopyError, DockdError, SigningError
 from .ingest.offload import clean_stale_partials
 from .ingest.probe import Prober
 from .integrity.keys import key_id, load_private_key, public_key_pem
+from .integrity.notes import NoteAnalyzer, NoteParams
 from .pipeline import Pipeline, Signer
 from .state import State
 
@@ -54,9 +55,21 @@ def build_targets(cfg: Config) -> list[StorageTarget]:
     return targets
 
 
+def build_notes(cfg: Config) -> NoteAnalyzer | None:
+    """The spoken-note analyser (loads its model lazily, on the first interruption)."""
+    n = cfg.notes
+    if not n.enabled:
+        return None
+    params = NoteParams(probe_s=n.probe_seconds, window_s=n.window_seconds,
+                        min_speech_s=n.min_speech_seconds, language=n.language,
+                        cpu_threads=n.cpu_threads, ffmpeg=cfg.tools.ffmpeg)
+    return NoteAnalyzer(n.model_dir or None, params)
+
+
 def build_pipeline(cfg: Config, state: State, prober: Prober) -> Pipeline:
     return Pipeline(cfg, state, registry=registry_from_config(cfg), prober=prober,
-                    targets=build_targets(cfg), signer=load_signer(cfg))
+                    targets=build_targets(cfg), signer=load_signer(cfg),
+                    notes=build_notes(cfg))
 
 
 class SystemdNotifier:

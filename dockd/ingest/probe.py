@@ -165,13 +165,14 @@ class Prober:
     def _exiftool(self) -> exiftool.ExifToolHelper:
         et = self._et
         if et is not None:
+            proc = et._process  # pyexiftool forgets it once it notices the death
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "process was previously running but died"
                 alive = et.running
             if alive:
                 return et
             log.warning("exiftool process died; restarting it")
-            self._discard_exiftool()
+            self._discard_exiftool(proc)
         et = exiftool.ExifToolHelper(executable=self.tools.exiftool, check_execute=False,
                                      common_args=["-G", "-n", "-api", "LargeFileSupport=1"])
         et.run()
@@ -179,11 +180,11 @@ class Prober:
         log.debug("exiftool %s started (pid %s)", et.version, et._process.pid)
         return et
 
-    def _discard_exiftool(self) -> None:
+    def _discard_exiftool(self, proc: subprocess.Popen[bytes] | None = None) -> None:
         et, self._et = self._et, None
         if et is None:
             return
-        proc: subprocess.Popen[bytes] | None = getattr(et, "_process", None)
+        proc = proc or getattr(et, "_process", None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -214,7 +215,8 @@ class Prober:
         last: Exception | None = None
         for attempt in (1, 2):
             et = self._exiftool()
-            with _Watchdog(et._process, self.timeout) as dog:
+            proc = et._process
+            with _Watchdog(proc, self.timeout) as dog:
                 try:
                     out = et.execute_json(os.fsencode(path))
                 except (ExifToolException, OSError, ValueError, json.JSONDecodeError) as exc:
@@ -223,7 +225,7 @@ class Prober:
             if out:
                 return dict(out[0])
             why = dog.fired or f"{type(last).__name__}: {last}"
-            self._discard_exiftool()
+            self._discard_exiftool(proc)
             if dog.fired.startswith("exiftool timed out"):
                 raise TimeoutError(why)
             log.warning("exiftool failed on %s (attempt %d): %s", path, attempt, why)

@@ -1,0 +1,136 @@
+"""``dockd report``: each docking's recording timeline (R1), its gaps and the spoken notes
+found at every resumption (R2), for supervisors' review (R11). Read-only over the state."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from ..state import State
+from .views import human_duration
+
+VERDICT_LABELS = {
+    "note": "spoken note",
+    "no_reason": "speech but no reason given",
+    "speech_unclassified": "speech found, reason unknown (no ASR model)",
+    "no_note": "NO NOTE",
+    "error": "could not check",
+    "not_checked": "not checked (notes disabled)",
+}
+
+
+def report_data(state: State, *, docking_id: int | None = None, serial: str | None = None,
+                limit: int = 20) -> dict[str, Any]:
+    where, params = [], []
+    if docking_id is not None:
+        where.append("d.id = ?")
+        params.append(docking_id)
+    if serial:
+        where.append("d.serial = ?")
+        params.append(serial)
+    sql = ("SELECT d.*, r.officer_no, r.officer_name, r.unit_name FROM dockings d "
+           "LEFT JOIN recorders r ON r.serial = d.serial "
+           + (f"WHERE {' AND '.join(where)} " if where else "")
+           + "ORDER BY d.id DESC LIMIT ?")
+    out = []
+    for d in state.query(sql, (*params, limit)):
+        clips = {c["id"]: c for c in state.query(
+            "SELECT id, safe_name, start_utc, duration_s, state FROM clips WHERE docking_id = ?",
+            (d["id"],))}
+        cont = json.loads(d["continuity"]) if d.get("continuity") else None
+        gaps = []
+        for g in state.query("SELECT * FROM gaps WHERE docking_id = ? ORDER BY start",
+                             (d["id"],)):
+            gaps.append({
+                "kind": g["kind"], "start": g["start"], "end": g["end"],
+                "length_s": g["length_s"],
+                "before_clip": clips.get(g["before_clip"], {}).get("safe_name"),
+                "after_clip": clips.get(g["after_clip"], {}).get("safe_name"),
+                "verdict": g["verdict"], "reason": g["reason"], "transcript": g["transcript"],
+                "speech_start_s": g["speech_start_s"], "speech_end_s": g["speech_end_s"],
+                "confidence": g["confidence"], "needs_review": bool(g["needs_review"]),
+                "error": g["error"],
+            })
+        sessions = []
+        if cont:
+            for s in cont["timeline"].get("sessions", []):
+                sessions.append({
+                    "start": s.get("start"), "end": s.get("end"),
+                    "runs": [{"start": r["start"], "end": r["end"], "length_s": r["length_s"],
+                              "clips": [clips.get(c, {}).get("safe_name", c)
+                                        for c in r["clips"]]} for r in s.get("runs", [])],
+                })
+        out.append({
+            "docking_id": d["id"], "serial": d["serial"], "port": d["port"],
+            "officer_no": d.get("officer_no"), "officer_name": d.get("officer_name"),
+            "docked_at": d["docked_at"], "state": d["state"],
+            "clock_offset_s": d["clock_offset_s"],
+            "analyzed": cont is not None,
+            "sessions": sessions, "gaps": gaps,
+            "needs_review": sum(g["needs_review"] for g in gaps),
+            "findings": cont.get("findings", []) if cont else [],
+        })
+    return {"dockings": out}
+
+
+def render_report(data: dict[str, Any]) -> Group:
+    parts: list[Any] = []
+    for d in data["dockings"]:
+        officer = " ".join(x for x in (d["officer_no"], d["officer_name"]) if x)
+        offset = d["clock_offset_s"]
+        title = (f"docking {d['docking_id']}: recorder {d['serial']} ({officer}), {d['port']}, "
+                 f"docked {d['docked_at'][:16]}Z, clock "
+                 f"{f'{offset:+.1f} s' if offset is not None else 'unknown'}")
+        if not d["analyzed"]:
+            parts.append(Text(f"{title}: timeline not analysed yet ({d['state']})", style="dim"))
+            continue
+        t = Table(title=title, expand=False, title_justify="left")
+        t.add_column("from (UTC)", no_wrap=True)
+        t.add_column("to", no_wrap=True)
+        t.add_column("length", no_wrap=True)
+        t.add_column("what", no_wrap=True)
+        t.add_column("spoken note / reason", ratio=1)
+        events: list[tuple[str, list[Any]]] = []
+        for i, s in enumerate(d["sessions"], 1):
+            for r in s["runs"]:
+                events.append((r["start"], [r["start"][11:19], r["end"][11:19],
+                                            human_duration(r["length_s"]),
+                                            f"S{i} recording ({len(r['clips'])} seg.)",
+                                            ""]))
+        for g in d["gaps"]:
+            if g["kind"] == "session_break":
+                events.append((g["start"], [g["start"][11:19], g["end"][11:19],
+                                            human_duration(g["length_s"]),
+                                            Text("new session", style="dim"),
+                                            Text("place/time changed: no note needed",
+                                                 style="dim")]))
+                continue
+            label = VERDICT_LABELS.get(g["verdict"], g["verdict"])
+            note = label
+            if g["reason"]:
+                note += f": {g['reason']}"
+            if g["transcript"]:
+                note += f" \u201c{g['transcript']}\u201d"
+            style = "green" if not g["needs_review"] else "bold red"
+            events.append((g["start"], [g["start"][11:19], g["end"][11:19],
+                                        human_duration(g["length_s"]),
+                                        Text("GAP", style="bold"),
+                                        Text(note + ("" if not g["needs_review"]
+                                                     else "  -> supervisor review"),
+                                             style=style)]))
+        for _, row in sorted(events, key=lambda e: e[0]):
+            t.add_row(*row)
+        parts.append(t)
+        if d["needs_review"]:
+            parts.append(Text(f"  {d['needs_review']} gap(s) need the supervisor's review",
+                              style="bold red"))
+        other = [f for f in d["findings"] if not f["kind"].startswith("interruption")]
+        for f in other:
+            parts.append(Text(f"  finding: {f['kind']}: {f['message']}", style="yellow"))
+    if not parts:
+        parts.append(Text("no dockings"))
+    return Group(*parts)
