@@ -122,11 +122,49 @@ class NotesConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    default_class: str = "standard"
+    """Retention class of newly docked clips: routine | standard | evidence | permanent."""
+    routine_days: int = 183
+    standard_days: int = 730
+    evidence_days: int = 3650
+
+
+RETENTION_CLASSES = ("routine", "standard", "evidence", "permanent")
+TARGET_KINDS = ("local", "s3", "sftp")
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     name: str = "primary"
     kind: str = "local"
+    """local | s3 | sftp"""
     path: Path = Path("/srv/dockd/target")
+    """local: the directory; sftp: the remote base directory; s3: unused."""
     required: bool = True
+    verify: str = "readback"
+    """How delivery is confirmed: "readback" (re-read and hash what landed) or "checksum"
+    (trust a server-side SHA-256: S3 checksum mode, SFTP remote hash)."""
+    max_concurrency: int = 4
+    bandwidth_limit: str = ""
+    """"" (none), "40 MB/s", or a schedule "08:00-18:00=10 MB/s,*=80 MB/s"."""
+    # --- s3
+    endpoint_url: str = ""
+    bucket: str = ""
+    region: str = "us-east-1"
+    prefix: str = ""
+    credentials_file: str = ""
+    """INI file with aws_access_key_id / aws_secret_access_key ([default] section); "" =
+    the standard AWS environment variables / config chain."""
+    object_lock: str = ""
+    """"" (none), "GOVERNANCE" or "COMPLIANCE": object-lock retention mode for clips."""
+    part_size: ByteSize = ByteSize(64 * 1024 * 1024)
+    # --- sftp
+    host: str = ""
+    port: int = 22
+    user: str = ""
+    key_file: str = ""
+    known_hosts: str = ""
 
 
 @dataclass(frozen=True)
@@ -161,6 +199,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     continuity: ContinuityConfig = field(default_factory=ContinuityConfig)
     notes: NotesConfig = field(default_factory=NotesConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     targets: tuple[TargetConfig, ...] = (TargetConfig(),)
     profiles: tuple[ProfileConfig, ...] = (ProfileConfig(),)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -251,11 +290,35 @@ def _semantic_checks(cfg: Config) -> list[str]:
     if not cfg.targets:
         problems.append("targets: at least one storage target is needed")
     names = [t.name for t in cfg.targets]
+    if cfg.retention.default_class not in RETENTION_CLASSES:
+        problems.append(f"retention.default_class: one of {', '.join(RETENTION_CLASSES)} "
+                        f"(got {cfg.retention.default_class!r})")
+    r = cfg.retention
+    if not 0 < r.routine_days <= r.standard_days <= r.evidence_days:
+        problems.append("retention: need 0 < routine_days <= standard_days <= evidence_days")
     for i, t in enumerate(cfg.targets):
-        if t.kind not in {"local"}:
-            problems.append(f"targets[{i}].kind: unknown target kind {t.kind!r} (known: local)")
+        where = f"targets[{i}]"
+        if t.kind not in TARGET_KINDS:
+            problems.append(f"{where}.kind: unknown target kind {t.kind!r} "
+                            f"(known: {', '.join(TARGET_KINDS)})")
         if names.count(t.name) > 1:
-            problems.append(f"targets[{i}].name: duplicate target name {t.name!r}")
+            problems.append(f"{where}.name: duplicate target name {t.name!r}")
+        if t.verify not in ("readback", "checksum"):
+            problems.append(f"{where}.verify: \"readback\" or \"checksum\" (got {t.verify!r})")
+        if t.max_concurrency < 1:
+            problems.append(f"{where}.max_concurrency: must be at least 1")
+        if t.kind == "s3":
+            if not t.bucket:
+                problems.append(f"{where}.bucket: required for an s3 target")
+            if t.object_lock not in ("", "GOVERNANCE", "COMPLIANCE"):
+                problems.append(f"{where}.object_lock: \"\", \"GOVERNANCE\" or "
+                                f"\"COMPLIANCE\" (got {t.object_lock!r})")
+            if t.part_size < 5 * 1024 * 1024:
+                problems.append(f"{where}.part_size: S3 parts must be at least 5 MiB")
+        if t.kind == "sftp":
+            for key in ("host", "user", "key_file", "known_hosts"):
+                if not getattr(t, key):
+                    problems.append(f"{where}.{key}: required for an sftp target")
     if cfg.targets and not any(t.required for t in cfg.targets):
         problems.append("targets: at least one target must be required = true")
     if not cfg.profiles:

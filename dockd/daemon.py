@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .delivery.base import StorageTarget
-from .delivery.local import LocalTarget
+from .delivery.targets import open_targets
 from .devices.drivers import registry_from_config
 from .devices.watch import DirectorySource, Docked, Undocked, scan_ports
 from .errors import CopyError, DockdError, SigningError
@@ -45,16 +44,6 @@ def load_signer(cfg: Config) -> Signer:
                   public_pem=public_key_pem(key))
 
 
-def build_targets(cfg: Config) -> list[StorageTarget]:
-    targets: list[StorageTarget] = []
-    for t in cfg.targets:
-        if t.kind == "local":
-            targets.append(LocalTarget(t.name, t.path, required=t.required))
-        else:  # pragma: no cover - config-check rejects unknown kinds
-            raise DockdError(f"target {t.name}: unknown kind {t.kind!r}")
-    return targets
-
-
 def build_notes(cfg: Config) -> NoteAnalyzer | None:
     """The spoken-note analyser (loads its model lazily, on the first interruption)."""
     n = cfg.notes
@@ -68,7 +57,7 @@ def build_notes(cfg: Config) -> NoteAnalyzer | None:
 
 def build_pipeline(cfg: Config, state: State, prober: Prober) -> Pipeline:
     return Pipeline(cfg, state, registry=registry_from_config(cfg), prober=prober,
-                    targets=build_targets(cfg), signer=load_signer(cfg),
+                    targets=open_targets(cfg), signer=load_signer(cfg),
                     notes=build_notes(cfg))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from .config import Config, ProfileConfig
 from .delivery.base import StorageTarget
 from .delivery.layout import MANIFEST_NAME, SIGNATURE_NAME, clip_key, docking_prefix, key_path
+from .delivery.targets import retention_for
 from .devices.drivers import DriverRegistry
 from .errors import (
     CopyError,
@@ -211,10 +212,10 @@ class Pipeline:
         findings = [f.as_dict() for f in (*e.findings, *extra_findings)]
         cur = conn.execute(
             "INSERT INTO clips (docking_id, first_docking_id, serial, rel_path, safe_name, size, "
-            "mtime, state, findings, deadline_at, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'discovered', ?, ?, ?, ?)",
+            "mtime, state, findings, deadline_at, created_at, updated_at, retention_class) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'discovered', ?, ?, ?, ?, ?)",
             (docking_id, docking_id, serial, encode_path(e.rel_path), e.safe_name, e.size, e.mtime,
-             dumps(findings), deadline, now, now))
+             dumps(findings), deadline, now, now, self.cfg.retention.default_class))
         return int(cur.lastrowid or 0)
 
     # ------------------------------------------------------------------ 2. offload
@@ -524,7 +525,8 @@ class Pipeline:
         due = "" if ignore_backoff else "AND (d.next_try_at IS NULL OR d.next_try_at <= :now)"
         rows = self.state.query(
             "SELECT d.clip_id, d.target, d.key, c.staged_path, c.sha256, c.size, c.docking_id, "
-            "c.safe_name FROM deliveries d JOIN clips c ON c.id = d.clip_id "
+            "c.safe_name, c.retention_class, k.docked_at FROM deliveries d "
+            "JOIN clips c ON c.id = d.clip_id JOIN dockings k ON k.id = c.first_docking_id "
             f"WHERE d.state = 'pending' AND c.state = 'signed' {due} "
             "ORDER BY c.deadline_at, c.id", {"now": now})
         targets = {t.name: t for t in self.targets}
@@ -535,8 +537,11 @@ class Pipeline:
             if target is None:
                 continue
             try:
+                retention = retention_for(self.cfg.retention, r["retention_class"] or
+                                          self.cfg.retention.default_class,
+                                          parse_iso(r["docked_at"]))  # type: ignore[arg-type]
                 target.put_file(Path(r["staged_path"]), r["key"], sha256=r["sha256"],
-                                size=r["size"])
+                                size=r["size"], retention=retention)
                 if not target.verify(r["key"], sha256=r["sha256"], size=r["size"]):
                     raise DeliveryError(f"{target.name}: {r['key']}: copy on target does not "
                                         "match after upload", retry=True)

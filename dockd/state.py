@@ -124,7 +124,14 @@ def _m2_continuity(db: sqlite_utils.Database) -> None:
     db["gaps"].create_index(["docking_id"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_continuity]
+def _m3_retention(db: sqlite_utils.Database) -> None:
+    db["clips"].add_column("retention_class", str)
+    db.execute("UPDATE clips SET retention_class = 'standard' WHERE retention_class IS NULL")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m1_initial, _m2_continuity, _m3_retention,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -24,6 +24,7 @@ import errno
 import hashlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -37,6 +38,18 @@ _FATAL_ERRNOS = frozenset({
     errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP, errno.ENOTDIR, errno.EISDIR,
     errno.ENAMETOOLONG, errno.EINVAL, errno.EXDEV,
 })
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long the storage server must keep an object (R7). Backends that can enforce it
+    (S3 object lock) do; others record nothing and rely on the server's own policy."""
+
+    retention_class: str
+    """routine | standard | evidence | permanent"""
+    retain_until: datetime | None
+    """Keep at least until then (UTC); None for permanent (legal hold instead)."""
+    legal_hold: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,11 +83,12 @@ class StorageTarget(Protocol):
         """Human description for logs and status (never contains credentials)."""
         ...
 
-    def put_file(self, local_path: Path, key: str, *, sha256: str, size: int) -> Receipt:
+    def put_file(self, local_path: Path, key: str, *, sha256: str, size: int,
+                 retention: Retention | None = None) -> Receipt:
         """Store ``local_path`` under ``key``; its content must hash to ``sha256``/``size``."""
         ...
 
-    def put_bytes(self, data: bytes, key: str) -> Receipt:
+    def put_bytes(self, data: bytes, key: str, *, retention: Retention | None = None) -> Receipt:
         """Store a small document (manifest, signature, public key) under ``key``."""
         ...
 

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DeliveryError
-from .base import CHUNK_SIZE, Receipt, RemoteObject, os_error_to_delivery
+from .base import CHUNK_SIZE, Receipt, RemoteObject, Retention, os_error_to_delivery
 from .layout import PARTIAL_SUFFIX, split_key
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ class LocalTarget:
 
     # ------------------------------------------------------------------ public operations
 
-    def put_file(self, local_path: Path, key: str, *, sha256: str, size: int) -> Receipt:
+    def put_file(self, local_path: Path, key: str, *, sha256: str, size: int,
+                 retention: Retention | None = None) -> Receipt:
         _check_digest(sha256, size)
 
         def write(fd: int) -> tuple[int, str]:
@@ -79,7 +80,8 @@ class LocalTarget:
 
         return self._put(key, sha256, size, write)
 
-    def put_bytes(self, data: bytes, key: str) -> Receipt:
+    def put_bytes(self, data: bytes, key: str, *,
+                  retention: Retention | None = None) -> Receipt:
         sha256 = hashlib.sha256(data).hexdigest()
 
         def write(fd: int) -> tuple[int, str]:

@@ -205,6 +205,8 @@ class _Reader(threading.Thread):
             self._run()
         except OSError as exc:
             self.full.put(("error", exc, None))
+        except Exception as exc:  # never leave the writer waiting for the stall timeout
+            self.full.put(("error", OSError(errno.EPROTO, f"reader failed: {exc!r}"), None))
         finally:
             os.close(self.fd)
 
