@@ -186,6 +186,68 @@ class ProfileConfig:
 
 
 @dataclass(frozen=True)
+class DevicesConfig:
+    source: str = "directory"
+    """"directory": recorders appear as trees under paths.ports_dir (simulated, lab, NFS dock);
+    "udev": real USB recorders, detected with pyudev and mounted read-only."""
+    mount_root: Path = Path("/run/dockd/mnt")
+    """Per-port mount points (<mount_root>/<port>) for the udev source."""
+    mount_helper: str = "/usr/libexec/dockd/dockd-mount"
+    """Privileged helper that mounts/unmounts recorders (see docs/privileges.md)."""
+    rescan_seconds: float = 30.0
+    """Slow re-enumeration of block devices: udev events are hints, they may be missed."""
+    fsck: bool = True
+    """Run a read-only filesystem check (fsck.vfat -n / fsck.exfat -n) before mounting."""
+
+
+@dataclass(frozen=True)
+class AllowConfig:
+    vendor_id: str = ""
+    """USB idVendor (4 hex digits) of an allowed recorder model."""
+    model_id: str = ""
+    """USB idProduct (4 hex digits); "" = any product of the vendor."""
+    serial_pattern: str = ""
+    """Regular expression the USB serial must match; "" = any."""
+    profile: str = ""
+    """Recorder profile to use for this model; "" = choose by device-info file."""
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class PortMapConfig:
+    path: str = ""
+    """Physical USB path of the hub port (udev ID_PATH), e.g. pci-0000:00:14.0-usb-0:1.3:1.0."""
+    port: str = ""
+    """Port label shown to users, e.g. port-03."""
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    min_battery_percent: int = 80
+    """Fit for the next shift only with at least this battery after charging_minutes docked."""
+    charging_minutes: float = 120.0
+    min_free_percent: float = 10.0
+    """Storage nearly full below this share of free space."""
+    max_clock_offset_s: float = 10.0
+    """Clock off by more than this (GA/T 947: <= 3 s/day drift) makes the recorder unfit."""
+    set_clock: bool = True
+    """Set the recorder's clock after its clips are copied, where its profile allows."""
+    require_ntp: bool = True
+    """Warn when the dock's own clock is not NTP-synchronised (clock offsets are then unreliable)."""
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 8470
+    token: str = ""
+    """Bearer token required for any client not on loopback ("" = loopback only)."""
+    language: str = "zh"
+    """Default page language: zh or en."""
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -200,6 +262,11 @@ class Config:
     continuity: ContinuityConfig = field(default_factory=ContinuityConfig)
     notes: NotesConfig = field(default_factory=NotesConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    allow: tuple[AllowConfig, ...] = ()
+    port_map: tuple[PortMapConfig, ...] = ()
+    health: HealthConfig = field(default_factory=HealthConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     targets: tuple[TargetConfig, ...] = (TargetConfig(),)
     profiles: tuple[ProfileConfig, ...] = (ProfileConfig(),)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -285,6 +352,42 @@ def _semantic_checks(cfg: Config) -> list[str]:
     if n.model_dir and not (Path(n.model_dir) / "model.bin").is_file():
         problems.append(f"notes.model_dir: {n.model_dir} holds no model.bin (a faster-whisper "
                         "model directory is needed, or \"\" for voice detection only)")
+    if cfg.devices.source not in ("directory", "udev"):
+        problems.append(f"devices.source: \"directory\" or \"udev\" (got {cfg.devices.source!r})")
+    for i, a in enumerate(cfg.allow):
+        if not re.fullmatch(r"[0-9a-fA-F]{4}", a.vendor_id):
+            problems.append(f"allow[{i}].vendor_id: 4 hex digits (got {a.vendor_id!r})")
+        if a.model_id and not re.fullmatch(r"[0-9a-fA-F]{4}", a.model_id):
+            problems.append(f"allow[{i}].model_id: 4 hex digits or \"\" (got {a.model_id!r})")
+        try:
+            re.compile(a.serial_pattern)
+        except re.error as exc:
+            problems.append(f"allow[{i}].serial_pattern: not a valid regular expression: {exc}")
+        if a.profile and a.profile not in {p.name for p in cfg.profiles}:
+            problems.append(f"allow[{i}].profile: no profile named {a.profile!r}")
+    seen_paths: set[str] = set()
+    seen_ports: set[str] = set()
+    for i, m in enumerate(cfg.port_map):
+        if not m.path or not m.port:
+            problems.append(f"port_map[{i}]: needs both path and port")
+        if m.path in seen_paths:
+            problems.append(f"port_map[{i}].path: {m.path!r} mapped twice")
+        if m.port in seen_ports:
+            problems.append(f"port_map[{i}].port: {m.port!r} used for two physical paths")
+        seen_paths.add(m.path)
+        seen_ports.add(m.port)
+    if cfg.devices.source == "udev" and not cfg.allow:
+        problems.append("allow: the udev source needs at least one allowed recorder model "
+                        "(nothing else is ever mounted)")
+    h = cfg.health
+    if not 0 <= h.min_battery_percent <= 100:
+        problems.append("health.min_battery_percent: 0..100")
+    if not 0 <= h.min_free_percent <= 100:
+        problems.append("health.min_free_percent: 0..100")
+    if cfg.web.language not in ("zh", "en"):
+        problems.append(f"web.language: \"zh\" or \"en\" (got {cfg.web.language!r})")
+    if not 0 < cfg.web.port < 65536:
+        problems.append("web.port: 1..65535")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"logging.level: one of DEBUG, INFO, WARNING, ERROR (got {cfg.logging.level!r})")
     if not cfg.targets:
