@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(p)
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("queue", parents=[common],
+                       help="delivery backlog by deadline, forecast and alerts (R3)")
+    _json_flag(p)
+    p.set_defaults(func=cmd_queue)
+
     p = sub.add_parser("report", parents=[common],
                        help="recording timelines: gaps and spoken notes per docking (R1, R2)")
     p.add_argument("--docking", type=int, help="only this docking")
@@ -175,6 +180,21 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         _print_json(data)
     else:
         Console().print(render_status(data))
+    return 0
+
+
+def cmd_queue(cfg: Config, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .state import open_readonly, utcnow
+    from .status.queue import queue_data, render_queue
+
+    with open_readonly(cfg.paths.database) as state:
+        data = queue_data(state, cfg, utcnow())
+    if args.json:
+        _print_json(data)
+    else:
+        Console().print(render_queue(data))
     return 0
 
 

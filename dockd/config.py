@@ -99,6 +99,12 @@ class DeliveryConfig:
     deadline_hours: float = 24.0
     keep_staged: bool = False
     retry_seconds: float = 30.0
+    warn_margin_hours: float = 6.0
+    """Warn when a docking's forecast completion is later than its deadline minus this."""
+    warn_age_hours: float = 18.0
+    """Warn when clips docked this long ago are still undelivered."""
+    alert_command: str = ""
+    """Command run for every new warning/alarm (argv split shell-style; DOCKD_ALERT_* in env)."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,9 @@ class ProfileConfig:
     info_file: str = "ZFY_INFO.INI"
     info_encoding: str = "gbk"
     timeset_file: str = ""
+    clear_policy: str = "never"
+    """"never" or "after_delivery": erase clips from the recorder once every required target
+    has verified them (re-checked against the recorder's file right before deletion)."""
 
     @property
     def regex(self) -> re.Pattern[str]:
@@ -424,6 +433,16 @@ def _semantic_checks(cfg: Config) -> list[str]:
                     problems.append(f"{where}.{key}: required for an sftp target")
     if cfg.targets and not any(t.required for t in cfg.targets):
         problems.append("targets: at least one target must be required = true")
+    if cfg.delivery.warn_margin_hours < 0 or cfg.delivery.warn_age_hours <= 0:
+        problems.append("delivery.warn_margin_hours/warn_age_hours: must be positive")
+    for i, t in enumerate(cfg.targets):
+        if t.bandwidth_limit:
+            from .delivery.schedule import parse_bandwidth
+
+            try:
+                parse_bandwidth(t.bandwidth_limit)
+            except ValueError as exc:
+                problems.append(f"targets[{i}].bandwidth_limit: {exc}")
     if not cfg.profiles:
         problems.append("profiles: at least one recorder profile is needed")
     for i, p in enumerate(cfg.profiles):
@@ -434,6 +453,9 @@ def _semantic_checks(cfg: Config) -> list[str]:
         else:
             if "start" not in rx.groupindex:
                 problems.append(f"profiles[{i}].file_pattern: needs a named group (?P<start>...)")
+        if p.clear_policy not in ("never", "after_delivery"):
+            problems.append(f"profiles[{i}].clear_policy: \"never\" or \"after_delivery\" "
+                            f"(got {p.clear_policy!r})")
         try:
             "x".encode(p.info_encoding)
         except LookupError:

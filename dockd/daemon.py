@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .alerts import check_deadlines
 from .config import Config
 from .delivery.targets import open_targets
 from .devices.drivers import registry_from_config
@@ -251,15 +252,28 @@ class Daemon:
 
     # ------------------------------------------------------------------ delivery
 
+    check_interval = 30.0
+
+    def _clear_docked(self) -> None:
+        """Clear recorders still docked whose clips are now verified on every target."""
+        for port, root in list(self.docked.items()):
+            if port not in self.jobs:
+                self.pipeline.clear(port, root)
+
     def _deliver_loop(self) -> None:
-        last_resume = time.monotonic()
+        last_resume = last_check = time.monotonic()
         while not self.stop_event.is_set():
             self.work_event.clear()
             try:
-                self.pipeline.deliver_pending(self.stop_event.is_set)
+                if self.pipeline.deliver_pending(self.stop_event.is_set):
+                    self._clear_docked()
                 if time.monotonic() - last_resume > 30:
                     last_resume = time.monotonic()
                     self.pipeline.resume()  # dockings a failed job left half-checked
+                if time.monotonic() - last_check > self.check_interval:
+                    last_check = time.monotonic()
+                    check_deadlines(self.state, self.cfg, self.state.clock())
+                    self._clear_docked()
             except Exception:  # keep the delivery thread alive; the error is in state/logs
                 log.exception("delivery pass failed")
             self.work_event.wait(timeout=1.0)

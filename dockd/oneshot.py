@@ -48,6 +48,7 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
             pipe.deliver_pending(ignore_backoff=True)
             if state.docking(docking_id)["state"] == "delivered":
                 break
+        cleared = pipe.clear(port, root.absolute())
         d = state.docking(docking_id)
         clips = state.clips_of(docking_id)
         problems = list(out.errors)
@@ -65,6 +66,7 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
         verified = _verify_local(cfg, manifest["prefix"]) if manifest else ["no manifest"]
         problems.extend(verified)
         delivered = sum(c["state"] in ("delivered", "cleared") for c in clips)
+        cleared_names = cleared.cleared if cleared else []
         return {
             "ok": not problems and d["state"] == "delivered",
             "docking_id": docking_id,
@@ -73,6 +75,7 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
             "clips_total": len(clips),
             "clips_delivered": delivered,
             "skipped_known": out.skipped_known,
+            "cleared": cleared_names,
             "manifest_sha256": manifest["sha256"] if manifest else None,
             "prefix": manifest["prefix"] if manifest else None,
             "targets": [t.name for t in pipe.targets],

@@ -15,14 +15,18 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .alerts import raise_alert
 from .config import Config, ProfileConfig
 from .delivery.base import StorageTarget
+from .delivery.clearing import ClearOutcome, clear_recorder
 from .delivery.layout import MANIFEST_NAME, SIGNATURE_NAME, clip_key, docking_prefix, key_path
+from .delivery.schedule import Pacer, parse_bandwidth
 from .delivery.targets import retention_for
 from .devices.drivers import DriverRegistry
 from .errors import (
@@ -87,6 +91,12 @@ class Pipeline:
         self._probe_lock = threading.Lock()  # one exiftool process: one request at a time
         self._finishing: set[int] = set()
         self._finishing_lock = threading.Lock()
+        for t in self.targets:
+            tcfg = next((c for c in cfg.targets if c.name == t.name), None)
+            if tcfg is not None and tcfg.bandwidth_limit and hasattr(t, "throttle"):
+                pacer = Pacer(parse_bandwidth(tcfg.bandwidth_limit),
+                              now=lambda: datetime.now(cfg.tz))
+                t.throttle = pacer.consume
 
     # ------------------------------------------------------------------ helpers
 
@@ -530,26 +540,22 @@ class Pipeline:
             f"WHERE d.state = 'pending' AND c.state = 'signed' {due} "
             "ORDER BY c.deadline_at, c.id", {"now": now})
         targets = {t.name: t for t in self.targets}
+        by_target: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
-            if should_stop():
-                return landed
-            target = targets.get(r["target"])
-            if target is None:
-                continue
-            try:
-                retention = retention_for(self.cfg.retention, r["retention_class"] or
-                                          self.cfg.retention.default_class,
-                                          parse_iso(r["docked_at"]))  # type: ignore[arg-type]
-                target.put_file(Path(r["staged_path"]), r["key"], sha256=r["sha256"],
-                                size=r["size"], retention=retention)
-                if not target.verify(r["key"], sha256=r["sha256"], size=r["size"]):
-                    raise DeliveryError(f"{target.name}: {r['key']}: copy on target does not "
-                                        "match after upload", retry=True)
-            except (DeliveryError, OSError) as exc:
-                self._delivery_failed("deliveries", "clip_id", r["clip_id"], target, exc)
-                continue
-            landed += 1
-            self._clip_landed(r["clip_id"], target.name)
+            if r["target"] in targets:
+                by_target.setdefault(r["target"], []).append(r)
+        # each target drains its own earliest-deadline-first list, with at most
+        # ``max_concurrency`` uploads at a time; targets proceed independently
+        pools = [ThreadPoolExecutor(max_workers=self._concurrency(name),
+                                    thread_name_prefix=f"deliver-{name}")
+                 for name in by_target]
+        futures = []
+        for pool, (name, items) in zip(pools, by_target.items(), strict=True):
+            for r in items:
+                futures.append(pool.submit(self._deliver_clip, r, targets[name], should_stop))
+        for pool in pools:
+            pool.shutdown(wait=True)
+        landed += sum(1 for f in futures if f.result())
         for m in self.state.query(
                 "SELECT m.id, m.docking_id, m.prefix, m.manifest, m.signature, m.key_id, "
                 "md.target FROM manifest_deliveries md JOIN manifests m ON m.id = md.manifest_id "
@@ -575,12 +581,44 @@ class Pipeline:
             self._manifest_landed(m["id"], m["docking_id"], target.name)
         return landed
 
-    def _clip_landed(self, clip_id: int, target: str) -> None:
+    def _concurrency(self, target: str) -> int:
+        for t in self.cfg.targets:
+            if t.name == target:
+                return t.max_concurrency
+        return 1
+
+    def _deliver_clip(self, r: dict[str, Any], target: StorageTarget,
+                      should_stop: StopFn) -> bool:
+        if should_stop():
+            return False
+        started = time.monotonic()
+        try:
+            retention = retention_for(self.cfg.retention, r["retention_class"] or
+                                      self.cfg.retention.default_class,
+                                      parse_iso(r["docked_at"]))  # type: ignore[arg-type]
+            receipt = target.put_file(Path(r["staged_path"]), r["key"], sha256=r["sha256"],
+                                      size=r["size"], retention=retention)
+            if not target.verify(r["key"], sha256=r["sha256"], size=r["size"]):
+                raise DeliveryError(f"{target.name}: {r['key']}: copy on target does not "
+                                    "match after upload", retry=True)
+        except (DeliveryError, OSError) as exc:
+            self._delivery_failed("deliveries", "clip_id", r["clip_id"], target, exc)
+            return False
+        seconds = time.monotonic() - started
+        self._clip_landed(r["clip_id"], target.name,
+                          transfer=None if receipt.already_present else (r["size"], seconds))
+        return True
+
+    def _clip_landed(self, clip_id: int, target: str,
+                     transfer: tuple[int, float] | None = None) -> None:
         required = {t.name for t in self.targets if t.required}
         with self.state.tx() as conn:
             conn.execute("UPDATE deliveries SET state = 'delivered', verified_at = ?, "
                          "last_error = NULL WHERE clip_id = ? AND target = ?",
                          (self.state.now(), clip_id, target))
+            if transfer is not None:
+                conn.execute("INSERT INTO transfers (ts, target, bytes, seconds) "
+                             "VALUES (?, ?, ?, ?)", (self.state.now(), target, *transfer))
             have = {r["target"] for r in conn.execute(
                 "SELECT target FROM deliveries WHERE clip_id = ? AND state = 'delivered'",
                 (clip_id,))}
@@ -632,6 +670,11 @@ class Pipeline:
             if not retry:
                 self.state.audit("delivery_failed", f"{table}/{ident}",
                                  {"target": target.name, "error": str(exc)}, conn=conn)
+        if not retry:
+            raise_alert(self.state, level="alarm", kind="delivery_failed",
+                        subject=f"target/{target.name}",
+                        message=f"{target.describe()}: permanent error, not retrying: {exc}",
+                        command=self.cfg.delivery.alert_command)
         level = logging.WARNING if retry else logging.ERROR
         log.log(level, "delivery of %s %d to %s failed (attempt %d, %s): %s", idcol, ident,
                 target.name, attempts, "will retry" if retry else "permanent, not retrying", exc)
@@ -661,6 +704,27 @@ class Pipeline:
         finally:
             with self._finishing_lock:
                 self._finishing.discard(docking_id)
+
+    def clear(self, port: str, root: Path) -> ClearOutcome | None:
+        """Erase verified-delivered clips from the recorder docked at ``port`` when its
+        profile's policy says so (R6: only after every required target confirmed them)."""
+        d = self.state.query_one("SELECT * FROM dockings WHERE port = ? ORDER BY id DESC "
+                                 "LIMIT 1", (port,))
+        if d is None or self.profile(d["profile"]).clear_policy != "after_delivery":
+            return None
+        required = [t.name for t in self.targets if t.required]
+        out = clear_recorder(self.state, serial=d["serial"], root=root, port=port,
+                             required_targets=required, chunk_size=self.cfg.offload.chunk_size,
+                             writable=self.writable(port, root))
+        if out.cleared:
+            self._port_msg(port, message=f"erased {len(out.cleared)} delivered clip(s) "
+                                         "from the recorder")
+        return out
+
+    def writable(self, port: str, root: Path) -> Any:
+        """How the recorder is made writable for clearing; the directory source needs nothing.
+        (The udev source remounts read-write through the mount helper for this step only.)"""
+        return None
 
     def resume(self) -> list[int]:
         """At start-up: carry every docking whose recorder is no longer needed forward."""

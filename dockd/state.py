@@ -129,8 +129,20 @@ def _m3_retention(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE clips SET retention_class = 'standard' WHERE retention_class IS NULL")
 
 
+def _m4_queue(db: sqlite_utils.Database) -> None:
+    db["transfers"].create({
+        "id": int, "ts": str, "target": str, "bytes": int, "seconds": float,
+    }, pk="id")
+    db["transfers"].create_index(["target", "ts"])
+    db["alerts"].create({
+        "id": int, "ts": str, "level": str, "kind": str, "subject": str, "message": str,
+        "resolved_at": str, "hook_status": str,
+    }, pk="id", not_null={"level", "kind", "subject"})
+    db["alerts"].create_index(["kind", "subject", "resolved_at"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_continuity, _m3_retention,
+    _m1_initial, _m2_continuity, _m3_retention, _m4_queue,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -78,6 +79,9 @@ class StorageTarget(Protocol):
 
     name: str
     required: bool
+    throttle: Callable[[int], object] | None
+    """Set by the queue when the target has a bandwidth cap: call it with each chunk's size
+    before sending it (it blocks as long as the cap requires)."""
 
     def describe(self) -> str:
         """Human description for logs and status (never contains credentials)."""

@@ -54,6 +54,8 @@ class LocalTarget:
         self.required = required
         self.chunk_size = chunk_size
         self.create_root = create_root
+        self.throttle: Callable[[int], object] | None = None
+        """Bandwidth pacer hook, called with each chunk's size before it is written."""
 
     def describe(self) -> str:
         return f"local directory {self.root}"
@@ -301,6 +303,8 @@ class LocalTarget:
                 return size, h.hexdigest()
             h.update(chunk)
             size += len(chunk)
+            if self.throttle is not None:
+                self.throttle(len(chunk))
             _write_all(dst_fd, chunk)
 
 

@@ -1,0 +1,124 @@
+"""``dockd queue``: the delivery backlog by deadline, its forecast at the measured throughput,
+and the alerts it raises (R3). The data functions are shared with the daemon's deadline
+check, so what the admin sees is exactly what raised the alarm."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from ..config import Config
+from ..delivery.schedule import ALARM, OK, WARNING, Forecast, Pending, forecast, measured_throughput
+from ..state import State, parse_iso
+from .views import human_bytes, human_duration
+
+THROUGHPUT_WINDOW = 50  # most recent transfers per target used for the forecast
+
+
+def target_throughput(state: State, target: str) -> float | None:
+    rows = state.query("SELECT bytes, seconds FROM transfers WHERE target = ? "
+                       "ORDER BY id DESC LIMIT ?", (target, THROUGHPUT_WINDOW))
+    return measured_throughput([(r["bytes"], r["seconds"]) for r in rows])
+
+
+def pending_by_target(state: State, target: str) -> list[Pending]:
+    """Each docking's undelivered clips on ``target`` (clips not yet signed count as well:
+    they will have to be delivered too)."""
+    rows = state.query(
+        "SELECT d.id, d.serial, d.port, d.docked_at, min(c.deadline_at) AS deadline, "
+        "count(c.id) AS n, coalesce(sum(c.size), 0) AS b, "
+        "sum(CASE WHEN dl.state = 'failed' THEN 1 ELSE 0 END) AS failed "
+        "FROM clips c JOIN dockings d ON d.id = c.docking_id "
+        "LEFT JOIN deliveries dl ON dl.clip_id = c.id AND dl.target = ? "
+        "WHERE c.state NOT IN ('delivered', 'cleared') "
+        "AND (dl.state IS NULL OR dl.state != 'delivered') "
+        "GROUP BY d.id", (target,))
+    out = []
+    for r in rows:
+        out.append(Pending(r["id"], r["serial"], r["port"], parse_iso(r["deadline"]),  # type: ignore[arg-type]
+                           parse_iso(r["docked_at"]), r["b"], r["n"], r["failed"] or 0))  # type: ignore[arg-type]
+    return out
+
+
+def queue_forecasts(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+    """Per required target: throughput and per-docking forecasts; overall: the worst level."""
+    warn_margin = timedelta(hours=cfg.delivery.warn_margin_hours)
+    warn_age = timedelta(hours=cfg.delivery.warn_age_hours)
+    per_target: dict[str, dict[str, Any]] = {}
+    worst: dict[int, Forecast] = {}
+    rank = {OK: 0, WARNING: 1, ALARM: 2}
+    for t in cfg.targets:
+        bps = target_throughput(state, t.name)
+        fc = forecast(pending_by_target(state, t.name), now, bps, warn_margin=warn_margin,
+                      warn_age=warn_age)
+        per_target[t.name] = {"required": t.required, "throughput_bps": bps,
+                              "forecasts": fc}
+        if not t.required:
+            continue
+        for f in fc:
+            cur = worst.get(f.docking_id)
+            if cur is None or rank[f.level] > rank[cur.level] or (
+                    f.level == cur.level and (f.eta or now) > (cur.eta or now)):
+                worst[f.docking_id] = f
+    dockings = sorted(worst.values(), key=lambda f: (f.deadline, f.docking_id))
+    level = max((f.level for f in dockings), key=lambda x: rank[x], default=OK)
+    return {"level": level, "targets": per_target, "dockings": dockings}
+
+
+def _fc_dict(f: Forecast, now: datetime) -> dict[str, Any]:
+    return {
+        "docking_id": f.docking_id, "serial": f.serial, "port": f.port,
+        "deadline_at": f.deadline.isoformat(), "remaining_s": (f.deadline - now).total_seconds(),
+        "eta": f.eta.isoformat() if f.eta else None, "margin_s": f.margin_s,
+        "bytes_left": f.bytes_left, "clips_left": f.clips_left, "level": f.level,
+        "reasons": list(f.reasons),
+    }
+
+
+def queue_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+    q = queue_forecasts(state, cfg, now)
+    alerts = state.query("SELECT ts, level, kind, subject, message FROM alerts "
+                         "WHERE resolved_at IS NULL ORDER BY ts")
+    return {
+        "generated_at": now.isoformat(),
+        "level": q["level"],
+        "dockings": [_fc_dict(f, now) for f in q["dockings"]],
+        "targets": {name: {"required": t["required"], "throughput_bps": t["throughput_bps"],
+                           "clips_left": sum(f.clips_left for f in t["forecasts"]),
+                           "bytes_left": sum(f.bytes_left for f in t["forecasts"])}
+                    for name, t in q["targets"].items()},
+        "alerts": alerts,
+    }
+
+
+def render_queue(data: dict[str, Any]) -> Group:
+    style = {OK: "green", WARNING: "bold yellow", ALARM: "bold red"}
+    targets = Table(title="targets", expand=False)
+    for col in ("target", "required", "throughput", "clips left", "bytes left"):
+        targets.add_column(col)
+    for name, t in data["targets"].items():
+        targets.add_row(name, "yes" if t["required"] else "no",
+                        f"{human_bytes(t['throughput_bps'])}/s" if t["throughput_bps"]
+                        else "not measured yet", str(t["clips_left"]),
+                        human_bytes(t["bytes_left"]))
+    q = Table(title=f"delivery queue (earliest deadline first) - "
+                    f"{data['level'].upper()}", expand=False)
+    for col in ("docking", "recorder", "port", "clips", "bytes", "deadline", "left",
+                "forecast", "status"):
+        q.add_column(col)
+    for d in data["dockings"]:
+        q.add_row(str(d["docking_id"]), d["serial"], d["port"], str(d["clips_left"]),
+                  human_bytes(d["bytes_left"]), d["deadline_at"][:16],
+                  human_duration(d["remaining_s"]),
+                  (d["eta"] or "unknown")[:16],
+                  Text(d["level"] + ("".join(f"\n{r}" for r in d["reasons"])),
+                       style=style[d["level"]]))
+    parts: list[Any] = [targets, q]
+    for a in data["alerts"]:
+        parts.append(Text(f"{a['level'].upper()} {a['kind']} {a['subject']}: {a['message']}",
+                          style=style.get(a["level"], "")))
+    return Group(*parts)
