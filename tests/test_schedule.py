@@ -137,8 +137,8 @@ def test_alerts_fire_at_the_right_times_and_call_the_hook(tmp_path):
     cfg = for_workdir(tmp_path)
     hook_log = tmp_path / "hook.log"
     script = tmp_path / "hook.py"
-    script.write_text("import os\nopen(%r, 'a').write(os.environ['DOCKD_ALERT_LEVEL'] + ' ' + "
-                      "os.environ['DOCKD_ALERT_SUBJECT'] + '\\n')\n" % str(hook_log))
+    script.write_text(f"import os\nopen({str(hook_log)!r}, 'a').write(os.environ['DOCKD_ALERT_LEVEL'] + ' ' + "
+                      "os.environ['DOCKD_ALERT_SUBJECT'] + '\\n')\n")
     cfg = dataclasses.replace(cfg, delivery=dataclasses.replace(
         cfg.delivery, alert_command=f"{sys.executable} {script}"))
     NOW[0] = T0
