@@ -87,6 +87,14 @@ def warm(files: list[Path]) -> None:
                 pass
 
 
+def drop_caches() -> None:
+    """Empty the page cache (needs root): every run then reads its source from the disk."""
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        raise SystemExit(f"--cold needs root to drop the page cache: {exc}") from exc
+
+
 # --------------------------------------------------------------------------- runs
 
 
@@ -151,6 +159,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep the generated tree")
     ap.add_argument("--quick", action="store_true", help="skip the dockd variants")
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the page cache before every run (root): the source is read "
+                         "from disk, as a docked recorder's clips are never in the dock's "
+                         "cache")
     ap.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--no-verify", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--buffered", action="store_true", help=argparse.SUPPRESS)
@@ -164,6 +176,7 @@ def main() -> int:
     src, dst = work / "recorder", work / "dest"
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}")
+    print(f"page cache: {'dropped before every run (cold source)' if args.cold else 'source warm'}")
     t = time.perf_counter()
     files = build_tree(src, total, file_size, make_seed_clip(work / "seed.mp4"))
     nbytes = sum(p.stat().st_size for p in files)
@@ -189,7 +202,10 @@ def main() -> int:
             for name, dockd_args, cp_kw in cases:
                 shutil.rmtree(dst, ignore_errors=True)
                 subprocess.run(["sync"], check=True)
-                warm(files)
+                if args.cold:
+                    drop_caches()
+                else:
+                    warm(files)
                 if dockd_args is None:
                     times[name].append(run_cp(src, dst, **cp_kw))
                 else:
