@@ -625,7 +625,16 @@ class Pipeline:
             if required <= have:
                 self.state._advance_clip(conn, clip_id, "signed", "delivered",
                                          {"delivered_at": self.state.now()})
-        log.info("clip %d verified on %s", clip_id, target)
+        who = self._who_clip(clip_id)
+        log.info("port %s serial %s: %s verified on %s", who["port"], who["serial"],
+                 who["safe_name"], target)
+
+    def _who_clip(self, clip_id: int) -> dict[str, Any]:
+        """Port, serial and name of a clip, for log lines."""
+        return self.state.query_one(
+            "SELECT d.port, d.serial, c.safe_name FROM clips c JOIN dockings d "
+            "ON d.id = c.docking_id WHERE c.id = ?", (clip_id,)) or {
+            "port": "?", "serial": "?", "safe_name": f"clip {clip_id}"}
 
     def _manifest_landed(self, manifest_id: int, docking_id: int, target: str) -> None:
         required = {t.name for t in self.targets if t.required}
@@ -676,8 +685,16 @@ class Pipeline:
                         message=f"{target.describe()}: permanent error, not retrying: {exc}",
                         command=self.cfg.delivery.alert_command)
         level = logging.WARNING if retry else logging.ERROR
-        log.log(level, "delivery of %s %d to %s failed (attempt %d, %s): %s", idcol, ident,
-                target.name, attempts, "will retry" if retry else "permanent, not retrying", exc)
+        if table == "deliveries":
+            who = self._who_clip(ident)
+        else:
+            who = self.state.query_one(
+                "SELECT d.port, d.serial, 'manifest' AS safe_name FROM manifests m JOIN "
+                "dockings d ON d.id = m.docking_id WHERE m.id = ?", (ident,)) or {
+                "port": "?", "serial": "?", "safe_name": "manifest"}
+        log.log(level, "port %s serial %s: delivery of %s to %s failed (attempt %d, %s): %s",
+                who["port"], who["serial"], who["safe_name"], target.name, attempts,
+                "will retry" if retry else "permanent, not retrying", exc)
 
     # ------------------------------------------------------------------ whole docking
 
@@ -729,13 +746,14 @@ class Pipeline:
     def resume(self) -> list[int]:
         """At start-up: carry every docking whose recorder is no longer needed forward."""
         resumed = []
-        for d in self.state.query("SELECT id, state FROM dockings WHERE state IN "
+        for d in self.state.query("SELECT id, state, port, serial FROM dockings WHERE state IN "
                                   "('offloaded', 'interrupted') ORDER BY id"):
             try:
                 self.finish(d["id"])
                 resumed.append(d["id"])
             except DockdError as exc:
-                log.error("docking %d: cannot finish yet: %s", d["id"], exc)
+                log.error("port %s serial %s: docking %d cannot finish yet: %s", d["port"],
+                          d["serial"], d["id"], exc)
         return resumed
 
 

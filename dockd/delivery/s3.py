@@ -51,6 +51,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DeliveryError
 from .base import CHUNK_SIZE, Receipt, RemoteObject, Retention, os_error_to_delivery
 from .layout import split_key
-from .s3_uploads import JournalPart, PendingUpload, UploadJournal
+from .s3_uploads import UploadJournal
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import Config, TargetConfig
@@ -67,7 +68,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MIN_PART_SIZE = 5 * 1024 * 1024
-MAX_PARTS = 10_000
 PROBE_KEY = "_dockd/checksum-probe"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _MULTIPART_ETAG = re.compile(r"-\d+\"?$")
@@ -152,6 +152,9 @@ class S3Target:
         self._client_obj: Any = None
         self._client_lock = threading.Lock()
         self._store_checks: bool | None = None
+        self.throttle: Callable[[int], object] | None = None
+        """Bandwidth cap set by the queue; called with the size of every part or object
+        (in 1 MiB steps) before it is sent."""
         self.journal = UploadJournal(Path(state_dir) / f"{_safe_name(name)}.db")
 
     @classmethod
@@ -297,6 +300,14 @@ class S3Target:
                                 retry=False)
         self._ensure_retention(key, full, retention)
 
+    def pace(self, nbytes: int) -> None:
+        """Wait as long as the bandwidth cap requires before sending ``nbytes``."""
+        throttle = self.throttle
+        while throttle is not None and nbytes > 0:
+            step = min(nbytes, CHUNK_SIZE)
+            throttle(step)
+            nbytes -= step
+
     def store_checks_checksums(self) -> bool:
         """Whether the store rejects an upload whose SHA-256 is wrong (probed once)."""
         if self._store_checks is None:
@@ -313,6 +324,7 @@ class S3Target:
                                 f"{digest.hexdigest()}, expected {size} bytes {sha256}; "
                                 "not delivered", retry=False)
         kw = self._object_args(sha256, size, retention)
+        self.pace(len(data))
         try:
             resp = self.client.put_object(
                 Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*",
@@ -523,6 +535,8 @@ def translate_error(exc: BaseException, target: str, key: str, action: str) -> D
         headers = meta.get("HTTPHeaders") or {}
         retry_after = _retry_after(headers.get("retry-after"))
         retry = status >= 500 or status in (408, 429) or code in _RETRY_CODES
+        if code == "403":  # HEAD answers have no body to carry the code
+            code = "Forbidden (access denied or bad credentials)"
         msg = f"{target}: cannot {action} {key}: {code} (HTTP {status})"
         log.debug("%s retry=%s", msg, retry)
         return DeliveryError(msg, retry=retry, retry_after=retry_after if retry else None)
@@ -561,4 +575,4 @@ def _check_digest(sha256: str, size: int) -> None:
 
 
 __all__ = ["S3Credentials", "S3Target", "composite_sha256", "load_credentials",
-           "translate_error", "JournalPart", "PendingUpload"]
+           "lock_until", "translate_error"]

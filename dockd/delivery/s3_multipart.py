@@ -171,6 +171,7 @@ def _upload_part(t: S3Target, up: PendingUpload, key: str, number: int, data: by
                  digest: bytes) -> str:
     from .s3 import b64_to_hex, translate_error
 
+    t.pace(len(data))
     try:
         resp = t.client.upload_part(
             Bucket=t.bucket, Key=up.key, UploadId=up.upload_id, PartNumber=number, Body=data,

@@ -41,7 +41,10 @@ _FATAL_SFTP_CODES = frozenset({
     asyncssh.FX_FILE_IS_A_DIRECTORY, asyncssh.FX_INVALID_PARAMETER,
     asyncssh.FX_OWNER_INVALID, asyncssh.FX_GROUP_INVALID,
 })
-_CONNECTION_SFTP_CODES = frozenset({asyncssh.FX_CONNECTION_LOST, asyncssh.FX_NO_CONNECTION})
+CONNECTION_CODES = frozenset({asyncssh.FX_CONNECTION_LOST, asyncssh.FX_NO_CONNECTION})
+"""SFTP status codes that mean the connection, not the request, failed."""
+SAFE_LEN = 16 * 1024
+"""Request size every SFTP server accepts (used when a server announces no limits)."""
 _NO_SPACE_WORDS = ("no space", "quota", "disk full", "enospc", "edquot")
 
 
@@ -112,7 +115,7 @@ def is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied)):
         return False
     if isinstance(exc, asyncssh.SFTPError):
-        return exc.code in _CONNECTION_SFTP_CODES
+        return exc.code in CONNECTION_CODES
     return isinstance(exc, (OSError, TimeoutError, asyncssh.DisconnectError,
                             asyncssh.ChannelOpenError, asyncssh.ProtocolError))
 
@@ -135,9 +138,6 @@ def translate(exc: BaseException, *, target: str, where: str, action: str,
     if isinstance(exc, asyncssh.KeyExchangeFailed):
         return DeliveryError(f"{prefix}: no common key exchange/cipher with the server "
                              f"({exc.reason})", retry=False)
-    if isinstance(exc, asyncssh.KeyImportError):
-        return DeliveryError(f"{prefix}: cannot load the private key {key_file} "
-                             "(missing, encrypted or not a key)", retry=False)
     if isinstance(exc, asyncssh.SFTPError):
         reason = exc.reason or ""
         if exc.code in (asyncssh.FX_NO_SPACE_ON_FILESYSTEM, asyncssh.FX_QUOTA_EXCEEDED) or (
@@ -298,3 +298,63 @@ async def hash_remote(rfile: asyncssh.SFTPClientFile, *, chunk_size: int,
     finally:
         await _cancel_all({nxt})
     return size, h.hexdigest()
+
+
+# --------------------------------------------------------------------------- remote hash
+
+HASH_SCRIPT = (
+    'while IFS= read -r f; do '
+    's=$(stat -c %s "$f" 2>/dev/null) || s=-1; '
+    'd=$(openssl dgst -sha256 -r "$f" 2>/dev/null || sha256sum -b "$f" 2>/dev/null); '
+    'printf "%s %s\\n" "$s" "${d%% *}"; done')
+"""A shell loop on the server: one path per line in, ``<size> <sha256>`` per line out.
+openssl first (it uses the CPU's SHA instructions), coreutils' sha256sum otherwise."""
+
+
+class RemoteHasher:
+    """One long-lived hashing process per connection on the server (``HASH_SCRIPT``).
+
+    Starting a command costs a session and a login shell (tens of ms, far more with a
+    heavy shell profile), so one process answers every request on the connection, one at
+    a time. ``sha256`` answers None when the account cannot run it (a ``ForceCommand
+    internal-sftp`` account, a server without a POSIX shell); callers then read back.
+    """
+
+    def __init__(self, conn: asyncssh.SSHClientConnection):
+        self._conn = conn
+        self._lock = asyncio.Lock()
+        self._proc: asyncssh.SSHClientProcess[str] | None = None
+        self.broken: str | None = None
+        """Why remote hashing is not available on this connection, once known."""
+
+    async def sha256(self, path: str, timeout: float) -> tuple[int, str] | None:
+        if self.broken is not None or "\n" in path:
+            return None
+        async with self._lock:
+            try:
+                if self._proc is None:
+                    self._proc = await asyncio.wait_for(
+                        self._conn.create_process(HASH_SCRIPT, encoding="utf-8"), timeout)
+                self._proc.stdin.write(path + "\n")
+                line = await asyncio.wait_for(self._proc.stdout.readline(), timeout)
+            except asyncssh.ChannelOpenError as exc:
+                self.broken = f"cannot run commands: {exc.reason}"
+                return None
+            except (asyncssh.Error, OSError, TimeoutError, BrokenPipeError) as exc:
+                self.close()
+                if is_connection_error(exc) and not isinstance(exc, TimeoutError):
+                    raise
+                self.broken = f"hashing process failed: {exc!r}"
+                return None
+        fields = line.split()
+        if (len(fields) == 2 and fields[0].lstrip("-").isdigit() and len(fields[1]) == 64
+                and all(c in "0123456789abcdef" for c in fields[1])):
+            return int(fields[0]), fields[1]
+        self.close()
+        self.broken = f"unexpected answer {line[:120]!r}"
+        return None
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.close()

@@ -1,0 +1,588 @@
+"""The udev device source: real USB recorders, recognised by port, mounted read-only.
+
+udev events are hints (as in Home Assistant's usb integration and udiskie). The pyudev
+monitor thread only turns each event into a frozen :class:`UdevHint` on a small queue. The
+owner of the source calls :meth:`UdevSource.poll`, which re-enumerates every block device
+(on a hint, a second later again, at start-up and every ``devices.rescan_seconds``) into
+:class:`BlockDevice` snapshots; pure functions decide:
+
+- :func:`snapshot` groups USB block devices by physical port (:mod:`.ports`), checks the
+  allow-list, and picks the volume to mount: a partition with a vfat/exfat filesystem is
+  preferred over its whole disk (lowest partition number first);
+- :func:`reconcile` compares two snapshots and says what :class:`Appeared` or :class:`Left`.
+
+Because decisions use whole snapshots, an event that arrives twice, late, out of order or
+not at all changes nothing. Non-USB disks (SATA, NVMe, loop) are not dock ports and are
+ignored; a USB device not on the allow-list is reported as :class:`Foreign`, logged, kept
+in :attr:`UdevSource.foreign`, and never mounted or read.
+
+Mounting (read-only fsck first, when configured) goes through the privileged helper
+(:mod:`.mount`) on a small worker pool, one operation at a time per port, so a slow fsck
+never blocks the supervisor (and its watchdog pings). The source emits the same
+``Docked``/``Undocked`` events as the directory source (``Docked.root`` is the mount
+point, ``Docked.hints`` the udev properties for the drivers) plus :class:`Foreign`,
+:class:`ForeignGone` and :class:`MountFailed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import AllowConfig, Config
+from . import watch
+from .mount import FsckResult, HelperMounter, Mounter, MountError
+from .ports import PortMap, allowed_rule, port_path
+
+log = logging.getLogger(__name__)
+
+MOUNTABLE_FS = ("vfat", "exfat")
+FOLLOWUP_SECONDS = 1.0
+"""After a hint, re-enumerate once more this much later (partitions follow their disk)."""
+UNUSABLE_GRACE_SECONDS = 3.0
+"""A recorder still without a mountable filesystem after this is reported as failed."""
+HINT_KEYS = ("DEVNAME", "DEVTYPE", "ID_PATH", "ID_BUS", "ID_VENDOR", "ID_VENDOR_ID", "ID_MODEL",
+             "ID_MODEL_ID", "ID_SERIAL", "ID_SERIAL_SHORT", "ID_REVISION", "ID_FS_TYPE",
+             "ID_FS_UUID", "ID_FS_LABEL", "ID_FS_VERSION", "ID_PART_ENTRY_NUMBER")
+
+
+# --------------------------------------------------------------------------- plain data
+
+
+@dataclass(frozen=True)
+class UdevHint:
+    """A udev event, reduced: something changed on a block device."""
+
+    action: str
+    devnode: str
+    id_path: str
+
+
+@dataclass(frozen=True)
+class BlockDevice:
+    """What one enumeration saw of one block device (a snapshot of its udev properties)."""
+
+    devnode: str
+    devtype: str
+    id_path: str
+    bus: str
+    vendor_id: str
+    model_id: str
+    serial: str
+    fs_type: str
+    fs_uuid: str
+    part_number: int
+    major: int
+    minor: int
+    initialized_usec: int
+    properties: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False,
+                                          repr=False)
+
+    @classmethod
+    def from_properties(cls, props: Mapping[str, str]) -> BlockDevice:
+        def num(key: str) -> int:
+            try:
+                return int(props.get(key, "") or 0)
+            except ValueError:
+                return 0
+
+        return cls(
+            devnode=props.get("DEVNAME", ""), devtype=props.get("DEVTYPE", ""),
+            id_path=props.get("ID_PATH", ""), bus=props.get("ID_BUS", ""),
+            vendor_id=props.get("ID_VENDOR_ID", "").lower(),
+            model_id=props.get("ID_MODEL_ID", "").lower(),
+            serial=props.get("ID_SERIAL_SHORT", ""), fs_type=props.get("ID_FS_TYPE", ""),
+            fs_uuid=props.get("ID_FS_UUID", ""),
+            part_number=num("PARTN") or num("ID_PART_ENTRY_NUMBER"),
+            major=num("MAJOR"), minor=num("MINOR"),
+            initialized_usec=num("USEC_INITIALIZED"), properties=dict(props))
+
+    @property
+    def is_dock_candidate(self) -> bool:
+        """A USB disk or partition that udev has finished processing."""
+        return (self.bus == "usb" and self.devtype in ("disk", "partition")
+                and self.devnode.startswith("/dev/") and bool(self.id_path)
+                and self.initialized_usec > 0)
+
+    @property
+    def mountable(self) -> bool:
+        return self.fs_type in MOUNTABLE_FS
+
+
+@dataclass(frozen=True)
+class PortView:
+    """What one snapshot says is in one port."""
+
+    port: str
+    port_path: str
+    kind: str
+    """"recorder" (allow-listed) or "foreign"."""
+    device: BlockDevice | None
+    """recorder: the volume to mount (None: no vfat/exfat filesystem seen yet);
+    foreign: its whole disk (or first partition)."""
+    rule: AllowConfig | None = None
+    mapped: bool = True
+
+    @property
+    def fingerprint(self) -> watch.Fingerprint:
+        """Identity of this docking: a re-plug (new udev initialisation) changes it."""
+        d = self.device
+        if d is None:
+            return (0, 0, 0, (self.kind, "no-volume"))
+        return (os.makedev(d.major, d.minor), d.part_number, d.initialized_usec,
+                (self.kind, d.devnode, d.serial, d.fs_uuid, d.vendor_id, d.model_id))
+
+
+@dataclass(frozen=True)
+class Appeared:
+    view: PortView
+
+
+@dataclass(frozen=True)
+class Left:
+    view: PortView
+
+
+Change = Appeared | Left
+
+
+@dataclass(frozen=True)
+class Docked(watch.Docked):
+    """A recorder mounted read-only at ``root``; ``hints`` are its udev properties (and fsck)."""
+
+    hints: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+Undocked = watch.Undocked
+
+
+@dataclass(frozen=True)
+class Foreign:
+    """A USB block device on a dock port that is not on the allow-list: never mounted."""
+
+    port: str
+    devnode: str
+    vendor_id: str
+    model_id: str
+    serial: str
+    properties: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False,
+                                          repr=False)
+
+
+@dataclass(frozen=True)
+class ForeignGone:
+    port: str
+
+
+@dataclass(frozen=True)
+class MountFailed:
+    """An allowed recorder that could not be mounted (no filesystem, helper refused, ...)."""
+
+    port: str
+    serial: str
+    reason: str
+
+
+UdevEvent = Docked | Undocked | Foreign | ForeignGone | MountFailed
+
+
+# --------------------------------------------------------------------------- pure core
+
+
+def _volume_order(d: BlockDevice) -> tuple[int, int, str]:
+    return (0 if d.devtype == "partition" else 1, d.part_number, d.devnode)
+
+
+def snapshot(devices: Iterable[BlockDevice], port_map: PortMap,
+             allow: Sequence[AllowConfig]) -> dict[str, PortView]:
+    """Per port label: what is in it. Pure (apart from PortMap's one-time warning)."""
+    groups: dict[str, dict[str, BlockDevice]] = {}
+    for d in devices:
+        if d.is_dock_candidate:
+            groups.setdefault(port_path(d.id_path), {})[d.devnode] = d  # duplicates collapse
+    views: dict[str, PortView] = {}
+    for ppath in sorted(groups):
+        members = sorted(groups[ppath].values(), key=_volume_order)
+        label, mapped = port_map.lookup(ppath)
+        disk = next((d for d in members if d.devtype == "disk"), members[0])
+        rule = allowed_rule(disk.properties or _props_of(disk), allow)
+        if rule is None:
+            views[label] = PortView(label, ppath, "foreign", disk, None, mapped)
+            continue
+        volume = next((d for d in members if d.mountable), None)
+        views[label] = PortView(label, ppath, "recorder", volume, rule, mapped)
+    return views
+
+
+def _props_of(d: BlockDevice) -> dict[str, str]:
+    return {"ID_BUS": d.bus, "ID_VENDOR_ID": d.vendor_id, "ID_MODEL_ID": d.model_id,
+            "ID_SERIAL_SHORT": d.serial}
+
+
+def reconcile(old: Mapping[str, PortView], new: Mapping[str, PortView]) -> list[Change]:
+    """What appeared or left between two snapshots, sorted by port. Pure.
+
+    A port whose view changed identity gives ``Left`` (old view) then ``Appeared`` (new).
+    """
+    changes: list[Change] = []
+    for port in sorted(set(old) | set(new)):
+        before, after = old.get(port), new.get(port)
+        same = (before is not None and after is not None
+                and before.fingerprint == after.fingerprint)
+        if before is not None and not same:
+            changes.append(Left(before))
+        if after is not None and not same:
+            changes.append(Appeared(after))
+    return changes
+
+
+def docking_hints(view: PortView, fsck: FsckResult | None) -> dict[str, str]:
+    """The udev properties a driver may use, plus dockd's own (port, profile, fsck)."""
+    props = view.device.properties if view.device is not None else {}
+    hints = {k: props[k] for k in HINT_KEYS if props.get(k)}
+    hints["DOCKD_PORT"] = view.port
+    hints["DOCKD_PORT_PATH"] = view.port_path
+    if view.rule is not None:
+        hints["DOCKD_PROFILE"] = view.rule.profile
+        hints["DOCKD_MODEL_LABEL"] = view.rule.label
+    if fsck is not None:
+        hints["DOCKD_FSCK"] = fsck.verdict
+        hints["DOCKD_FSCK_DETAIL"] = fsck.detail
+    return hints
+
+
+# --------------------------------------------------------------------------- pyudev edge
+
+
+def list_block_properties() -> list[dict[str, str]]:
+    """udev properties of every initialised block device (the real enumeration)."""
+    import pyudev
+
+    ctx = pyudev.Context()
+    out = []
+    for dev in ctx.list_devices(subsystem="block"):
+        try:
+            if not dev.is_initialized:
+                continue
+            out.append({str(k): str(v) for k, v in dev.properties.items()})
+        except (OSError, KeyError):  # vanished while we looked
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------- the source
+
+
+@dataclass
+class _Attach:
+    view: PortView
+    future: Future[tuple[Path, FsckResult | None]]
+
+
+class UdevSource:
+    """Recorders docking/undocking on USB ports; ``poll()`` it from one owner thread."""
+
+    def __init__(self, cfg: Config, *, mounter: Mounter | None = None,
+                 enumerate_devices: Callable[[], list[dict[str, str]]] | None = None,
+                 use_monitor: bool = True, mount_workers: int = 4,
+                 clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.port_map = PortMap(cfg.port_map)
+        self.allow = cfg.allow
+        self.rescan_seconds = max(0.5, cfg.devices.rescan_seconds)
+        self.mounter: Mounter = mounter or HelperMounter(cfg.devices.mount_helper)
+        self._enumerate = enumerate_devices or list_block_properties
+        self.use_monitor = use_monitor
+        self._clock = clock
+        self._wake: queue.Queue[object] = queue.Queue(maxsize=64)
+        self._pool: ThreadPoolExecutor | None = None
+        self._workers = max(1, mount_workers)
+        self._observer: Any = None
+        self._seen: dict[str, PortView] = {}
+        self._attaching: dict[str, _Attach] = {}
+        self._chain: dict[str, Future[Any]] = {}
+        self._docked: dict[str, tuple[PortView, Path]] = {}
+        self._failed: dict[str, tuple[watch.Fingerprint, float]] = {}
+        self._unusable: dict[str, tuple[watch.Fingerprint, float, bool]] = {}
+        self._foreign: dict[str, Foreign] = {}
+        self._released: set[str] = set()
+        self._next_rescan = 0.0
+        self._followup = float("inf")
+        self._started = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="mount")
+        self._started = True
+        self._next_rescan = 0.0
+        if self.use_monitor:
+            self._start_monitor()
+        log.info("udev source: %d allowed model(s), %d mapped port(s), rescan %.0f s",
+                 len(self.allow), len(self.port_map.labels), self.rescan_seconds)
+
+    def stop(self) -> None:
+        """Stop the monitor, finish mount work, unmount every recorder. Safe to call twice."""
+        self._started = False
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            try:
+                observer.stop()
+            except Exception as exc:  # pragma: no cover - pyudev internals
+                log.debug("udev monitor stop: %s", exc)
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.shutdown(wait=True, cancel_futures=True)
+        ports = set(self._docked) | set(self._attaching)
+        for port in sorted(ports):
+            self._detach(port, "daemon stopping")
+        self._docked.clear()
+        self._attaching.clear()
+        self._chain.clear()
+
+    def __enter__(self) -> UdevSource:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def docked(self) -> dict[str, Path]:
+        """Mount point of every recorder announced as docked and not yet undocked."""
+        return {port: root for port, (_view, root) in self._docked.items()}
+
+    @property
+    def foreign(self) -> dict[str, Foreign]:
+        """Foreign (not allow-listed) USB devices present now, by port."""
+        return dict(self._foreign)
+
+    def push_hint(self, hint: UdevHint) -> None:
+        """Called by the monitor thread (and tests): something changed, re-enumerate soon."""
+        try:
+            self._wake.put_nowait(hint)
+        except queue.Full:
+            pass  # a wake-up is already waiting; one re-enumeration covers both
+
+    def release(self, port: str) -> None:
+        """Offload of ``port`` is complete: unmount it now (it stays docked until unplugged)."""
+        if port in self._docked and port not in self._released and self._pool is not None:
+            self._released.add(port)
+            self._submit(port, lambda: self._detach(port, "offload complete"))
+
+    # ------------------------------------------------------------------ polling
+
+    def poll(self, timeout: float) -> list[UdevEvent]:
+        """Wait up to ``timeout`` seconds for docking changes; returns them (maybe none)."""
+        if not self._started:
+            raise RuntimeError("UdevSource.poll() before start()")
+        deadline = self._clock() + max(0.0, timeout)
+        while True:
+            events = self._collect_attached()
+            events += self._rescan_if_due()
+            if events:
+                return events
+            now = self._clock()
+            if now >= deadline:
+                return []
+            wake = min(deadline, self._next_rescan, self._followup)
+            try:
+                item = self._wake.get(timeout=max(0.0, min(wake - now, 0.25)))
+            except queue.Empty:
+                continue
+            if isinstance(item, UdevHint):
+                log.debug("port ?: udev %s %s (%s)", item.action, item.devnode, item.id_path)
+                self._next_rescan = 0.0
+                self._followup = self._clock() + FOLLOWUP_SECONDS
+
+    def _rescan_if_due(self) -> list[UdevEvent]:
+        now = self._clock()
+        if now < self._next_rescan and now < self._followup:
+            return []
+        if now >= self._followup:
+            self._followup = float("inf")
+        self._next_rescan = now + self.rescan_seconds
+        try:
+            devices = [BlockDevice.from_properties(p) for p in self._enumerate()]
+        except Exception as exc:
+            log.error("port ?: cannot enumerate block devices: %s", exc)
+            return []
+        new = snapshot(devices, self.port_map, self.allow)
+        events: list[UdevEvent] = []
+        for change in reconcile(self._seen, new):
+            if isinstance(change, Left):
+                events += self._on_left(change.view)
+            else:
+                events += self._on_appeared(change.view, now)
+        self._seen = new
+        events += self._retry_and_unusable(now)
+        return events
+
+    def _on_left(self, view: PortView) -> list[UdevEvent]:
+        port = view.port
+        serial = view.device.serial if view.device else ""
+        if view.kind == "foreign":
+            log.info("port %s: foreign device %s removed (serial %s)", port,
+                     view.device.devnode if view.device else "?", serial)
+            self._foreign.pop(port, None)
+            return [ForeignGone(port)]
+        self._failed.pop(port, None)
+        self._unusable.pop(port, None)
+        self._attaching.pop(port, None)
+        if view.device is not None and self._pool is not None:
+            self._submit(port, lambda: self._detach(port, "recorder removed"))
+        if port in self._docked:
+            del self._docked[port]
+            self._released.discard(port)
+            log.info("port %s: recorder %s removed", port, serial)
+            return [Undocked(port)]
+        return []
+
+    def _on_appeared(self, view: PortView, now: float) -> list[UdevEvent]:
+        port, dev = view.port, view.device
+        if view.kind == "foreign":
+            assert dev is not None
+            ev = Foreign(port, dev.devnode, dev.vendor_id, dev.model_id, dev.serial,
+                         dict(dev.properties))
+            self._foreign[port] = ev
+            log.warning("port %s: foreign USB device %s (vendor %s, model %s, serial %s) "
+                        "is not on the allow-list; ignored, not mounted", port, dev.devnode,
+                        dev.vendor_id, dev.model_id, dev.serial or "-")
+            return [ev]
+        if dev is None:
+            self._unusable[port] = (view.fingerprint, now, False)
+            log.info("port %s: recorder present, waiting for a vfat/exfat filesystem", port)
+            return []
+        self._start_attach(view)
+        return []
+
+    def _retry_and_unusable(self, now: float) -> list[UdevEvent]:
+        events: list[UdevEvent] = []
+        for port, (fp, since, reported) in list(self._unusable.items()):
+            view = self._seen.get(port)
+            if view is None or view.fingerprint != fp:
+                del self._unusable[port]
+            elif not reported and now - since >= UNUSABLE_GRACE_SECONDS:
+                self._unusable[port] = (fp, since, True)
+                log.error("port %s: recorder has no vfat/exfat filesystem; not mounted", port)
+                events.append(MountFailed(port, "", "no vfat/exfat filesystem on the recorder"))
+        for port, (fp, when) in list(self._failed.items()):
+            view = self._seen.get(port)
+            if view is None or view.fingerprint != fp:
+                del self._failed[port]
+            elif now >= when and port not in self._attaching:
+                del self._failed[port]
+                log.info("port %s: retrying mount of recorder %s", port,
+                         view.device.serial if view.device else "")
+                self._start_attach(view)
+        return events
+
+    # ------------------------------------------------------------------ mount work
+
+    def _submit(self, port: str, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` on the pool after the port's previous operation (FIFO per port)."""
+        assert self._pool is not None
+        prev = self._chain.get(port)
+
+        def run() -> Any:
+            if prev is not None:
+                try:
+                    prev.result()
+                except Exception:
+                    pass  # its outcome was handled by whoever submitted it
+            return fn()
+
+        fut = self._pool.submit(run)
+        fut.add_done_callback(lambda _f: self._wake_up())
+        self._chain[port] = fut
+        return fut
+
+    def _wake_up(self) -> None:
+        try:
+            self._wake.put_nowait(None)
+        except queue.Full:
+            pass
+
+    def _start_attach(self, view: PortView) -> None:
+        if self._pool is None:
+            return
+        dev = view.device
+        assert dev is not None
+        log.info("port %s: recorder %s (%s %s:%s) on %s, mounting", view.port,
+                 dev.serial or "-", view.rule.label if view.rule else "", dev.vendor_id,
+                 dev.model_id, dev.devnode)
+        fut = self._submit(view.port, lambda: self._attach(view))
+        self._attaching[view.port] = _Attach(view, fut)
+
+    def _attach(self, view: PortView) -> tuple[Path, FsckResult | None]:
+        """Worker thread: read-only fsck (if configured), then mount. Raises MountError."""
+        dev = view.device
+        assert dev is not None
+        fsck = None
+        if self.cfg.devices.fsck:
+            fsck = self.mounter.fsck(dev.devnode, view.port)
+            level = logging.INFO if fsck.verdict == "clean" else logging.WARNING
+            log.log(level, "port %s: recorder %s: read-only fsck %s: %s", view.port,
+                    dev.serial or "-", fsck.verdict, fsck.detail)
+        result = self.mounter.mount(dev.devnode, view.port)
+        return result.mountpoint, fsck
+
+    def _detach(self, port: str, why: str) -> None:
+        try:
+            was = self.mounter.unmount(port)
+            log.info("port %s: %s (%s)", port, "unmounted" if was else "nothing mounted", why)
+        except MountError as exc:
+            log.error("port %s: cannot unmount (%s): %s", port, why, exc)
+
+    def _collect_attached(self) -> list[UdevEvent]:
+        events: list[UdevEvent] = []
+        for port, att in list(self._attaching.items()):
+            if not att.future.done():
+                continue
+            del self._attaching[port]
+            current = self._seen.get(port)
+            serial = att.view.device.serial if att.view.device else ""
+            if current is None or current.fingerprint != att.view.fingerprint:
+                continue  # left meanwhile: the chained detach undoes any mount
+            exc = att.future.exception()
+            if exc is not None:
+                reason = str(exc) if isinstance(exc, MountError) else f"{type(exc).__name__}: {exc}"
+                log.error("port %s: recorder %s: mount failed: %s", port, serial, reason)
+                self._failed[port] = (att.view.fingerprint, self._clock() + self.rescan_seconds)
+                events.append(MountFailed(port, serial, reason))
+                continue
+            root, fsck = att.future.result()
+            self._docked[port] = (att.view, root)
+            self._released.discard(port)
+            log.info("port %s: recorder %s mounted read-only at %s", port, serial, root)
+            events.append(Docked(port, root, att.view.fingerprint,
+                                 hints=docking_hints(att.view, fsck)))
+        return events
+
+    def _start_monitor(self) -> None:
+        try:
+            import pyudev
+
+            ctx = pyudev.Context()
+            monitor = pyudev.Monitor.from_netlink(ctx)
+            monitor.filter_by(subsystem="block")
+
+            def on_event(device: Any) -> None:  # monitor thread: reduce and queue, nothing else
+                self.push_hint(UdevHint(str(device.action or ""), str(device.device_node or ""),
+                                        str(device.properties.get("ID_PATH", ""))))
+
+            observer = pyudev.MonitorObserver(monitor, callback=on_event, name="udev-monitor")
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+        except Exception as exc:  # no netlink, no libudev: the slow re-scan still works
+            log.warning("port ?: cannot watch udev events (%s); relying on the %.0f s re-scan",
+                        exc, self.rescan_seconds)

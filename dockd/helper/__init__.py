@@ -1,0 +1,1 @@
+"""The privileged side of dockd: ``dockd-mount``, a tiny root helper (see docs/privileges.md)."""

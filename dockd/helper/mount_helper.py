@@ -1,0 +1,465 @@
+"""``dockd-mount``: the tiny root helper that mounts recorders read-only for the daemon.
+
+Interface (argv, or one line on stdin with ``--serve`` under ``dockd-mount@.service``)::
+
+    mount DEVNODE PORT    mount an allow-listed recorder at <mount_root>/<PORT>, read-only
+    unmount PORT          lazily unmount <mount_root>/<PORT> (works when the device vanished)
+    fsck DEVNODE          read-only filesystem check (fsck.vfat -n / fsck.exfat -n)
+
+The answer is one JSON object on stdout (``{"ok": true, ...}`` or ``{"ok": false, "error":
+code, "message": ...}``). The helper trusts nothing the caller says: it re-reads the
+allow-list from the root-owned configuration file, asks udev (``udevadm info``) what
+DEVNODE is, requires a real block device node (no symlink) whose udev MAJOR/MINOR match,
+on USB, with a vfat/exfat filesystem, and allow-listed. Mount options are fixed
+(``ro,nosuid,nodev,noexec`` + ``uid/gid/umask=0227`` of the caller so the daemon can read),
+the port label must be one safe path component, the mount point is reached component by
+component with ``O_NOFOLLOW`` (no symlink anywhere) and mounted through its file
+descriptor, so a path swapped in between check and mount cannot redirect it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import stat
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, load
+from ..devices.ports import allowed_rule, valid_port_label
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("/etc/dockd/config.toml")
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MOUNT_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+FLAG_NAMES = "ro,nosuid,nodev,noexec"
+MNT_DETACH = 2
+FS_DATA = {
+    "vfat": "uid={uid},gid={gid},umask=0227,utf8",
+    "exfat": "uid={uid},gid={gid},umask=0227,iocharset=utf8",
+}
+"""Filesystems the helper mounts, with their fixed data options."""
+FSCK_TOOLS = {"vfat": "fsck.vfat", "exfat": "fsck.exfat"}
+FSCK_ERRORS = {"vfat": (1,), "exfat": (1, 4)}
+FSCK_TIMEOUT_S = 900.0
+TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+DEVNODE_RE = re.compile(r"/dev/[A-Za-z0-9][A-Za-z0-9_.:+-]*(?:/[A-Za-z0-9][A-Za-z0-9_.:+-]*)*")
+ST_WANTED = os.ST_RDONLY | os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
+
+
+class Refused(Exception):
+    """The request is not allowed or failed; ``code`` goes into the JSON answer."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Caller:
+    uid: int
+    gid: int
+    how: str
+
+
+@dataclass(frozen=True)
+class MountCall:
+    """Exactly what mount(2) is called with."""
+
+    source: str
+    target: str
+    fstype: str
+    flags: int
+    data: str
+
+
+# --------------------------------------------------------------------------- system edge
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def sys_mount(call: MountCall) -> None:
+    rc = _libc().mount(call.source.encode(), call.target.encode(), call.fstype.encode(),
+                       ctypes.c_ulong(call.flags), call.data.encode() if call.data else None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def sys_umount(target: str, flags: int) -> None:
+    rc = _libc().umount2(target.encode(), ctypes.c_int(flags))
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def parse_udev_properties(text: str) -> dict[str, str]:
+    """``udevadm info --query=property`` output (KEY=value lines) as a dict."""
+    props = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip():
+            props[key.strip()] = value
+    return props
+
+
+def udev_properties(devnode: str) -> dict[str, str]:
+    udevadm = shutil.which("udevadm", path=TOOL_PATH) or "udevadm"
+    proc = subprocess.run([udevadm, "info", "--query=property", f"--name={devnode}"],
+                          capture_output=True, text=True, timeout=30,
+                          env={"PATH": TOOL_PATH, "LANG": "C"})
+    if proc.returncode != 0:
+        raise Refused("unknown-device", f"udev knows no device {devnode}: {proc.stderr.strip()}")
+    return parse_udev_properties(proc.stdout)
+
+
+def mounts_at(path: str, mountinfo: str) -> list[tuple[str, str]]:
+    """(fstype, source) of every mount at ``path``, bottom first, from /proc/self/mountinfo."""
+    def unescape(s: str) -> str:
+        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+    found = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if sep and len(fields) >= 5 and len(tail) >= 2 and unescape(fields[4]) == path:
+            found.append((tail[0], unescape(tail[1])))
+    return found
+
+
+def read_mountinfo() -> str:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+# --------------------------------------------------------------------------- the helper
+
+
+class Helper:
+    def __init__(self, cfg: Config, caller: Caller, *,
+                 properties_of: Callable[[str], dict[str, str]] = udev_properties,
+                 mount: Callable[[MountCall], None] = sys_mount,
+                 umount: Callable[[str, int], None] = sys_umount,
+                 mountinfo: Callable[[], str] = read_mountinfo,
+                 run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run):
+        self.cfg = cfg
+        self.caller = caller
+        self.mount_root = Path(cfg.devices.mount_root)
+        self._props = properties_of
+        self._mount = mount
+        self._umount = umount
+        self._mountinfo = mountinfo
+        self._run = run
+
+    def handle(self, words: Sequence[str]) -> dict[str, Any]:
+        """Run one request; always returns the JSON-able answer."""
+        try:
+            if len(words) == 3 and words[0] == "mount":
+                return self.do_mount(words[1], words[2])
+            if len(words) == 2 and words[0] == "unmount":
+                return self.do_unmount(words[1])
+            if len(words) in (2, 3) and words[0] == "fsck":
+                return self.do_fsck(words[1], self.check_port(words[2]) if len(words) == 3 else "?")
+            raise Refused("usage", "expected: mount DEVNODE PORT | unmount PORT | "
+                                   "fsck DEVNODE [PORT]")
+        except Refused as exc:
+            log.warning("port %s: refused %s: %s", _port_of(words), " ".join(words)[:200],
+                        exc.message)
+            return {"ok": False, "error": exc.code, "message": exc.message}
+
+    # ------------------------------------------------------------------ checks
+
+    def check_port(self, port: str) -> str:
+        if not valid_port_label(port):
+            raise Refused("bad-port", f"invalid port label {port!r}")
+        return port
+
+    def check_device(self, devnode: str) -> tuple[str, dict[str, str]]:
+        """(fstype, udev properties) of an allow-listed recorder volume, else Refused."""
+        if not DEVNODE_RE.fullmatch(devnode) or "/../" in devnode + "/":
+            raise Refused("bad-device", f"invalid device node {devnode!r}")
+        try:
+            st = os.lstat(devnode)
+        except FileNotFoundError as exc:
+            raise Refused("vanished", f"{devnode} does not exist (unplugged?)") from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise Refused("bad-device", f"{devnode} is a symlink; give the real device node")
+        if not stat.S_ISBLK(st.st_mode):
+            raise Refused("bad-device", f"{devnode} is not a block device")
+        props = self._props(devnode)
+        if props.get("DEVNAME") != devnode:
+            raise Refused("bad-device", f"udev names {devnode} {props.get('DEVNAME')!r}")
+        if (props.get("MAJOR"), props.get("MINOR")) != (str(os.major(st.st_rdev)),
+                                                        str(os.minor(st.st_rdev))):
+            raise Refused("bad-device", f"{devnode}: udev device number does not match the node")
+        if props.get("DEVTYPE") not in ("disk", "partition"):
+            raise Refused("bad-device", f"{devnode} is not a disk or partition")
+        if allowed_rule(props, self.cfg.allow) is None:
+            raise Refused("not-allowed",
+                          f"{devnode} (bus {props.get('ID_BUS', '-')}, vendor "
+                          f"{props.get('ID_VENDOR_ID', '-')}, model {props.get('ID_MODEL_ID', '-')},"
+                          f" serial {props.get('ID_SERIAL_SHORT', '-')}) is not an allowed recorder")
+        fstype = props.get("ID_FS_TYPE", "")
+        if fstype not in FS_DATA:
+            raise Refused("bad-filesystem", f"{devnode}: filesystem {fstype or 'none'} is not "
+                                            f"one of {', '.join(sorted(FS_DATA))}")
+        return fstype, props
+
+    def _open_root(self, *, create: bool) -> int | None:
+        """O_PATH fd of mount_root, reached without following any symlink; None if absent."""
+        root = self.mount_root
+        if not root.is_absolute() or os.path.normpath(root) != str(root) or str(root) == "/":
+            raise Refused("bad-config", f"devices.mount_root {root} must be a normalised "
+                                        "absolute path below /")
+        fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+        try:
+            parts = root.parts[1:]
+            for i, name in enumerate(parts):
+                last = i == len(parts) - 1
+                if create and last:
+                    try:
+                        os.mkdir(name, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    nfd = _open_dir_nofollow(name, fd)
+                except FileNotFoundError:
+                    return None
+                os.close(fd)
+                fd = nfd
+            st = os.fstat(fd)
+            if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
+                raise Refused("bad-config", f"{root} must be owned by root and not writable "
+                                            "by group or others")
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # ------------------------------------------------------------------ actions
+
+    def do_mount(self, devnode: str, port: str) -> dict[str, Any]:
+        self.check_port(port)
+        fstype, props = self.check_device(devnode)
+        target = str(self.mount_root / port)
+        root_fd = self._open_root(create=True)
+        if root_fd is None:
+            raise Refused("bad-config", f"the parent of {self.mount_root} does not exist")
+        try:
+            try:
+                os.mkdir(port, 0o755, dir_fd=root_fd)
+            except FileExistsError:
+                pass
+            current = mounts_at(target, self._mountinfo())
+            if current:
+                top_type, top_source = current[-1]
+                if top_source == devnode and top_type == fstype:
+                    log.info("port %s: %s already mounted at %s", port, devnode, target)
+                    return self._mount_answer(port, devnode, target, fstype, already=True)
+                self._unmount_all(port, root_fd, target, current)
+            port_fd = _open_dir_nofollow(port, root_fd)
+            try:
+                data = FS_DATA[fstype].format(uid=self.caller.uid, gid=self.caller.gid)
+                call = MountCall(devnode, f"/proc/self/fd/{port_fd}", fstype, MOUNT_FLAGS, data)
+                try:
+                    self._mount(call)
+                except OSError as exc:
+                    code = "vanished" if exc.errno in (2, 6, 19) else "failed"  # ENOENT ENXIO ENODEV
+                    raise Refused(code, f"mount {devnode} at {target}: {exc.strerror}") from exc
+            finally:
+                os.close(port_fd)
+            self._verify_mounted(port, root_fd, target)
+        finally:
+            os.close(root_fd)
+        log.info("port %s: mounted %s (%s, serial %s) at %s (%s,%s)", port, devnode, fstype,
+                 props.get("ID_SERIAL_SHORT", "-"), target, FLAG_NAMES, data)
+        return self._mount_answer(port, devnode, target, fstype)
+
+    def _mount_answer(self, port: str, devnode: str, target: str, fstype: str, *,
+                      already: bool = False) -> dict[str, Any]:
+        data = FS_DATA[fstype].format(uid=self.caller.uid, gid=self.caller.gid)
+        return {"ok": True, "action": "mount", "port": port, "devnode": devnode,
+                "mountpoint": target, "fstype": fstype, "options": f"{FLAG_NAMES},{data}",
+                "already": already}
+
+    def _verify_mounted(self, port: str, root_fd: int, target: str) -> None:
+        fd = _open_dir_nofollow(port, root_fd)
+        try:
+            flags = os.statvfs(f"/proc/self/fd/{fd}").f_flag
+            if flags & ST_WANTED != ST_WANTED:
+                self._umount(f"/proc/self/fd/{fd}", MNT_DETACH)
+        finally:
+            os.close(fd)
+        if flags & ST_WANTED != ST_WANTED:
+            raise Refused("failed", f"{target} did not come up ro,nosuid,nodev,noexec; unmounted")
+
+    def _unmount_all(self, port: str, root_fd: int, target: str,
+                     current: list[tuple[str, str]]) -> None:
+        for fstype, source in reversed(current):
+            if fstype not in FS_DATA or not source.startswith("/dev/"):
+                raise Refused("busy", f"{target} holds a {fstype} mount of {source} that dockd "
+                                      "did not make; not touching it")
+        for _ in current:  # lazily, through an fd reached without following links
+            fd = _open_dir_nofollow(port, root_fd)
+            try:
+                self._umount(f"/proc/self/fd/{fd}", MNT_DETACH)
+            except OSError as exc:
+                raise Refused("failed", f"unmount {target}: {exc.strerror}") from exc
+            finally:
+                os.close(fd)
+        log.info("port %s: lazily unmounted %d stale mount(s) at %s", port, len(current), target)
+
+    def do_unmount(self, port: str) -> dict[str, Any]:
+        self.check_port(port)
+        target = str(self.mount_root / port)
+        root_fd = self._open_root(create=False)
+        if root_fd is None:
+            return {"ok": True, "action": "unmount", "port": port, "was_mounted": False}
+        try:
+            try:
+                st = os.stat(port, dir_fd=root_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return {"ok": True, "action": "unmount", "port": port, "was_mounted": False}
+            if not stat.S_ISDIR(st.st_mode):
+                raise Refused("bad-port", f"{target} is not a directory (symlink?)")
+            current = mounts_at(target, self._mountinfo())
+            if current:
+                self._unmount_all(port, root_fd, target, current)
+            try:
+                os.rmdir(port, dir_fd=root_fd)
+            except OSError:
+                pass  # still busy or not empty: harmless, reused next time
+        finally:
+            os.close(root_fd)
+        return {"ok": True, "action": "unmount", "port": port, "was_mounted": bool(current)}
+
+    def do_fsck(self, devnode: str, port: str = "?") -> dict[str, Any]:
+        fstype, props = self.check_device(devnode)
+        answer: dict[str, Any] = {"ok": True, "action": "fsck", "devnode": devnode,
+                                  "fstype": fstype}
+        tool = shutil.which(FSCK_TOOLS[fstype], path=TOOL_PATH)
+        if tool is None:
+            return {**answer, "verdict": "unsupported", "exit": None,
+                    "detail": f"{FSCK_TOOLS[fstype]} is not installed"}
+        argv = [tool, "-n", devnode]
+        try:
+            proc = self._run(argv, capture_output=True, text=True, timeout=FSCK_TIMEOUT_S,
+                             env={"PATH": TOOL_PATH, "LANG": "C"}, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return {**answer, "verdict": "failed", "exit": None,
+                    "detail": f"{FSCK_TOOLS[fstype]} timed out after {FSCK_TIMEOUT_S:.0f} s"}
+        rc = proc.returncode
+        verdict = "clean" if rc == 0 else "errors" if rc in FSCK_ERRORS[fstype] else "failed"
+        lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+        detail = " | ".join(lines[-6:])[-1000:]
+        log.info("port %s: fsck %s (%s, serial %s): %s (exit %d)", port, devnode, fstype,
+                 props.get("ID_SERIAL_SHORT", "-"), verdict, rc)
+        return {**answer, "verdict": verdict, "exit": rc, "detail": detail, "argv": argv}
+
+
+def _open_dir_nofollow(name: str, dir_fd: int) -> int:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise
+    if stat.S_ISLNK(st.st_mode):
+        raise Refused("symlink", f"{name} is a symlink; refusing to follow it")
+    if not stat.S_ISDIR(st.st_mode):
+        raise Refused("bad-path", f"{name} is not a directory")
+    try:
+        return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError as exc:
+        raise Refused("symlink", f"cannot open {name} without following links: {exc}") from exc
+
+
+def _port_of(words: Sequence[str]) -> str:
+    if words and words[0] == "mount" and len(words) > 2:
+        return words[2][:64]
+    if words and words[0] == "fsck" and len(words) > 2:
+        return words[2][:64]
+    if words and words[0] == "unmount" and len(words) > 1:
+        return words[1][:64]
+    return "?"
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def caller_identity(serve: bool) -> Caller:
+    """Whose daemon asked: the socket peer, else sudo's caller, else ourselves."""
+    if serve:
+        s = socket.socket(fileno=os.dup(0))
+        try:
+            creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        finally:
+            s.close()
+        _pid, uid, gid = struct.unpack("3i", creds)
+        return Caller(uid, gid, "socket")
+    if os.getuid() == 0 and "SUDO_UID" in os.environ:
+        return Caller(int(os.environ["SUDO_UID"]), int(os.environ.get("SUDO_GID", "0")), "sudo")
+    return Caller(os.getuid(), os.getgid(), "direct")
+
+
+def trusted_config(path: Path | None, serve: bool) -> Config:
+    if path is not None and not serve and (os.getuid() != 0 or "SUDO_UID" in os.environ):
+        raise Refused("usage", "--config is only honoured when root runs the helper directly")
+    path = path or DEFAULT_CONFIG
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise Refused("bad-config", f"cannot read {path}: {exc.strerror}") from exc
+    if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
+        raise Refused("bad-config", f"{path} must be owned by root and not writable by "
+                                    "group or others")
+    from ..errors import ConfigError
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        raise Refused("bad-config", str(exc)) from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dockd-mount", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, help=f"configuration (default {DEFAULT_CONFIG}; "
+                                               "only when root runs the helper directly)")
+    p.add_argument("--serve", action="store_true",
+                   help="read one request line from stdin (a socket passed by systemd)")
+    p.add_argument("words", nargs="*", help="mount DEVNODE PORT | unmount PORT | fsck DEVNODE")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="dockd-mount: %(levelname)s %(message)s")
+    words = list(args.words)
+    try:
+        if args.serve:
+            line = sys.stdin.buffer.readline(1024).decode("utf-8", "replace")
+            words = line.split()
+        caller = caller_identity(args.serve)
+        cfg = trusted_config(args.config, args.serve)
+        answer = Helper(cfg, caller).handle(words)
+    except Refused as exc:
+        answer = {"ok": False, "error": exc.code, "message": exc.message}
+    except OSError as exc:
+        answer = {"ok": False, "error": "failed", "message": str(exc)}
+    sys.stdout.write(json.dumps(answer, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    return 0 if answer.get("ok") else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
