@@ -179,7 +179,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(data)
     else:
-        Console().print(render_status(data))
+        console = Console()
+        console.print(render_status(data, width=console.width))
     return 0
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from .config import Config
 from .daemon import Daemon
@@ -29,6 +28,7 @@ from .integrity.keys import key_id, load_public_key
 from .integrity.verify import format_report, verify_path
 from .oneshot import ensure_key
 from .state import State, utcnow
+from .status.report import render_report, report_data
 from .status.views import render_status, status_data
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while time.monotonic() < deadline:
             data = status_data(state, cfg.dock.id, utcnow())
-            live.update(render_status(data, show_empty=False))
+            live.update(render_status(data, show_empty=False, width=console.width))
             done = state.query(
                 "SELECT serial FROM dockings WHERE state = 'delivered'")
             if serials <= {r["serial"] for r in done} and not data["backlog"]["clips"]:
@@ -107,6 +107,7 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
             if not thread.is_alive():
                 break
             time.sleep(0.25)
+    console.print()
     daemon.request_stop()
     thread.join(timeout=60)
     target = cfg.targets[0].path
@@ -115,18 +116,15 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
                       f"--workdir {workdir}`")
         state.close()
         return 1
-    summary = Table(title="delivered clips")
-    for col in ("recorder", "clip", "size", "sha256", "start (corrected, UTC)", "findings"):
-        summary.add_column(col)
-    for c in state.query("SELECT c.*, d.serial AS s FROM clips c JOIN dockings d "
-                         "ON d.id = c.docking_id ORDER BY d.serial, c.rel_path"):
-        import json
-
-        kinds = sorted({f["kind"] for f in json.loads(c["findings"] or "[]")})
-        summary.add_row(c["s"], c["safe_name"], str(c["size"]), c["sha256"][:16] + "...",
-                        (c["start_utc"] or "-")[:19], ", ".join(kinds) or "-")
-    console.print(summary)
+    console.rule("[bold]recording timelines (R1) and spoken notes (R2)")
+    console.print(render_report(report_data(state)))
+    for d in state.query("SELECT d.serial, count(c.id) AS n, m.sha256 FROM dockings d "
+                         "JOIN clips c ON c.docking_id = d.id JOIN manifests m ON "
+                         "m.docking_id = d.id GROUP BY d.id ORDER BY d.serial"):
+        console.print(f"recorder {d['serial']}: {d['n']} clip(s) delivered, signed manifest "
+                      f"{d['sha256'][:16]}...")
     state.close()
+    console.rule("[bold]offline verification of the delivered tree")
     report = verify_path(target, {key_id(pub): pub})
     console.print(format_report(report))
     if not report.ok:

@@ -522,7 +522,7 @@ class Pipeline:
                               "key_id": self.signer.key_id}, conn=conn)
         log.info("port %s serial %s: docking %d signed (%d clips, manifest %s)", d["port"],
                  d["serial"], docking_id, len(checked), digest)
-        self._port_msg(d["port"], state="done", message="copied and signed; delivering")
+        self._port_msg(d["port"], state="done", message="delivering")
         return digest
 
     # ------------------------------------------------------------------ 5. deliver
@@ -659,6 +659,10 @@ class Pipeline:
         if finished:
             log.info("port %s serial %s: docking %d delivered and verified on %s", d["port"],
                      d["serial"], docking_id, ", ".join(sorted(have)))
+            with self.state.tx() as conn:  # the port tile, if it still shows this docking
+                conn.execute("UPDATE ports SET message = 'delivered and verified', "
+                             "updated_at = ? WHERE port = ? AND docking_id = ?",
+                             (self.state.now(), d["port"], docking_id))
             if not self.cfg.delivery.keep_staged:
                 shutil.rmtree(self.staging_dir(docking_id), ignore_errors=True)
 

@@ -24,11 +24,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.dockd-$want-$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    if [ "$want" = test ]; then
-        .venv/bin/python -m pip install -q -e '.[test]'
-    else
-        .venv/bin/python -m pip install -q -e .
+    echo "setup: installing dockd and its Python packages into .venv ($want)"
+    log=.venv/pip-install.log
+    extra=""
+    [ "$want" = test ] && extra="[test]"
+    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+           .venv/bin/python -m pip install -q -e ".$extra"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "setup: pip install failed (log above, also in $log)" >&2
+        exit 1
     fi
     touch "$stamp"
 fi

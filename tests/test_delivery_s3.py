@@ -31,12 +31,7 @@ from dockd.delivery.base import Retention, StorageTarget  # noqa: E402
 from dockd.delivery.s3 import S3Credentials, S3Target, translate_error  # noqa: E402
 from dockd.errors import DeliveryError  # noqa: E402
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    # moto/werkzeug (third party) still use deprecated datetime/utcnow-style calls
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:moto.*"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:werkzeug.*"),
-]
+pytestmark = pytest.mark.timeout(120)
 
 MIB = 1024 * 1024
 KEY = "110100/0012345/A1234567/2024-05-01/20240501T090000Z_dock-01_port-01_1/clip.mp4"

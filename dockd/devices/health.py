@@ -46,6 +46,10 @@ HEALTH_COLUMNS = ("ts", "serial", "docking_id", "source", "battery", "storage_to
                   "firmware", "clock_offset_s")
 """The ``recorder_health`` columns :func:`health_row` fills (besides the ``id`` key)."""
 
+HEALTH_INSERT_SQL = (f"INSERT INTO recorder_health ({', '.join(HEALTH_COLUMNS)}) "
+                     f"VALUES ({', '.join(':' + c for c in HEALTH_COLUMNS)})")
+"""Insert one :func:`health_row` (named parameters)."""
+
 
 @dataclass(frozen=True)
 class HealthSample:

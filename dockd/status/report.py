@@ -93,7 +93,7 @@ def render_report(data: dict[str, Any]) -> Group:
         t.add_column("to", no_wrap=True)
         t.add_column("length", no_wrap=True)
         t.add_column("what", no_wrap=True)
-        t.add_column("spoken note / reason", ratio=1)
+        t.add_column("spoken note / reason", ratio=1, overflow="fold")
         events: list[tuple[str, list[Any]]] = []
         for i, s in enumerate(d["sessions"], 1):
             for r in s["runs"]:

@@ -120,27 +120,41 @@ def _state_style(state: str) -> str:
             "identifying": "cyan", "error": "bold red", "empty": "dim"}.get(state, "")
 
 
-def render_status(data: dict[str, Any], *, show_empty: bool = True) -> Group:
+def render_status(data: dict[str, Any], *, show_empty: bool = True, width: int = 120) -> Group:
+    """Rich tables for the terminal; below 110 columns a compact port table is used."""
+    compact = width < 110
     ports = Table(title=f"dock {data['dock']} - ports", expand=False)
-    for col in ("port", "recorder", "officer", "state", "clips", "bytes", "rate", "ETA",
-                "delivered", "note"):
-        ports.add_column(col, no_wrap=col in ("port", "state"))
+    cols = (("port", "recorder", "state", "copied", "delivered") if compact
+            else ("port", "recorder", "officer", "state", "clips", "bytes", "rate", "ETA",
+                  "delivered", "note"))
+    for col in cols:
+        ports.add_column(col, no_wrap=col in ("port", "recorder", "copied", "delivered"),
+                         overflow="fold" if col in ("note", "state") else "ellipsis")
     for p in data["ports"]:
         if not show_empty and p["state"] == "empty":
             continue
-        officer = " ".join(x for x in (p["officer_no"], p["officer_name"]) if x) or "-"
         deliv = p["delivered"]
+        state = Text(p["label"], style=_state_style(p["state"]))
+        note = Text(p["error"] or p["message"] or "", style="red" if p["error"] else "")
+        delivered = f"{deliv['done']}/{deliv['total']}" if deliv else "-"
+        if compact:
+            who = "\n".join(x for x in (p["serial"], p["officer_name"] or p["officer_no"]) if x)
+            copied = f"{p['clips_done']}/{p['clips_total']}" if p["clips_total"] else "-"
+            if p["state"] == "copying" and p["rate_bps"]:
+                copied += f"\n{human_bytes(p['rate_bps'])}/s"
+            if note.plain:
+                state.append("\n")
+                state.append_text(note if p["error"] else Text(note.plain, style="dim"))
+            ports.add_row(p["port"], who or "-", state, copied, delivered)
+            continue
+        officer = " ".join(x for x in (p["officer_no"], p["officer_name"]) if x) or "-"
         ports.add_row(
-            p["port"], p["serial"] or "-", officer,
-            Text(p["label"], style=_state_style(p["state"])),
+            p["port"], p["serial"] or "-", officer, state,
             f"{p['clips_done']}/{p['clips_total']}" if p["clips_total"] else "-",
             f"{human_bytes(p['bytes_done'])}/{human_bytes(p['bytes_total'])}"
             if p["bytes_total"] else "-",
             f"{human_bytes(p['rate_bps'])}/s" if p["rate_bps"] else "-",
-            human_duration(p["eta_s"]),
-            f"{deliv['done']}/{deliv['total']}" if deliv else "-",
-            Text(p["error"] or p["message"] or "", style="red" if p["error"] else ""),
-        )
+            human_duration(p["eta_s"]), delivered, note)
     backlog = data["backlog"]
     bl = Table(title=f"backlog: {backlog['clips']} clip(s), {human_bytes(backlog['bytes'])} "
                      "not yet delivered", expand=False)
@@ -151,7 +165,9 @@ def render_status(data: dict[str, Any], *, show_empty: bool = True) -> Group:
                    human_bytes(d["bytes"]), ",".join(d["states"]), d["deadline_at"] or "-",
                    Text(human_duration(d["remaining_s"]),
                         style="bold red" if d["overdue"] else ""))
-    parts: list[Any] = [ports, bl]
+    parts: list[Any] = [ports, bl if backlog["dockings"] else
+                        Text("backlog: empty - everything docked is delivered and verified",
+                             style="green")]
     if backlog["delivery_errors"]:
         errs = Table(title="delivery errors", expand=False)
         for col in ("clip", "target", "attempts", "state", "error"):

@@ -1,0 +1,350 @@
+"""``dockd devices``: every recorder ever docked, its health and whether it is fit for the
+next shift (R9), with clock offsets (R10); ``--serial S``: one recorder's history and trend.
+
+``devices_data`` returns plain data (what ``--json`` prints) from the state, read-only;
+``render_devices`` turns it into rich tables. The verdicts come from the pure
+:func:`dockd.devices.health.fitness`. Databases from before the ``recorder_health`` table
+(or recorders docked before it) fall back to the readings stored with each docking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from ..config import Config
+from ..devices import health
+from ..devices.health import HealthSample
+from ..state import State, parse_iso
+from .views import human_bytes, human_duration
+
+log = logging.getLogger(__name__)
+
+VERDICT_ORDER = {"unfit": 0, "charging": 1, "fit?": 2, "fit": 3}
+VERDICT_STYLES = {"unfit": "bold red", "charging": "yellow", "fit?": "yellow", "fit": "green"}
+STATUS_STYLES = {health.UNFIT: "bold red", health.CHARGING: "yellow", health.UNKNOWN: "dim",
+                 health.CORRECTED: "yellow", health.OK: ""}
+HISTORY_LIMIT = 60
+CLIP_LIMIT = 30
+
+
+# --------------------------------------------------------------------------- data
+
+
+def devices_data(state: State, cfg: Config, now: datetime, *, serial: str | None = None,
+                 dock_clock: tuple[bool | None, str] | None = None) -> dict[str, Any]:
+    """All recorders (or one, with its history) with their latest health and verdict."""
+    has_health = _has_table(state, "recorder_health")
+    if serial is None:
+        recs = state.query("SELECT * FROM recorders ORDER BY serial")
+    else:
+        recs = state.query("SELECT * FROM recorders WHERE serial = ?", (serial,))
+    synced = dock_clock[0] if dock_clock else None
+    out = [_recorder(state, cfg, r, now, has_health, synced, detailed=serial is not None)
+           for r in recs]
+    out.sort(key=lambda r: (VERDICT_ORDER.get(r["verdict"]["label"], 9), r["serial"]))
+    return {
+        "generated_at": now.astimezone(UTC).isoformat(timespec="seconds"),
+        "tz": cfg.tz.key,
+        "dock_clock": ({"ntp_synced": dock_clock[0], "detail": dock_clock[1]}
+                       if dock_clock else None),
+        "thresholds": {"min_battery_percent": cfg.health.min_battery_percent,
+                       "charging_minutes": cfg.health.charging_minutes,
+                       "min_free_percent": cfg.health.min_free_percent,
+                       "max_clock_offset_s": cfg.health.max_clock_offset_s},
+        "serial": serial,
+        "recorders": out,
+        "unfit": sum(1 for r in out if not r["verdict"]["fit"]),
+    }
+
+
+def _recorder(state: State, cfg: Config, r: dict[str, Any], now: datetime, has_health: bool,
+              dock_synced: bool | None, *, detailed: bool) -> dict[str, Any]:
+    serial = r["serial"]
+    dockings = state.query("SELECT * FROM dockings WHERE serial = ? ORDER BY id", (serial,))
+    samples = _samples(state, serial, dockings, has_health)
+    latest = samples[-1] if samples else _sample_from_recorder(r)
+    last = dockings[-1] if dockings else None
+    port = state.query_one("SELECT port FROM ports WHERE serial = ? AND state != 'empty' "
+                           "ORDER BY updated_at DESC LIMIT 1", (serial,))
+    docked_since = parse_iso(last["docked_at"]) if (port and last) else None
+    clock_set = _last_clock_set(state, serial)
+    clock_set_at = parse_iso(clock_set["ts"]) if clock_set else None
+    verdict = health.fitness(latest, samples, cfg.health, now, docked_since,
+                             clock_set_at=clock_set_at, dock_synced=dock_synced)
+    pending = state.query_one("SELECT count(*) AS n FROM clips WHERE serial = ? AND "
+                              "state NOT IN ('delivered', 'cleared')", (serial,))
+    out: dict[str, Any] = {
+        "serial": serial,
+        "officer_no": r.get("officer_no") or "", "officer_name": r.get("officer_name") or "",
+        "unit_no": r.get("unit_no") or "", "unit_name": r.get("unit_name") or "",
+        "vendor": r.get("vendor") or "", "model": r.get("model") or "",
+        "firmware": (latest.firmware if latest else "") or r.get("firmware") or "",
+        "battery_percent": latest.battery if latest else None,
+        "storage_total": latest.storage_total if latest else None,
+        "storage_free": latest.storage_free if latest else None,
+        "free_percent": (round(latest.free_percent, 1)
+                         if latest and latest.free_percent is not None else None),
+        "fs_check": latest.fs_check if latest else health.FS_NOT_RUN,
+        "fs_detail": latest.fs_detail if latest else "",
+        "clips_on_recorder": latest.clip_count if latest else None,
+        "oldest_clip_age_s": latest.oldest_clip_age_s if latest else None,
+        "clock_offset_s": (last["clock_offset_s"] if last else r.get("last_clock_offset_s")),
+        "clock_set": clock_set,
+        "health_read_at": latest.ts.isoformat() if latest else None,
+        "first_seen": r.get("first_seen"), "last_docked": r.get("last_seen"),
+        "last_port": r.get("last_port"),
+        "docked_now": port["port"] if port else None,
+        "docked_since": docked_since.isoformat() if docked_since else None,
+        "dockings": len(dockings),
+        "clips_pending": pending["n"] if pending else 0,
+        "verdict": verdict.as_dict(),
+    }
+    if detailed:
+        out["history"] = [_sample_dict(s) for s in samples[-HISTORY_LIMIT:]]
+        out["trend"] = health.trend(samples)
+        out["docking_list"] = [_docking_dict(d) for d in dockings[-HISTORY_LIMIT:]]
+        out["clips"] = _clips(state, last["id"], cfg.tz) if last else []
+    return out
+
+
+def _has_table(state: State, name: str) -> bool:
+    return state.query_one("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND "
+                           "name = ?", (name,)) is not None
+
+
+def _samples(state: State, serial: str, dockings: Sequence[dict[str, Any]], has_health: bool
+             ) -> list[HealthSample]:
+    """The recorder's health readings, oldest first; from the dockings when none are stored."""
+    if has_health:
+        rows = state.query("SELECT * FROM recorder_health WHERE serial = ? ORDER BY ts, id",
+                           (serial,))
+        if rows:
+            return [health.sample_from_row(r) for r in rows]
+    out = []
+    for d in dockings:
+        snap = _json(d.get("snapshot"))
+        h = snap.get("health", {}) if isinstance(snap, dict) else {}
+        ts = parse_iso(d["docked_at"])
+        if ts is None:
+            continue
+        out.append(HealthSample(ts=ts, serial=serial, docking_id=d["id"],
+                                battery=h.get("battery_percent"),
+                                storage_total=h.get("storage_total"),
+                                storage_free=h.get("storage_free"),
+                                firmware=h.get("firmware") or "",
+                                clock_offset_s=d.get("clock_offset_s")))
+    return out
+
+
+def _sample_from_recorder(r: dict[str, Any]) -> HealthSample | None:
+    ts = parse_iso(r.get("last_seen"))
+    if ts is None:
+        return None
+    return HealthSample(ts=ts, serial=r["serial"], battery=r.get("last_battery"),
+                        storage_total=r.get("last_storage_total"),
+                        storage_free=r.get("last_storage_free"), firmware=r.get("firmware") or "",
+                        clock_offset_s=r.get("last_clock_offset_s"))
+
+
+def _last_clock_set(state: State, serial: str) -> dict[str, Any] | None:
+    row = state.query_one("SELECT ts, subject, detail FROM audit WHERE action = 'clock_set' "
+                          "AND json_extract(detail, '$.serial') = ? ORDER BY id DESC LIMIT 1",
+                          (serial,))
+    if row is None:
+        return None
+    detail = _json(row["detail"])
+    return {"ts": row["ts"], "subject": row["subject"],
+            **(detail if isinstance(detail, dict) else {})}
+
+
+def _sample_dict(s: HealthSample) -> dict[str, Any]:
+    d = health.health_row(s)
+    d["free_percent"] = round(s.free_percent, 1) if s.free_percent is not None else None
+    return d
+
+
+def _docking_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {"docking_id": d["id"], "port": d["port"], "state": d["state"],
+            "docked_at": d["docked_at"], "undocked_at": d.get("undocked_at"),
+            "clock_offset_s": d.get("clock_offset_s"), "clips_total": d.get("clips_total"),
+            "dock_clock": _json(d.get("dock_clock")) or None}
+
+
+def _clips(state: State, docking_id: int, tz: ZoneInfo) -> list[dict[str, Any]]:
+    """The docking's clips with their start as recorded (recorder clock) and corrected."""
+    rows = state.query("SELECT safe_name, state, start_recorded, start_utc, duration_s FROM "
+                       "clips WHERE docking_id = ? ORDER BY rel_path LIMIT ?",
+                       (docking_id, CLIP_LIMIT))
+    out = []
+    for c in rows:
+        utc = parse_iso(c["start_utc"])
+        out.append({"name": c["safe_name"], "state": c["state"],
+                    "start_recorded": c["start_recorded"], "start_utc": c["start_utc"],
+                    "start_corrected_local": utc.astimezone(tz).isoformat() if utc else None,
+                    "duration_s": c["duration_s"]})
+    return out
+
+
+def _json(text: str | None) -> Any:
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {}
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _local(iso_text: str | None, tz: ZoneInfo) -> str:
+    dt = parse_iso(iso_text)
+    return dt.astimezone(tz).strftime("%Y-%m-%d %H:%M") if dt else "-"
+
+
+def _offset(value: float | None) -> str:
+    return health.format_offset(value) if value is not None else "?"
+
+
+def _clock_line(dock: dict[str, Any] | None) -> Text:
+    if dock is None:
+        return Text("dock clock: not checked", style="dim")
+    if dock["ntp_synced"] is True:
+        return Text(f"dock clock: NTP-synchronised ({dock['detail']})", style="green")
+    if dock["ntp_synced"] is False:
+        return Text(f"dock clock: NOT NTP-synchronised ({dock['detail']}): recorder clock "
+                    "offsets may be wrong", style="bold red")
+    return Text(f"dock clock: NTP state unknown ({dock['detail']})", style="yellow")
+
+
+def render_devices(data: dict[str, Any]) -> Group:
+    tz = ZoneInfo(data["tz"])
+    parts: list[Any] = [_clock_line(data["dock_clock"])]
+    recs = data["recorders"]
+    if not recs:
+        parts.append(Text("no recorder docked yet" if data["serial"] is None
+                          else f"no recorder {data['serial']}"))
+        return Group(*parts)
+    t = Table(title=f"recorders: {len(recs)}, not fit for the next shift: {data['unfit']}",
+              title_justify="left", expand=True)
+    t.add_column("fit", no_wrap=True)
+    t.add_column("recorder", no_wrap=True)
+    t.add_column("officer / unit")
+    t.add_column("batt.", justify="right", no_wrap=True)
+    t.add_column("storage free", no_wrap=True)
+    t.add_column("clock", justify="right", no_wrap=True)
+    t.add_column("last docked", no_wrap=True)
+    t.add_column("pend.", justify="right", no_wrap=True)
+    t.add_column("why", ratio=1)
+    for r in recs:
+        v = r["verdict"]
+        officer = " ".join(x for x in (r["officer_no"], r["officer_name"]) if x) or "-"
+        unit = r["unit_name"] or r["unit_no"]
+        storage = (f"{human_bytes(r['storage_free'])}/{human_bytes(r['storage_total'])}"
+                   if r["storage_total"] else "?")
+        if r["free_percent"] is not None:
+            storage += f"\n{r['free_percent']:.0f}%"
+        storage += "" if r["fs_check"] == health.FS_NOT_RUN else f" fs {r['fs_check']}"
+        last = _local(r["last_docked"], tz) + "\n" + (
+            f"in {r['docked_now']}" if r["docked_now"] else f"({r['last_port'] or '-'})")
+        why = Text()
+        for reason in v["reasons"]:
+            why.append(reason + "\n", style="red")
+        for note in v["notes"]:
+            why.append(note + "\n", style="dim")
+        why.rstrip()
+        battery = f"{r['battery_percent']}%" if r["battery_percent"] is not None else "?"
+        t.add_row(Text(v["label"], style=VERDICT_STYLES.get(v["label"], "")),
+                  f"{r['serial']}\n{r['model'] or '-'} {r['firmware']}".rstrip(),
+                  officer + (f"\n{unit}" if unit else ""), battery, storage,
+                  _offset(r["clock_offset_s"]), last, str(r["clips_pending"]), why)
+    parts.append(t)
+    for r in recs:
+        if "history" in r:
+            parts.extend(_render_history(r, tz))
+    return Group(*parts)
+
+
+def _render_history(r: dict[str, Any], tz: ZoneInfo) -> list[Any]:
+    parts: list[Any] = []
+    h = Table(title=f"{r['serial']}: health per reading", title_justify="left")
+    for col in ("read at", "docking", "battery", "free", "clips", "oldest", "fs", "clock",
+                "firmware"):
+        h.add_column(col, no_wrap=True)
+    for s in r["history"]:
+        h.add_row(_local(s["ts"], tz), str(s["docking_id"] or "-"),
+                  f"{s['battery']}%" if s["battery"] is not None else "?",
+                  f"{s['free_percent']:.0f}%" if s["free_percent"] is not None else "?",
+                  str(s["clip_count"]) if s["clip_count"] is not None else "?",
+                  human_duration(s["oldest_clip_age_s"]), s["fs_check"],
+                  _offset(s["clock_offset_s"]), s["firmware"] or "-")
+    parts.append(h)
+    tr = r["trend"]
+    if tr["dockings"] >= 2:
+        bits = []
+        if tr["battery_change"] is not None:
+            bits.append(f"battery at docking {tr['battery_change']:+d} points")
+        if tr["free_percent_change"] is not None:
+            bits.append(f"free storage {tr['free_percent_change']:+.1f} points")
+        if tr["firmware_changes"]:
+            bits.append(f"{tr['firmware_changes']} firmware change(s)")
+        parts.append(Text(f"trend over {tr['dockings']} dockings: " + (", ".join(bits) or
+                                                                        "no data")))
+    if r["clock_set"]:
+        cs = r["clock_set"]
+        parts.append(Text(f"clock set by the dock at {_local(cs['ts'], tz)} to "
+                          f"{cs.get('new_time_local')} (was {_offset(cs.get('old_offset_s'))})",
+                          style="yellow"))
+    if r["clips"]:
+        c = Table(title=f"{r['serial']}: clips of the last docking (start as recorded and "
+                        "corrected by the clock offset)", title_justify="left")
+        for col in ("clip", "recorded", "corrected", "state"):
+            c.add_column(col, no_wrap=col != "clip")
+        for clip in r["clips"]:
+            c.add_row(clip["name"], _short(clip["start_recorded"]),
+                      _short(clip["start_corrected_local"]), clip["state"])
+        parts.append(c)
+    return parts
+
+
+def _short(iso_text: str | None) -> str:
+    return iso_text[:19].replace("T", " ") if iso_text else "-"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_devices_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+    p = subparsers.add_parser("devices", parents=list(parents),
+                              help="recorders: health, clock and fit for the next shift (R9, R10)")
+    p.add_argument("--serial", help="one recorder, with its health history")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=cmd_devices)
+
+
+def cmd_devices(cfg: Config, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..devices.clock import dock_clock_synced
+    from ..state import open_readonly, utcnow
+
+    dock_clock = dock_clock_synced()
+    with open_readonly(cfg.paths.database) as state:
+        data = devices_data(state, cfg, utcnow(), serial=args.serial, dock_clock=dock_clock)
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+    else:
+        Console().print(render_devices(data))
+    if args.serial and not data["recorders"]:
+        return 1
+    return 0

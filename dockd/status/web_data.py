@@ -1,0 +1,322 @@
+"""Plain data for the web pages, the JSON API, ``dockd top`` and the metrics collector.
+
+Built on the existing read-outs (:func:`~dockd.status.views.status_data`,
+:func:`~dockd.status.queue.queue_data`, :func:`~dockd.status.report.report_data`), adding
+what an officer, an equipment admin and IT staff need on top: per-port problems that need
+the officer (red tile), recorder fitness with reasons (fleet view) and the staging disk.
+Read-only: :func:`open_state_ro` opens the database with ``mode=ro`` and ``query_only``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, HealthConfig
+from ..errors import StateError
+from ..state import State, parse_iso, utcnow
+from .queue import queue_data
+from .report import report_data
+from .views import backlog_view, ports_view, status_data
+
+log = logging.getLogger(__name__)
+
+DISPLAY_STATES = ("empty", "identifying", "copying", "checking", "done", "charging", "error")
+ALERT, NOTICE = "alert", "notice"
+FINDINGS_LIMIT = 50  # most recent dockings scanned for /api/findings
+FLEET_LIMIT = 500  # recorders listed (bounded: the metrics labels come from here too)
+
+
+class ReadOnlyState(State):
+    """A :class:`State` over a read-only connection: no migrations, no writes possible."""
+
+    def __init__(self, path: Path | str, *, clock: Callable[[], datetime] = utcnow):
+        self.path = Path(path)
+        self.clock = clock
+        if not self.path.exists():
+            raise StateError(f"{path}: no state database (has the daemon run yet?)")
+        self._lock = threading.RLock()
+        try:
+            conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True,
+                                   check_same_thread=False, isolation_level=None, timeout=10.0)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("PRAGMA busy_timeout = 10000")
+        except sqlite3.Error as exc:
+            raise StateError(f"{path}: cannot open the state database read-only: {exc}") from exc
+        self.conn = conn
+        self.db = None  # type: ignore[assignment]  # sqlite-utils is for writers only
+
+
+def open_state_ro(path: Path | str) -> State:
+    """Open the daemon's state database for read-only views (web, metrics, top)."""
+    return ReadOnlyState(path)
+
+
+# --------------------------------------------------------------------------- recorders
+
+
+def _num(value: Any) -> float | None:
+    try:
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _reasons_from(value: Any) -> list[dict[str, Any]]:
+    """Reasons stored by the health check (a JSON list of strings or objects, or text)."""
+    if value in (None, ""):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return [{"code": "other", "value": r.strip()} for r in value.split(";") if r.strip()]
+    if isinstance(value, dict):
+        value = [value]
+    out = []
+    for r in value if isinstance(value, list) else [value]:
+        if isinstance(r, dict):
+            out.append({"code": str(r.get("code") or r.get("kind") or "other"),
+                        "value": r.get("message") or r.get("value") or r.get("detail")})
+        else:
+            out.append({"code": "other", "value": str(r)})
+    return out
+
+
+def storage_free_percent(row: dict[str, Any]) -> float | None:
+    total, free = _num(row.get("last_storage_total")), _num(row.get("last_storage_free"))
+    if not total or free is None:
+        return None
+    return round(100.0 * free / total, 1)
+
+
+def recorder_health(row: dict[str, Any], health: HealthConfig) -> dict[str, Any]:
+    """Fit for the next shift, and why not (R9).
+
+    A verdict stored by the health check (columns ``health_verdict``/``fit`` and
+    ``health_reasons``/``unfit_reasons``, when that schema exists) wins; otherwise the last
+    readings are held against the ``[health]`` thresholds here.
+    """
+    verdict = row.get("health_verdict", row.get("verdict"))
+    fit_col = row.get("fit")
+    if verdict not in (None, "") or fit_col is not None:
+        fit = (str(verdict).lower() in ("fit", "ok", "1", "true") if verdict not in (None, "")
+               else bool(fit_col))
+        reasons = _reasons_from(row.get("health_reasons", row.get("unfit_reasons")))
+        return {"fit": fit, "reasons": reasons, "source": "verdict"}
+    reasons: list[dict[str, Any]] = []
+    battery = _num(row.get("last_battery"))
+    free_pct = storage_free_percent(row)
+    offset = _num(row.get("last_clock_offset_s"))
+    if battery is not None and battery < health.min_battery_percent:
+        reasons.append({"code": "battery_low", "value": f"{battery:.0f}%"})
+    if free_pct is not None and free_pct < health.min_free_percent:
+        reasons.append({"code": "storage_low", "value": f"{free_pct:.1f}%"})
+    if offset is not None and abs(offset) > health.max_clock_offset_s:
+        reasons.append({"code": "clock_off", "value": f"{offset:+.1f} s"})
+    if battery is None and free_pct is None and offset is None:
+        return {"fit": None, "reasons": [{"code": "no_data", "value": None}],
+                "source": "thresholds"}
+    return {"fit": not reasons, "reasons": reasons, "source": "thresholds"}
+
+
+def recorders_by_serial(state: State) -> dict[str, dict[str, Any]]:
+    rows = state.query("SELECT * FROM recorders ORDER BY last_seen DESC LIMIT ?",
+                       (FLEET_LIMIT,))
+    return {r["serial"]: r for r in rows}
+
+
+def recorder_view(row: dict[str, Any], health: HealthConfig) -> dict[str, Any]:
+    h = recorder_health(row, health)
+    return {
+        "serial": row["serial"], "officer_no": row.get("officer_no"),
+        "officer_name": row.get("officer_name"), "unit_no": row.get("unit_no"),
+        "unit_name": row.get("unit_name"), "model": row.get("model"),
+        "firmware": row.get("firmware"), "last_seen": row.get("last_seen"),
+        "last_port": row.get("last_port"), "battery_percent": _num(row.get("last_battery")),
+        "storage_total": row.get("last_storage_total"),
+        "storage_free": row.get("last_storage_free"),
+        "storage_free_percent": storage_free_percent(row),
+        "clock_offset_s": _num(row.get("last_clock_offset_s")),
+        "registered": is_registered(row),
+        "fit": h["fit"], "reasons": h["reasons"], "verdict_source": h["source"],
+    }
+
+
+def is_registered(row: dict[str, Any] | None) -> bool:
+    """A recorder is registered when it is known with an officer (or flagged so explicitly)."""
+    if row is None:
+        return False
+    if "registered" in row and row["registered"] is not None:
+        return bool(row["registered"])
+    return bool((row.get("officer_no") or "").strip())
+
+
+def fleet_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+    recs = [recorder_view(r, cfg.health) for r in recorders_by_serial(state).values()]
+    order = {False: 0, None: 1, True: 2}
+    recs.sort(key=lambda r: (order[r["fit"]], -(parse_iso(r["last_seen"]) or now).timestamp()
+                             if r["last_seen"] else 0.0))
+    h = cfg.health
+    return {
+        "generated_at": now.isoformat(),
+        "thresholds": {"min_battery_percent": h.min_battery_percent,
+                       "min_free_percent": h.min_free_percent,
+                       "max_clock_offset_s": h.max_clock_offset_s,
+                       "charging_minutes": h.charging_minutes},
+        "unfit": sum(1 for r in recs if r["fit"] is False),
+        "recorders": recs,
+    }
+
+
+# --------------------------------------------------------------------------- ports (kiosk)
+
+
+def _display(port: dict[str, Any]) -> tuple[str, int | None]:
+    st = port["state"]
+    if st == "copying":
+        total = port["bytes_total"] or 0
+        pct = int(100 * port["bytes_done"] / total) if total else 0
+        return "copying", max(0, min(pct, 99 if port["bytes_done"] < total else 100))
+    if st == "done" and not port["clips_total"]:
+        return "charging", None
+    return (st if st in DISPLAY_STATES else "error"), None
+
+
+def docking_problems(state: State, docking_id: int) -> list[dict[str, Any]]:
+    """What the officer of this docking must be told (gaps needing review, errors found)."""
+    data = report_data(state, docking_id=docking_id, limit=1)["dockings"]
+    out: list[dict[str, Any]] = []
+    if not data:
+        return out
+    d = data[0]
+    review = [g for g in d["gaps"] if g["needs_review"]]
+    no_note = [g for g in review if g["verdict"] == "no_note"]
+    if no_note:
+        out.append({"code": "gap_no_note", "severity": ALERT, "count": len(no_note),
+                    "detail": ", ".join(f"{g['start'][11:19]}Z +{g['length_s']:.0f}s"
+                                        for g in no_note if g["start"])})
+    if len(review) > len(no_note):
+        out.append({"code": "gap_review", "severity": ALERT, "count": len(review) - len(no_note),
+                    "detail": ", ".join(sorted({str(g["verdict"]) for g in review
+                                                if g["verdict"] != "no_note"}))})
+    errors = [f for f in _docking_findings(state, docking_id) + d["findings"]
+              if f.get("severity") == "error" and not str(f.get("kind", "")).startswith("interr")]
+    if errors:
+        out.append({"code": "finding_error", "severity": ALERT, "count": len(errors),
+                    "detail": "; ".join(str(f.get("message", f.get("kind"))) for f in errors[:3])})
+    return out
+
+
+def _docking_findings(state: State, docking_id: int) -> list[dict[str, Any]]:
+    row = state.query_one("SELECT findings FROM dockings WHERE id = ?", (docking_id,))
+    try:
+        found = json.loads(row["findings"]) if row and row["findings"] else []
+    except ValueError:
+        return []
+    return [f for f in found if isinstance(f, dict)]
+
+
+def kiosk_ports(state: State, cfg: Config) -> list[dict[str, Any]]:
+    """One entry per port: who, what state, progress, battery/storage, problems."""
+    recs = recorders_by_serial(state)
+    out = []
+    for p in ports_view(state):
+        rec = recs.get(p["serial"]) if p["serial"] else None
+        if p["serial"] and rec is None:
+            rec = state.query_one("SELECT * FROM recorders WHERE serial = ?", (p["serial"],))
+        display, percent = _display(p)
+        problems: list[dict[str, Any]] = []
+        if p["state"] == "error" or p["error"]:
+            problems.append({"code": "port_error", "severity": ALERT, "count": 1,
+                             "detail": p["error"] or p["message"] or ""})
+        if p["serial"] and p["state"] != "identifying" and not is_registered(rec):
+            problems.append({"code": "not_registered", "severity": ALERT, "count": 1,
+                             "detail": p["serial"]})
+        if p["docking_id"] and p["state"] != "empty":
+            problems.extend(docking_problems(state, p["docking_id"]))
+        rv = recorder_view(rec, cfg.health) if rec else None
+        out.append({
+            **p, "display": display, "percent": percent,
+            "unit_name": rv["unit_name"] if rv else None,
+            "storage_total": rv["storage_total"] if rv else None,
+            "storage_free": rv["storage_free"] if rv else None,
+            "storage_free_percent": rv["storage_free_percent"] if rv else None,
+            "clock_offset_s": rv["clock_offset_s"] if rv else None,
+            "fit": rv["fit"] if rv else None,
+            "attention": any(x["severity"] == ALERT for x in problems),
+            "problems": problems,
+        })
+    return out
+
+
+# --------------------------------------------------------------------------- IT, findings
+
+
+def disk_data(cfg: Config) -> dict[str, Any]:
+    path = cfg.paths.staging_dir
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        du = shutil.disk_usage(probe)
+    except OSError as exc:
+        log.warning("cannot read free space of %s: %s", path, exc)
+        return {"path": str(path), "total": None, "used": None, "free": None,
+                "free_percent": None, "min_free": int(cfg.offload.min_free), "low": None}
+    return {"path": str(path), "total": du.total, "used": du.used, "free": du.free,
+            "free_percent": round(100.0 * du.free / du.total, 1) if du.total else None,
+            "min_free": int(cfg.offload.min_free), "low": du.free < int(cfg.offload.min_free)}
+
+
+def api_status(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+    data = status_data(state, cfg.dock.id, now)
+    q = queue_data(state, cfg, now)
+    return {**data, "dock_name": cfg.dock.name, "level": q["level"], "disk": disk_data(cfg),
+            "alerts_open": len(q["alerts"])}
+
+
+def api_ports(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+    return {"dock": cfg.dock.id, "dock_name": cfg.dock.name, "generated_at": now.isoformat(),
+            "ports": kiosk_ports(state, cfg)}
+
+
+def api_queue(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+    q = queue_data(state, cfg, now)
+    b = backlog_view(state, now)
+    return {**q, "dock": cfg.dock.id, "disk": disk_data(cfg),
+            "backlog": {"clips": b["clips"], "bytes": b["bytes"],
+                        "oldest_deadline_at": b["oldest_deadline_at"]},
+            "delivery_errors": b["delivery_errors"],
+            "clips_by_state": state.counts_by_state()}
+
+
+def api_findings(state: State, cfg: Config, now: datetime,
+                 limit: int = FINDINGS_LIMIT) -> dict[str, Any]:
+    """Gaps that need a supervisor's review and the findings of recent dockings."""
+    gaps, findings = [], []
+    for d in report_data(state, limit=limit)["dockings"]:
+        who = {"docking_id": d["docking_id"], "serial": d["serial"], "port": d["port"],
+               "officer_no": d["officer_no"], "officer_name": d["officer_name"],
+               "docked_at": d["docked_at"]}
+        for g in d["gaps"]:
+            if g["needs_review"]:
+                gaps.append({**who, **{k: g[k] for k in (
+                    "kind", "start", "end", "length_s", "verdict", "reason", "transcript",
+                    "before_clip", "after_clip", "error")}})
+        for f in _docking_findings(state, d["docking_id"]) + d["findings"]:
+            if str(f.get("kind", "")).startswith("interruption"):
+                continue  # shown as gaps
+            findings.append({**who, "kind": str(f.get("kind", "")),
+                             "severity": str(f.get("severity", "info")),
+                             "message": str(f.get("message", ""))})
+    return {"generated_at": now.isoformat(), "gaps_needing_review": gaps,
+            "findings": findings}
