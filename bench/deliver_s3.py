@@ -17,7 +17,8 @@ one), and times, each ``--repeat`` times:
 * ``dockd + verify``         put, then ``verify`` with read-back (what delivery really costs)
 
 The source files are read once before every run (page cache warm for every case). Best of
-``--repeat`` is the headline, median beside it. moto itself is the bound here: it is a
+``--repeat`` is the headline, median beside it, and the client's CPU seconds per GB
+(dockd's process, or the rclone child; not moto's) — steadier than MB/s on a shared box. moto itself is the bound here: it is a
 single Python process that parses every request body.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -111,6 +113,13 @@ def _warm(files: list[Path]) -> dict[Path, str]:
     return digests
 
 
+def _client_cpu() -> float:
+    """CPU seconds of this process (dockd's threads) and its reaped children (rclone)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_rclone(moto: MotoProcess, src: Path, transfers: int) -> float:
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     env.update({
@@ -170,6 +179,7 @@ def bench_s3(size: int = 512 * MIB, file_size: int = 64 * MIB, repeat: int = 3,
                                                              64 * MIB, True),
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
     print(f"{len(files)} files x {file_size // MIB} MiB = {total / MIB:.0f} MiB, "
           f"{transfers} parallel transfers, nproc={os.cpu_count()}", flush=True)
     for r in range(repeat):
@@ -177,16 +187,20 @@ def bench_s3(size: int = 512 * MIB, file_size: int = 64 * MIB, repeat: int = 3,
             digests = _warm(files)
             moto = MotoProcess()
             try:
+                before = _client_cpu()
                 dt = case(moto, digests)
+                used = _client_cpu() - before  # taken before moto (a child) is reaped
             finally:
                 moto.stop()
             times[name].append(dt)
-            print(f"  run {r + 1} {name:32s} {total / dt / 1e6:7.1f} MB/s", flush=True)
+            cpu[name].append(used / (total / 1e9))
+            print(f"  run {r + 1} {name:32s} {total / dt / 1e6:7.1f} MB/s  "
+                  f"client CPU {used / (total / 1e9):5.1f} s/GB", flush=True)
     out = {name: (total / min(ts) / 1e6, total / statistics.median(ts) / 1e6)
            for name, ts in times.items()}
-    print("\ncase                              best MB/s  median MB/s")
+    print("\ncase                              best MB/s  median MB/s  client CPU s/GB")
     for name, (best, med) in out.items():
-        print(f"{name:32s} {best:10.1f} {med:12.1f}")
+        print(f"{name:32s} {best:10.1f} {med:12.1f} {statistics.median(cpu[name]):10.1f}")
     base = out["rclone copy"]
     for name in list(out)[1:]:
         print(f"{name} / rclone: best {out[name][0] / base[0]:.2f}x, "

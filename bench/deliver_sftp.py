@@ -140,7 +140,8 @@ def bench_sftp(size: int = 512 * MIB, file_size: int = 64 * MIB, repeat: int = 3
     from tests.sshd import SshdServer
 
     own = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="dockd-bench-sftp-")) if own else Path(workdir)
+    work = Path(workdir) if workdir is not None else Path(
+        tempfile.mkdtemp(prefix="dockd-bench-sftp-"))
     work.mkdir(parents=True, exist_ok=True)
     server = SshdServer(work / "sshd")
     try:

@@ -199,10 +199,11 @@ class DevicesConfig:
     source: str = "directory"
     """"directory": recorders appear as trees under paths.ports_dir (simulated, lab, NFS dock);
     "udev": real USB recorders, detected with pyudev and mounted read-only."""
-    mount_root: Path = Path("/run/dockd/mnt")
+    mount_root: Path = Path("/run/dockd-mnt")
     """Per-port mount points (<mount_root>/<port>) for the udev source."""
-    mount_helper: str = "/usr/libexec/dockd/dockd-mount"
-    """Privileged helper that mounts/unmounts recorders (see docs/privileges.md)."""
+    mount_helper: str = "/run/dockd-mount.sock"
+    """The privileged mount helper: its socket (systemd dockd-mount.socket) or an executable
+    run directly as root or through ``sudo -n`` (see docs/privileges.md)."""
     rescan_seconds: float = 30.0
     """Slow re-enumeration of block devices: udev events are hints, they may be missed."""
     fsck: bool = True
@@ -379,6 +380,9 @@ def _semantic_checks(cfg: Config) -> list[str]:
     for i, m in enumerate(cfg.port_map):
         if not m.path or not m.port:
             problems.append(f"port_map[{i}]: needs both path and port")
+        if m.port and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", m.port):
+            problems.append(f"port_map[{i}].port: letters, digits, '.', '_' or '-' "
+                            f"(got {m.port!r})")
         if m.path in seen_paths:
             problems.append(f"port_map[{i}].path: {m.path!r} mapped twice")
         if m.port in seen_ports:

@@ -111,9 +111,16 @@ class Daemon:
         self.ready = threading.Event()
         self.jobs: dict[str, _PortJob] = {}
         self.docked: dict[str, Path] = {}
+        self.hints: dict[str, dict[str, str]] = {}
         self.retry_at: dict[str, float] = {}
-        self.source = DirectorySource(cfg.paths.ports_dir, cfg.dock.ports,
-                                      cfg.offload.settle_seconds)
+        self.source: Any
+        if cfg.devices.source == "udev":
+            from .devices.udev import UdevSource
+
+            self.source = UdevSource(cfg)
+        else:
+            self.source = DirectorySource(cfg.paths.ports_dir, cfg.dock.ports,
+                                          cfg.offload.settle_seconds)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -133,8 +140,8 @@ class Daemon:
         with Prober(cfg.tools) as prober:
             self.pipeline = build_pipeline(cfg, self.state, prober)
             self.pipeline.resume()
-            for port in range(1, cfg.dock.ports + 1):
-                self.state.set_port(f"port-{port:02d}")
+            for label in self.port_labels():
+                self.state.set_port(label)
             pool = ThreadPoolExecutor(max_workers=cfg.offload.workers,
                                       thread_name_prefix="offload")
             deliverer = threading.Thread(target=self._deliver_loop, name="deliver", daemon=True)
@@ -146,11 +153,16 @@ class Daemon:
                      cfg.paths.ports_dir, cfg.dock.ports, len(self.pipeline.targets))
             wd = self.notifier.watchdog_interval()
             last_ping = 0.0
-            self._close_orphaned_dockings()
+            if cfg.devices.source == "directory":
+                self._close_orphaned_dockings(scan_ports(cfg.paths.ports_dir, cfg.dock.ports))
+            first_poll = True
             try:
                 while not self.stop_event.is_set():
                     for ev in self.source.poll(timeout=0.5):
                         self._on_event(ev, pool)
+                    if first_poll and cfg.devices.source == "udev":
+                        self._close_orphaned_dockings(self.docked)
+                    first_poll = False
                     self._reap_jobs(pool)
                     if wd and time.monotonic() - last_ping >= wd:
                         self.notifier.notify("WATCHDOG=1")
@@ -170,10 +182,33 @@ class Daemon:
 
     # ------------------------------------------------------------------ device events
 
+    def port_labels(self) -> list[str]:
+        if self.cfg.devices.source == "udev" and self.cfg.port_map:
+            return [m.port for m in self.cfg.port_map]
+        return [f"port-{n:02d}" for n in range(1, self.cfg.dock.ports + 1)]
+
     def _on_event(self, ev: Any, pool: ThreadPoolExecutor) -> None:
+        kind = type(ev).__name__
+        if kind == "Foreign":
+            log.warning("port %s: foreign USB device %s:%s (serial %s) ignored: not an allowed "
+                        "recorder model, never mounted", ev.port, ev.vendor_id, ev.model_id,
+                        ev.serial)
+            self.state.set_port(ev.port, state="foreign", serial=None, error=None,
+                                message=f"foreign device {ev.vendor_id}:{ev.model_id} ignored "
+                                        "(not a registered recorder)")
+            return
+        if kind == "ForeignGone":
+            self.state.set_port(ev.port, state="empty", message=None, error=None)
+            return
+        if kind == "MountFailed":
+            log.error("port %s serial %s: cannot mount the recorder: %s", ev.port, ev.serial,
+                      ev.reason)
+            self.state.set_port(ev.port, state="error", serial=ev.serial, error=ev.reason)
+            return
         if isinstance(ev, Docked):
             log.info("port %s: recorder tree appeared at %s", ev.port, ev.root)
             self.docked[ev.port] = ev.root
+            self.hints[ev.port] = dict(getattr(ev, "hints", {}) or {})
             self._submit(ev.port, ev.root, pool)
         elif isinstance(ev, Undocked):
             log.info("port %s: recorder removed", ev.port)
@@ -198,7 +233,7 @@ class Daemon:
 
         def job() -> None:
             try:
-                self.pipeline.run_docking(port, root, {}, should_stop)
+                self.pipeline.run_docking(port, root, self.hints.get(port, {}), should_stop)
             except CopyError as exc:
                 if gone.is_set():
                     d = self._active_docking(port)
@@ -222,11 +257,20 @@ class Daemon:
                 log.error("port %s: docking failed: %s", port, exc,
                           exc_info=not isinstance(exc, DockdError))
                 self.state.set_port(port, state="error", error=str(exc))
+            elif self._keep_mounted(port) is False:
+                # everything is copied: unmount (udev source) so the officer may unplug
+                getattr(self.source, "release", lambda _p: None)(port)
         for port, when in list(self.retry_at.items()):
             if time.monotonic() >= when and port in self.docked and port not in self.jobs:
                 del self.retry_at[port]
                 log.info("port %s: retrying offload", port)
                 self._submit(port, self.docked[port], pool)
+
+    def _keep_mounted(self, port: str) -> bool:
+        """A recorder whose profile clears it after delivery stays mounted until then."""
+        d = self.state.query_one("SELECT profile FROM dockings WHERE port = ? ORDER BY id DESC "
+                                 "LIMIT 1", (port,))
+        return bool(d) and self.pipeline.profile(d["profile"]).clear_policy == "after_delivery"
 
     def _active_docking(self, port: str) -> int | None:
         row = self.state.query_one("SELECT id FROM dockings WHERE port = ? AND "
@@ -240,10 +284,9 @@ class Daemon:
             self.pipeline.finish(d)
             self.work_event.set()
 
-    def _close_orphaned_dockings(self) -> None:
+    def _close_orphaned_dockings(self, present: Any) -> None:
         """Dockings left 'offloading' by a killed daemon whose port is empty now. A port that
-        still holds a tree keeps its docking: the Docked event after settling resumes it."""
-        present = scan_ports(self.cfg.paths.ports_dir, self.cfg.dock.ports)
+        still holds a recorder keeps its docking: the Docked event after settling resumes it."""
         for row in self.state.query("SELECT id, port FROM dockings WHERE state = 'offloading'"):
             if row["port"] not in present:
                 self.pipeline.mark_interrupted(row["id"], "recorder not present after restart")

@@ -12,6 +12,14 @@ command -v ffmpeg   >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v ffprobe  >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v exiftool >/dev/null 2>&1 || need_apt+=(libimage-exiftool-perl)
 "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ "$want" = test ]; then
+    # real components the tests drive: udevadm and systemd-analyze (unit files, udev rule),
+    # fsck.vfat/fsck.exfat (read-only checks), OpenSSH (SFTP target), Chromium (web page)
+    command -v udevadm          >/dev/null 2>&1 || need_apt+=(udev)
+    command -v systemd-analyze  >/dev/null 2>&1 || need_apt+=(systemd)
+    command -v fsck.vfat        >/dev/null 2>&1 || need_apt+=(dosfstools)
+    command -v fsck.exfat       >/dev/null 2>&1 || need_apt+=(exfatprogs)
+fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     echo "setup: installing Debian packages: ${need_apt[*]}"

@@ -8,9 +8,9 @@
 current user, with a generated ed25519 host key, a generated ed25519 user key in its own
 ``AuthorizedKeysFile``, ``StrictModes no``, ``UsePAM no``, no passwords, and the SFTP
 subsystem (``internal-sftp`` by default). It waits (bounded) until the server answers with
-its SSH banner, and ``stop()`` ends the listener *and* every session it started (they
-share one process group). ``kill_sessions()`` ends the sessions only, as a dropped
-connection would; ``restart()`` brings the server back on the same port with the same keys.
+its SSH banner, and ``stop()`` ends the listener *and* every session it started (found
+as the listener's descendants: sshd's per-connection children leave its process group).
+``kill_sessions()`` ends the sessions only, as a dropped connection would; ``restart()`` brings the server back on the same port with the same keys.
 
 Nothing here runs at import time. If ``sshd`` is missing, ``SshdMissing`` says that
 ``make test`` installs it (Debian packages ``openssh-server`` and ``openssh-client``).
@@ -66,6 +66,27 @@ def known_hosts_line(host: str, port: int, pub_key: Path) -> str:
     kind, blob = pub_key.read_text().split()[:2]
     name = host if port == 22 else f"[{host}]:{port}"
     return f"{name} {kind} {blob}\n"
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live descendant of process ``root`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 class SshdServer:
@@ -161,17 +182,11 @@ class SshdServer:
                            f"{START_TIMEOUT} s:\n{self.log_tail()}")
 
     def session_pids(self) -> list[int]:
-        """Processes sshd started for connections (same process group, not the listener)."""
+        """Processes sshd started for connections: every descendant of the listener (the
+        per-connection children call setsid(), so the process group does not find them)."""
         if self.proc is None:
             return []
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == self.proc.pid:
-                continue
-            with contextlib.suppress(OSError):
-                if os.getpgid(int(entry)) == self.proc.pid:
-                    pids.append(int(entry))
-        return pids
+        return _descendants(self.proc.pid)
 
     def kill_sessions(self) -> int:
         """SIGKILL every connection's processes (the listener stays): a dropped link."""
@@ -183,9 +198,13 @@ class SshdServer:
 
     def stop(self) -> None:
         """End the listener and every session, and wait for the listener to exit."""
+        sessions = self.session_pids()
         proc, self.proc = self.proc, None
         if proc is None:
             return
+        for pid in sessions:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -194,8 +213,6 @@ class SshdServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # sessions that ignored SIGTERM
 
     def restart(self) -> SshdServer:
         self.stop()

@@ -249,3 +249,18 @@ def test_poll_before_start_is_an_error(tmp_path: Path) -> None:
                      use_monitor=False)
     with pytest.raises(RuntimeError):
         src.poll(timeout=0)
+
+
+def test_real_pyudev_enumeration_and_monitor(tmp_path: Path) -> None:
+    """The pyudev edge runs here (no USB devices, maybe no udevd): no events, no errors."""
+    pytest.importorskip("pyudev")
+    found = udev.list_block_properties()
+    assert all(isinstance(p, dict) for p in found)
+    m = FakeMounter(tmp_path / "mnt")
+    src = UdevSource(make_cfg(tmp_path), mounter=m, use_monitor=True)
+    src.start()
+    try:
+        assert [e for e in src.poll(timeout=0.3) if not isinstance(e, Foreign)] == []
+    finally:
+        src.stop()
+    assert m.calls == []

@@ -48,6 +48,7 @@ import hashlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -114,6 +115,9 @@ class SftpTarget:
         self.chunk_size = chunk_size
         self.ciphers = ciphers
         self.stats = SftpStats()
+        self.throttle: Callable[[int], object] | None = None
+        """Set by the queue for a bandwidth cap: called with each chunk's size before it is
+        sent (from a worker thread; it may block)."""
         self._runner = sftp_io.LoopThread(f"sftp-{name}")
         self._stats_lock = threading.Lock()
         # owned by the loop thread:
@@ -123,6 +127,9 @@ class SftpTarget:
         self._slots: asyncio.Semaphore | None = None
         self._dirs: set[str] = set()
         self._hasher: sftp_io.RemoteHasher | None = None
+        self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = \
+            weakref.WeakValueDictionary()
+        """One put per key at a time: puts of one key share the ``.partial`` name."""
         self._remote_hash = verify == "checksum"
 
     @classmethod
@@ -146,6 +153,7 @@ class SftpTarget:
             self._runner.stop()
             self._connecting = None  # asyncio primitives belong to the stopped loop
             self._slots = None
+            self._key_locks = weakref.WeakValueDictionary()
 
     # ------------------------------------------------------------------ public operations
 
@@ -294,6 +302,13 @@ class SftpTarget:
 
     async def _put(self, sftp: asyncssh.SFTPClient, parts: list[str], key: str, sha256: str,
                    size: int, source: Callable[[], sftp_io.Source]) -> Receipt:
+        lock = self._key_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            return await self._put_locked(sftp, parts, key, sha256, size, source)
+
+    async def _put_locked(self, sftp: asyncssh.SFTPClient, parts: list[str], key: str,
+                          sha256: str, size: int,
+                          source: Callable[[], sftp_io.Source]) -> Receipt:
         directory = await self._directory(sftp, parts, key, create=True)
         assert directory is not None
         final = f"{directory}/{parts[-1]}"
@@ -326,7 +341,7 @@ class SftpTarget:
         try:
             written = await sftp_io.send_stream(
                 rfile, source, chunk_size=self.chunk_size, chunks_in_flight=CHUNKS_IN_FLIGHT,
-                timeout=self.io_timeout)
+                timeout=self.io_timeout, throttle=self.throttle)
             if written != (size, sha256):
                 raise DeliveryError(
                     f"{self.name}: source for {key} is {written[0]} bytes {written[1]}, "

@@ -22,7 +22,7 @@ import hashlib
 import logging
 import stat
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, BinaryIO, Protocol, TypeVar
 
@@ -238,26 +238,37 @@ async def _cancel_all(pending: set[asyncio.Task[Any]]) -> None:
     await asyncio.gather(*pending, return_exceptions=True)
 
 
+def _next_chunk(source: Source, n: int, h: hashlib._Hash,
+                throttle: Callable[[int], object] | None) -> bytes:
+    data = source.read_hash(n, h)
+    if throttle is not None and data:
+        throttle(len(data))  # blocks this worker thread as long as the bandwidth cap says
+    return data
+
+
 async def send_stream(rfile: asyncssh.SFTPClientFile, source: Source, *, chunk_size: int,
-                      chunks_in_flight: int, timeout: float) -> tuple[int, str]:
+                      chunks_in_flight: int, timeout: float,
+                      throttle: Callable[[int], object] | None = None) -> tuple[int, str]:
     """Write everything ``source`` yields to ``rfile`` from offset 0; (size, SHA-256 hex).
 
     The next chunk is read and hashed in the thread pool while up to ``chunks_in_flight``
     chunks are on the wire; each chunk write is itself pipelined by asyncssh (the file was
     opened with the server's write length as block size). Every write must finish within
-    ``timeout`` seconds, so a wedged server cannot hang a delivery.
+    ``timeout`` seconds, so a wedged server cannot hang a delivery. ``throttle`` (the
+    queue's bandwidth pacer) is called with each chunk's size before it is sent.
     """
     loop = asyncio.get_running_loop()
     h = hashlib.sha256()
     offset = 0
     pending: set[asyncio.Task[Any]] = set()
-    reading: asyncio.Future[bytes] = loop.run_in_executor(None, source.read_hash, chunk_size, h)
+    reading: asyncio.Future[bytes] = loop.run_in_executor(
+        None, _next_chunk, source, chunk_size, h, throttle)
     try:
         while True:
             data = await reading
             if not data:
                 break
-            reading = loop.run_in_executor(None, source.read_hash, chunk_size, h)
+            reading = loop.run_in_executor(None, _next_chunk, source, chunk_size, h, throttle)
             pending = await _drain(pending, chunks_in_flight - 1)
             pending.add(asyncio.ensure_future(
                 asyncio.wait_for(rfile.write(data, offset), timeout)))
@@ -332,11 +343,12 @@ class RemoteHasher:
             return None
         async with self._lock:
             try:
-                if self._proc is None:
-                    self._proc = await asyncio.wait_for(
+                proc = self._proc
+                if proc is None:
+                    proc = self._proc = await asyncio.wait_for(
                         self._conn.create_process(HASH_SCRIPT, encoding="utf-8"), timeout)
-                self._proc.stdin.write(path + "\n")
-                line = await asyncio.wait_for(self._proc.stdout.readline(), timeout)
+                proc.stdin.write(path + "\n")
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout)
             except asyncssh.ChannelOpenError as exc:
                 self.broken = f"cannot run commands: {exc.reason}"
                 return None

@@ -14,7 +14,8 @@ are visible. :func:`fitness` turns the latest sample (with its history) into a
   docking: errors do not heal by themselves) -> unfit.
 
 Unknown data is never a reason to call a recorder unfit: "battery unknown" is a note, the
-verdict's label says ``fit?`` so the admin knows to look. Nothing here does I/O: callers
+verdict's label says ``fit?`` so the admin knows to look (a filesystem that was not checked
+is only shown: most docks have no read-only fsck for every recorder). Nothing here does I/O: callers
 pass plain data, and get plain data back.
 """
 
@@ -32,6 +33,9 @@ from ..model import RecorderHealth
 log = logging.getLogger(__name__)
 
 OK, UNFIT, UNKNOWN, CHARGING, CORRECTED = "ok", "unfit", "unknown", "charging", "corrected"
+NOT_RUN = "not_run"
+"""Check status of a filesystem that was not checked: common (no fsck for a directory dock),
+so it is shown but is neither a note nor a reason to doubt the verdict."""
 
 FS_OK, FS_ERRORS, FS_NOT_RUN = "ok", "errors", "not_run"
 """Values of ``HealthSample.fs_check``."""
@@ -264,7 +268,7 @@ def _filesystem(s: HealthSample, current: Sequence[HealthSample]) -> dict[str, A
                 "value": FS_ERRORS}
     if s.fs_check == FS_OK:
         return {"status": OK, "message": "filesystem clean", "value": FS_OK}
-    return {"status": UNKNOWN, "value": FS_NOT_RUN,
+    return {"status": NOT_RUN, "value": FS_NOT_RUN,
             "message": "filesystem not checked" + (f" ({s.fs_detail})" if s.fs_detail else "")}
 
 

@@ -341,7 +341,7 @@ class UdevSource:
         if pool is None:
             return
         pool.shutdown(wait=True, cancel_futures=True)
-        ports = set(self._docked) | set(self._attaching)
+        ports = set(self._docked) | set(self._attaching) | set(self._chain)  # cancelled detaches too
         for port in sorted(ports):
             self._detach(port, "daemon stopping")
         self._docked.clear()

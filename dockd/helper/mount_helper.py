@@ -156,7 +156,8 @@ class Helper:
                  mount: Callable[[MountCall], None] = sys_mount,
                  umount: Callable[[str, int], None] = sys_umount,
                  mountinfo: Callable[[], str] = read_mountinfo,
-                 run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run):
+                 run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+                 statvfs: Callable[[str], Any] = os.statvfs):
         self.cfg = cfg
         self.caller = caller
         self.mount_root = Path(cfg.devices.mount_root)
@@ -165,6 +166,7 @@ class Helper:
         self._umount = umount
         self._mountinfo = mountinfo
         self._run = run
+        self._statvfs = statvfs
 
     def handle(self, words: Sequence[str]) -> dict[str, Any]:
         """Run one request; always returns the JSON-able answer."""
@@ -300,7 +302,7 @@ class Helper:
     def _verify_mounted(self, port: str, root_fd: int, target: str) -> None:
         fd = _open_dir_nofollow(port, root_fd)
         try:
-            flags = os.statvfs(f"/proc/self/fd/{fd}").f_flag
+            flags = self._statvfs(f"/proc/self/fd/{fd}").f_flag
             if flags & ST_WANTED != ST_WANTED:
                 self._umount(f"/proc/self/fd/{fd}", MNT_DETACH)
         finally:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -48,9 +49,7 @@ def devices_data(state: State, cfg: Config, now: datetime, *, serial: str | None
         recs = state.query("SELECT * FROM recorders ORDER BY serial")
     else:
         recs = state.query("SELECT * FROM recorders WHERE serial = ?", (serial,))
-    synced = dock_clock[0] if dock_clock else None
-    out = [_recorder(state, cfg, r, now, has_health, synced, detailed=serial is not None)
-           for r in recs]
+    out = [_recorder(state, cfg, r, now, has_health, detailed=serial is not None) for r in recs]
     out.sort(key=lambda r: (VERDICT_ORDER.get(r["verdict"]["label"], 9), r["serial"]))
     return {
         "generated_at": now.astimezone(UTC).isoformat(timespec="seconds"),
@@ -68,7 +67,7 @@ def devices_data(state: State, cfg: Config, now: datetime, *, serial: str | None
 
 
 def _recorder(state: State, cfg: Config, r: dict[str, Any], now: datetime, has_health: bool,
-              dock_synced: bool | None, *, detailed: bool) -> dict[str, Any]:
+              *, detailed: bool) -> dict[str, Any]:
     serial = r["serial"]
     dockings = state.query("SELECT * FROM dockings WHERE serial = ? ORDER BY id", (serial,))
     samples = _samples(state, serial, dockings, has_health)
@@ -79,8 +78,11 @@ def _recorder(state: State, cfg: Config, r: dict[str, Any], now: datetime, has_h
     docked_since = parse_iso(last["docked_at"]) if (port and last) else None
     clock_set = _last_clock_set(state, serial)
     clock_set_at = parse_iso(clock_set["ts"]) if clock_set else None
+    measured_with = _json(last.get("dock_clock")) if last else {}
     verdict = health.fitness(latest, samples, cfg.health, now, docked_since,
-                             clock_set_at=clock_set_at, dock_synced=dock_synced)
+                             clock_set_at=clock_set_at,
+                             dock_synced=measured_with.get("ntp_synced")
+                             if isinstance(measured_with, dict) else None)
     pending = state.query_one("SELECT count(*) AS n FROM clips WHERE serial = ? AND "
                               "state NOT IN ('delivered', 'cleared')", (serial,))
     out: dict[str, Any] = {
@@ -236,43 +238,66 @@ def render_devices(data: dict[str, Any]) -> Group:
                           else f"no recorder {data['serial']}"))
         return Group(*parts)
     t = Table(title=f"recorders: {len(recs)}, not fit for the next shift: {data['unfit']}",
-              title_justify="left", expand=True)
+              title_justify="left", box=box.SIMPLE, show_lines=True)
     t.add_column("fit", no_wrap=True)
     t.add_column("recorder", no_wrap=True)
-    t.add_column("officer / unit")
+    t.add_column("officer / unit", ratio=1, overflow="fold")
     t.add_column("batt.", justify="right", no_wrap=True)
-    t.add_column("storage free", no_wrap=True)
+    t.add_column("storage", no_wrap=True)
     t.add_column("clock", justify="right", no_wrap=True)
     t.add_column("last docked", no_wrap=True)
     t.add_column("pend.", justify="right", no_wrap=True)
-    t.add_column("why", ratio=1)
     for r in recs:
-        v = r["verdict"]
-        officer = " ".join(x for x in (r["officer_no"], r["officer_name"]) if x) or "-"
-        unit = r["unit_name"] or r["unit_no"]
-        storage = (f"{human_bytes(r['storage_free'])}/{human_bytes(r['storage_total'])}"
-                   if r["storage_total"] else "?")
-        if r["free_percent"] is not None:
-            storage += f"\n{r['free_percent']:.0f}%"
-        storage += "" if r["fs_check"] == health.FS_NOT_RUN else f" fs {r['fs_check']}"
-        last = _local(r["last_docked"], tz) + "\n" + (
-            f"in {r['docked_now']}" if r["docked_now"] else f"({r['last_port'] or '-'})")
-        why = Text()
-        for reason in v["reasons"]:
-            why.append(reason + "\n", style="red")
-        for note in v["notes"]:
-            why.append(note + "\n", style="dim")
-        why.rstrip()
-        battery = f"{r['battery_percent']}%" if r["battery_percent"] is not None else "?"
-        t.add_row(Text(v["label"], style=VERDICT_STYLES.get(v["label"], "")),
-                  f"{r['serial']}\n{r['model'] or '-'} {r['firmware']}".rstrip(),
-                  officer + (f"\n{unit}" if unit else ""), battery, storage,
-                  _offset(r["clock_offset_s"]), last, str(r["clips_pending"]), why)
+        t.add_row(*_row_cells(r, tz))
     parts.append(t)
+    for r in recs:
+        why = _why(r)
+        if why is not None:
+            parts.append(why)
     for r in recs:
         if "history" in r:
             parts.extend(_render_history(r, tz))
     return Group(*parts)
+
+
+def _row_cells(r: dict[str, Any], tz: ZoneInfo) -> list[Any]:
+    v = r["verdict"]
+    checks = v["checks"]
+    officer = " ".join(x for x in (r["officer_no"], r["officer_name"]) if x) or "-"
+    unit = r["unit_name"] or r["unit_no"]
+    battery = f"{r['battery_percent']}%" if r["battery_percent"] is not None else "?"
+    if r["free_percent"] is not None:
+        storage = f"{r['free_percent']:.0f}% free\nof {human_bytes(r['storage_total'])}"
+    else:
+        storage = "?"
+    if r["fs_check"] != health.FS_NOT_RUN:
+        storage += f"\nfs {r['fs_check']}"
+    last = _local(r["last_docked"], tz).replace(" ", "\n", 1) + (
+        f" in {r['docked_now']}" if r["docked_now"] else "")
+    recorder = "\n".join(x for x in (r["serial"], r["model"], r["firmware"]) if x)
+    return [Text(v["label"], style=VERDICT_STYLES.get(v["label"], "")), recorder,
+            officer + (f"\n{unit}" if unit else ""),
+            _styled(battery, checks.get("battery")), _styled(storage, checks.get("storage")),
+            _styled(_offset(r["clock_offset_s"]), checks.get("clock")), last,
+            str(r["clips_pending"])]
+
+
+def _styled(text: str, check: dict[str, Any] | None) -> Text:
+    return Text(text, style=STATUS_STYLES.get(check["status"], "") if check else "")
+
+
+def _why(r: dict[str, Any]) -> Text | None:
+    v = r["verdict"]
+    if not v["reasons"] and not v["notes"]:
+        return None
+    who = " ".join(x for x in (r["officer_no"], r["officer_name"]) if x)
+    line = Text(f"{r['serial']}" + (f" ({who})" if who else "") + ": ",
+                style=VERDICT_STYLES.get(v["label"], ""))
+    line.append("; ".join(v["reasons"]), style="red")
+    if v["reasons"] and v["notes"]:
+        line.append("; ")
+    line.append("; ".join(v["notes"]), style="dim")
+    return line
 
 
 def _render_history(r: dict[str, Any], tz: ZoneInfo) -> list[Any]:

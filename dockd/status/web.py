@@ -196,11 +196,12 @@ def create_app(cfg: Config, state_path: Path | str, *,
 
         def endpoint(request: Request) -> Response:
             lang = i18n.pick_language(request.query_params.get("lang"), default_lang)
-            conf = {"lang": lang, "view": view, "dock": cfg.dock.id, "dock_name": cfg.dock.name,
-                    "poll_ms": _poll_ms(request), "t": i18n.catalog(lang)}
+            text = i18n.catalog(lang)
+            conf: dict[str, Any] = {"lang": lang, "view": view, "dock": cfg.dock.id, "dock_name": cfg.dock.name,
+                    "poll_ms": _poll_ms(request), "t": text}
             blob = json.dumps(conf, ensure_ascii=False).replace("<", "\\u003c")
-            html = (template.replace("{{html_lang}}", conf["t"]["html_lang"])
-                    .replace("{{title}}", conf["t"][f"title.{view}"])
+            html = (template.replace("{{html_lang}}", text["html_lang"])
+                    .replace("{{title}}", text[f"title.{view}"])
                     .replace("{{config}}", blob))
             return Response(html, media_type="text/html; charset=utf-8")
         return endpoint

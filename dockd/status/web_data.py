@@ -110,8 +110,8 @@ def recorder_health(row: dict[str, Any], health: HealthConfig) -> dict[str, Any]
     if verdict not in (None, "") or fit_col is not None:
         fit = (str(verdict).lower() in ("fit", "ok", "1", "true") if verdict not in (None, "")
                else bool(fit_col))
-        reasons = _reasons_from(row.get("health_reasons", row.get("unfit_reasons")))
-        return {"fit": fit, "reasons": reasons, "source": "verdict"}
+        stored = _reasons_from(row.get("health_reasons", row.get("unfit_reasons")))
+        return {"fit": fit, "reasons": stored, "source": "verdict"}
     reasons: list[dict[str, Any]] = []
     battery = _num(row.get("last_battery"))
     free_pct = storage_free_percent(row)

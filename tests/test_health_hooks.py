@@ -1,0 +1,183 @@
+"""Health and clock wiring through the real pipeline: the ``recorder_health`` migration, one
+reading per docking, the dock's NTP state stored with the docking.
+
+Until ``state.py``/``pipeline.py`` carry the hooks (migration 5, the calls in
+``begin_docking``/``offload``/``sign``), :func:`apply_hooks` installs test-local equivalents;
+once they do, it installs nothing and these tests exercise the real code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+
+import dockd.state as state_mod
+from dockd.config import Config
+from dockd.devices import clock, health
+from dockd.devices.simulator import RecorderSpec, simulate_recorder
+from dockd.ingest.scan import scan_recorder
+from dockd.integrity import checks
+from dockd.oneshot import ingest_tree
+from dockd.pipeline import Pipeline
+from dockd.state import State, dumps, parse_iso
+
+SYNCED = (True, "test: synchronised")
+
+
+def _m5_health(db: sqlite_utils.Database) -> None:
+    """Test-local copy of the production migration 5 (state.py)."""
+    db["recorder_health"].create({
+        "id": int, "ts": str, "serial": str, "docking_id": int, "source": str,
+        "battery": int, "storage_total": int, "storage_free": int, "clip_count": int,
+        "oldest_clip_age_s": float, "fs_check": str, "fs_detail": str, "firmware": str,
+        "clock_offset_s": float,
+    }, pk="id", not_null={"ts", "serial"}, defaults={"fs_check": "not_run"},
+        foreign_keys=[("serial", "recorders", "serial"), ("docking_id", "dockings", "id")])
+    db["recorder_health"].create_index(["serial", "ts"])
+    db["dockings"].add_column("dock_clock", str)
+    db.execute(
+        "INSERT INTO recorder_health (ts, serial, docking_id, source, battery, storage_total, "
+        "storage_free, fs_check, firmware, clock_offset_s) "
+        "SELECT docked_at, serial, id, 'docking', "
+        "json_extract(snapshot, '$.health.battery_percent'), "
+        "json_extract(snapshot, '$.health.storage_total'), "
+        "json_extract(snapshot, '$.health.storage_free'), 'not_run', "
+        "coalesce(json_extract(snapshot, '$.health.firmware'), ''), clock_offset_s "
+        "FROM dockings WHERE json_valid(snapshot) ORDER BY id")
+
+
+def hooks_applied() -> bool:
+    return any(getattr(m, "__name__", "") == "_m5_health" for m in state_mod.MIGRATIONS)
+
+
+def apply_hooks(monkeypatch: pytest.MonkeyPatch, synced: tuple[bool | None, str] = SYNCED
+                ) -> None:
+    """Make the pipeline record health and set clocks as the production snippets do, and pin
+    the dock's NTP answer (this test box is not NTP-synchronised)."""
+    monkeypatch.setattr(clock, "dock_clock_synced", lambda **kw: synced)
+    if hooks_applied():
+        return
+    migrations = [*state_mod.MIGRATIONS, _m5_health]
+    monkeypatch.setattr(state_mod, "MIGRATIONS", migrations)
+    monkeypatch.setattr(state_mod, "SCHEMA_VERSION", len(migrations))
+    begin, offload = Pipeline.begin_docking, Pipeline.offload
+
+    def begin_docking(self: Pipeline, port: str, root: Path, hints: Any = None) -> Any:
+        dock_clock = clock.dock_clock_doc(self.cfg.health)
+        docking_id, known = begin(self, port, root, hints)
+        d = self.state.docking(docking_id)
+        snap = checks.snapshot_from_doc(json.loads(d["snapshot"]))
+        now = parse_iso(d["docked_at"])
+        assert now is not None
+        scan = scan_recorder(root, self.profile_for(snap))
+        fs_check, fs_detail = health.fs_check_from_hints(dict(hints or {}))
+        count, oldest = health.clip_stats((e.mtime for e in scan.entries), now,
+                                          snap.health.clock_offset_s)
+        sample = health.sample_from_health(snap.health, serial=snap.identity.serial, ts=now,
+                                           docking_id=docking_id, clip_count=count,
+                                           oldest_clip_age_s=oldest, fs_check=fs_check,
+                                           fs_detail=fs_detail)
+        with self.state.tx() as conn:
+            conn.execute("UPDATE dockings SET dock_clock = ? WHERE id = ? AND dock_clock IS "
+                         "NULL", (dumps(dock_clock), docking_id))
+            conn.execute(health.HEALTH_INSERT_SQL, health.health_row(sample))
+        return docking_id, known
+
+    def offload_(self: Pipeline, docking_id: int, root: Path, known: Any = (),
+                 should_stop: Any = None) -> Any:
+        out = offload(self, docking_id, root, known, should_stop) if should_stop else \
+            offload(self, docking_id, root, known)
+        d = self.state.docking(docking_id)
+        if not out.interrupted:
+            clock.set_clock_after_offload(self.state, self.cfg, docking_id, root,
+                                          self.profile(d["profile"]),
+                                          writable=self.writable(d["port"], root))
+        return out
+
+    monkeypatch.setattr(Pipeline, "begin_docking", begin_docking)
+    monkeypatch.setattr(Pipeline, "offload", offload_)
+
+
+def sim(cfg: Config, dest: Path, **spec: Any) -> Path:
+    """A simulated recorder whose info file is stamped on a whole second (so a clock offset
+    of N s is measured as exactly N s: ``DeviceTime`` has one-second resolution)."""
+    spec.setdefault("segments", 2)
+    spec.setdefault("segment_seconds", 1.0)
+    now = datetime.now(UTC).replace(microsecond=0)
+    return simulate_recorder(dest, RecorderSpec(**spec), profile=cfg.profiles[0], tz=cfg.tz,
+                             tools=cfg.tools, now=now).root
+
+
+def with_profile(cfg: Config, **changes: Any) -> Config:
+    return dataclasses.replace(cfg, profiles=(dataclasses.replace(cfg.profiles[0], **changes),
+                                              *cfg.profiles[1:]))
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_migration_backfills_existing_dockings(tmp_path: Path) -> None:
+    db = sqlite_utils.Database(tmp_path / "old.db")
+    for m in state_mod.MIGRATIONS[:4]:
+        m(db)
+    db["recorders"].insert({"serial": "OLD1"})
+    snap = {"identity": {"serial": "OLD1"},
+            "health": {"battery_percent": 55, "storage_total": 1000, "storage_free": 50,
+                       "firmware": "V1"}}
+    db["dockings"].insert({"serial": "OLD1", "port": "p1", "state": "delivered",
+                           "docked_at": "2026-01-02T03:04:05+00:00", "snapshot": json.dumps(snap),
+                           "clock_offset_s": 12.5})
+    _m5_health(db)
+    rows = list(db["recorder_health"].rows)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["battery"], row["storage_free"], row["firmware"], row["clock_offset_s"],
+            row["fs_check"], row["docking_id"]) == (55, 50, "V1", 12.5, "not_run", 1)
+    assert "dock_clock" in db["dockings"].columns_dict
+    sample = health.sample_from_row(row)
+    assert sample.free_percent == 5.0
+
+
+def test_each_docking_records_a_health_reading(cfg: Config, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    apply_hooks(monkeypatch, synced=(False, "test: not synchronised"))
+    cfg = with_profile(cfg, timeset_file="TIMESET.TXT")
+    root = sim(cfg, tmp_path / "rec", battery=64, clock_offset_s=-30)
+    res = ingest_tree(cfg, root)
+    assert res["ok"], res["problems"]
+    with State(cfg.paths.database) as st:
+        rows = st.query("SELECT * FROM recorder_health")
+        d = st.docking(res["docking_id"])
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["serial"] == "A1234567" and r["docking_id"] == res["docking_id"]
+    assert r["battery"] == 64 and r["clip_count"] == 2 and r["fs_check"] == "not_run"
+    assert r["clock_offset_s"] == pytest.approx(-30, abs=0.01)
+    assert r["storage_total"] and r["storage_free"] is not None
+    assert r["oldest_clip_age_s"] > 3000  # the simulator's clips end an hour before docking
+    doc = json.loads(d["dock_clock"])
+    assert doc["ntp_synced"] is False and doc["required"] is True
+    # not synchronised: the 30 s offset is flagged but the recorder's clock is left alone
+    assert not (root / "TIMESET.TXT").exists()
+
+
+def test_fsck_hint_becomes_the_reading(cfg: Config, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    apply_hooks(monkeypatch)
+    from dockd.daemon import build_pipeline
+    from dockd.ingest.probe import Prober
+
+    root = sim(cfg, tmp_path / "rec", segments=1)
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe = build_pipeline(cfg, st, prober)
+        docking_id, _ = pipe.begin_docking("p1", root, {"DOCKD_FSCK": "errors",
+                                                        "DOCKD_FSCK_DETAIL": "dirty bit set"})
+        row = st.query_one("SELECT * FROM recorder_health WHERE docking_id = ?", (docking_id,))
+    assert row is not None
+    assert (row["fs_check"], row["fs_detail"]) == ("errors", "dirty bit set")

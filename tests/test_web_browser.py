@@ -1,0 +1,157 @@
+"""The kiosk page in a real headless Chromium, served by a real daemon docking simulated
+recorders: the tiles go from empty through the work to "done - safe to unplug", a gap
+without a spoken note turns a tile red, and screenshots (Chinese and English) land in
+docs/img/ for the README.
+
+Needs Debian's ``chromium`` (set-up installs ``chromium chromium-driver fonts-wqy-microhei``)
+and the Python ``playwright`` package (never ``playwright install``: the browser is Debian's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockd.config import Config, for_workdir
+from dockd.daemon import Daemon
+from dockd.devices.simulator import RecorderSpec, plug, simulate_recorder
+from dockd.integrity.keys import generate_key
+from dockd.state import State
+from dockd.status.web import WebHandle, start_web
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
+VIEWPORT = {"width": 1024, "height": 600}
+
+# records every state each tile shows (tiles are re-rendered on each poll)
+OBSERVE = """() => {
+  window.__seen = {};
+  const note = () => document.querySelectorAll("section.tile").forEach(t => {
+    const s = (window.__seen[t.dataset.port] = window.__seen[t.dataset.port] || []);
+    if (s[s.length - 1] !== t.dataset.display) { s.push(t.dataset.display); }
+  });
+  note();
+  new MutationObserver(note).observe(document.getElementById("main"),
+                                     {childList: true, subtree: true});
+}"""
+
+
+def _browser_or_fail() -> Any:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: install the Debian packages `chromium "
+                    "chromium-driver fonts-wqy-microhei` (scripts/setup.sh test does)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the Python package `playwright` is missing (pip install playwright; "
+                    "do not run `playwright install`, Debian's chromium is used)")
+    return sync_playwright
+
+
+@pytest.fixture
+def dock(tmp_path: Path) -> Iterator[tuple[Config, WebHandle]]:
+    cfg = for_workdir(tmp_path / "w")
+    cfg = dataclasses.replace(
+        cfg, dock=dataclasses.replace(cfg.dock, ports=3),
+        offload=dataclasses.replace(cfg.offload, settle_seconds=0.3))
+    generate_key(cfg.paths.key_file, cfg.paths.public_key_file)
+    state = State(cfg.paths.database)
+    daemon = Daemon(cfg, state=state, install_signals=False)
+    thread = threading.Thread(target=daemon.run, name="test-daemon", daemon=True)
+    thread.start()
+    assert daemon.ready.wait(30), "daemon did not start"
+    web = start_web(cfg, cfg.paths.database, daemon.stop_event, port=0)
+    assert web is not None
+    try:
+        yield cfg, web
+    finally:
+        daemon.request_stop()
+        thread.join(60)
+        web.stop()
+        state.close()
+
+
+def _recorders(cfg: Config, where: Path) -> list[tuple[int, Path]]:
+    specs = [
+        (1, RecorderSpec(serial="A1234567", officer_no="012345", officer_name="张三",
+                         battery=92, segments=3, segment_seconds=1.0)),
+        (2, RecorderSpec(serial="B7654321", officer_no="023456", officer_name="李四",
+                         battery=41, segments=3, segment_seconds=1.0, gaps={2: 95.0})),
+    ]
+    out = []
+    for port, spec in specs:
+        sim = simulate_recorder(where / spec.serial, spec, profile=cfg.profiles[0], tz=cfg.tz,
+                                tools=cfg.tools)
+        out.append((port, sim.root))
+    return out
+
+
+def _tile(page: Any, port: str) -> Any:
+    return page.locator(f'section.tile[data-port="{port}"]')
+
+
+def test_kiosk_tiles_follow_a_docking_until_safe_to_unplug(dock, tmp_path):
+    sync_playwright = _browser_or_fail()
+    cfg, web = dock
+    trees = _recorders(cfg, tmp_path / "sim")
+    IMG.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT, locale="zh-CN")
+            page.goto(f"{web.url}/?poll=200")
+            page.wait_for_selector('section.tile[data-port="port-03"]', timeout=15000)
+            assert _tile(page, "port-01").get_attribute("data-display") == "empty"
+            assert "空闲" in _tile(page, "port-01").inner_text()
+            page.evaluate(OBSERVE)
+            for port, root in trees:
+                plug(root, cfg.paths.ports_dir, port)
+            page.wait_for_selector('section.tile[data-port="port-01"][data-display="done"]',
+                                   timeout=90000)
+            page.wait_for_selector('section.tile[data-port="port-02"][data-display="done"]'
+                                   '[data-attention="1"]', timeout=60000)
+            seen = page.evaluate("() => window.__seen")
+            p1 = seen["port-01"]
+            assert p1[0] == "empty" and p1[-1] == "done", seen
+            assert {"identifying", "copying", "checking"} & set(p1), seen
+            assert "error" not in p1, seen
+            t1 = _tile(page, "port-01").inner_text()
+            assert "完成 — 可以拔出" in t1 and "张三" in t1 and "A1234567" in t1
+            assert "电量 92%" in t1 and "存储" in t1
+            t2 = _tile(page, "port-02").inner_text()
+            assert "录像中断但无语音说明" in t2 and "李四" in t2
+            assert "attention" in (_tile(page, "port-02").get_attribute("class") or "")
+            page.screenshot(path=str(IMG / "kiosk-zh.png"))
+
+            page.click("#lang")  # the toggle
+            page.wait_for_selector("body[data-loaded='1'] section.tile[data-display='done']")
+            assert "lang=en" in page.url
+            t1 = _tile(page, "port-01").inner_text()
+            assert "Done — safe to unplug" in t1 and "Battery 92 %" in t1
+            assert "Gap without spoken note" in _tile(page, "port-02").inner_text()
+            page.screenshot(path=str(IMG / "kiosk-en.png"))
+
+            page.goto(f"{web.url}/fleet?lang=en")
+            page.wait_for_selector("tr[data-serial]")
+            rows = page.locator("tr[data-serial]")
+            assert rows.first.get_attribute("data-serial") == "B7654321"  # unfit first
+            assert "battery low" in rows.first.inner_text()
+            page.screenshot(path=str(IMG / "fleet-en.png"))
+            page.goto(f"{web.url}/it?lang=en")
+            page.wait_for_selector("body[data-loaded='1'] .cards")
+            assert "Staging disk" in page.inner_text("main")
+            page.screenshot(path=str(IMG / "it-en.png"))
+        finally:
+            browser.close()
+    for name in ("kiosk-zh.png", "kiosk-en.png"):
+        assert 5_000 < (IMG / name).stat().st_size < 400_000
