@@ -15,4 +15,7 @@ test:
 
 bench:
 	@scripts/setup.sh test
+	@command -v rclone >/dev/null || (apt-get update -qq && apt-get install -y -qq rclone)
 	.venv/bin/python bench/offload.py
+	.venv/bin/python bench/deliver.py --s3
+	.venv/bin/python bench/deliver.py --sftp

@@ -14,6 +14,8 @@ every timing (scp/sftp start a process and connect, dockd opens a new target).
 * ``scp``                   OpenSSH's scp with its defaults (SFTP protocol, chacha20-poly1305)
 * ``scp aes128-gcm``        the same with the cipher dockd prefers
 * ``sftp``                  ``sftp -b`` with one ``put`` per file, defaults
+* ``scp + sync + ssh sha256sum``  like for like with dockd: scp, make it durable, hash
+                            every file on the server
 * ``dockd readback``        ``put_file`` per file, the default configuration: partial, hash
                             while sending, chmod, fsync, re-read over SFTP and hash, link
 * ``dockd readback xN``     the same with N files in parallel (``max_concurrency``)
@@ -93,6 +95,16 @@ def run_scp(server: Any, files: list[Path], dest: Path, extra: list[str]) -> flo
     return time.perf_counter() - t
 
 
+def run_scp_checked(server: Any, files: list[Path], dest: Path) -> float:
+    """scp, then what dockd does on top: make it durable and hash it on the server."""
+    t = time.perf_counter()
+    run_scp(server, files, dest, [])
+    subprocess.run(["sync"], check=True)  # the server is this machine
+    subprocess.run(server.ssh_command("sha256sum", *(str(dest / f.name) for f in files)),
+                   check=True, timeout=600, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
 def run_sftp(server: Any, files: list[Path], dest: Path) -> float:
     batch = "".join(f'put "{f}" "{dest}/{f.name}"\n' for f in files)
     t = time.perf_counter()
@@ -156,6 +168,7 @@ def bench_sftp(size: int = 512 * MIB, file_size: int = 64 * MIB, repeat: int = 3
             "scp aes128-gcm": lambda: run_scp(server, files, dest,
                                               ["-c", "aes128-gcm@openssh.com"]),
             "sftp": lambda: run_sftp(server, files, dest),
+            "scp + sync + ssh sha256sum": lambda: run_scp_checked(server, files, dest),
         }
         phases: list[dict[str, float]] = []
 

@@ -673,6 +673,9 @@ class Pipeline:
                                    "target = ?", (ident, target.name))
         attempts = (row["attempts"] if row else 0) + 1
         delay = retry_delay(attempts, self.cfg.delivery.retry_seconds)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry and retry_after:  # the server said when (503 Slow Down, Retry-After)
+            delay = max(delay, float(retry_after))
         next_try = datetime.fromtimestamp(self.state.clock().timestamp() + delay,
                                           tz=self.state.clock().tzinfo)
         with self.state.tx() as conn:

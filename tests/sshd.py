@@ -10,7 +10,8 @@ current user, with a generated ed25519 host key, a generated ed25519 user key in
 subsystem (``internal-sftp`` by default). It waits (bounded) until the server answers with
 its SSH banner, and ``stop()`` ends the listener *and* every session it started (found
 as the listener's descendants: sshd's per-connection children leave its process group).
-``kill_sessions()`` ends the sessions only, as a dropped connection would; ``restart()`` brings the server back on the same port with the same keys.
+``kill_sessions()`` ends the sessions only, as a dropped connection would; ``restart()``
+brings the server back on the same port with the same keys.
 
 Nothing here runs at import time. If ``sshd`` is missing, ``SshdMissing`` says that
 ``make test`` installs it (Debian packages ``openssh-server`` and ``openssh-client``).

@@ -191,6 +191,21 @@ def test_connection_killed_mid_upload_never_shows_a_partial(
     assert target.verify(KEY, sha256=sha, size=size)
 
 
+def test_link_dropped_mid_upload_on_a_reused_connection_is_retried_once(
+        tmp_path: Path, server: SshdServer, store: Path, make_target: Targets) -> None:
+    target = make_target(chunk_size=1024 * 1024)
+    assert target.stat(KEY) is None  # the connection now exists: the put reuses it
+    src, sha, size = src_file(tmp_path, os.urandom(BIG))
+    up = Upload(target, src, sha, size)
+    up.start()
+    wait_for_path(store / (KEY + ".partial"))
+    server.kill_sessions()
+    up.join(60)
+    assert up.error is None  # one transparent retry on a new connection, from byte 0
+    assert all_files(store) == [KEY]
+    assert target.verify(KEY, sha256=sha, size=size)
+
+
 def test_server_stopped_mid_upload_then_restarted(tmp_path: Path, own_server: SshdServer,
                                                   make_target: Targets) -> None:
     target = make_target(srv=own_server, path=own_server.root, chunk_size=1024 * 1024)

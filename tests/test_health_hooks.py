@@ -53,7 +53,9 @@ def _m5_health(db: sqlite_utils.Database) -> None:
 
 
 def hooks_applied() -> bool:
-    return any(getattr(m, "__name__", "") == "_m5_health" for m in state_mod.MIGRATIONS)
+    """True once state.py carries migration 5 (and pipeline.py the hooks that go with it)."""
+    return any(getattr(m, "__name__", "") == "_m5_health" and m.__module__ == "dockd.state"
+               for m in state_mod.MIGRATIONS)
 
 
 def apply_hooks(monkeypatch: pytest.MonkeyPatch, synced: tuple[bool | None, str] = SYNCED

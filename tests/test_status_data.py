@@ -59,12 +59,19 @@ def build_dock(workdir: Path) -> Dock:
         _recorder("C3000003", "034567", "王五", 90, 32 * GB, 16 * GB, 0.5, now),
         _recorder("D4000004", "", "", 88, 32 * GB, 16 * GB, 0.0, now),
     ])
+    readings = {r["serial"]: r for r in db["recorders"].rows}
     for i, (serial, port, state) in enumerate([
             ("A1000001", "port-01", "offloading"), ("B2000002", "port-02", "signed"),
             ("C3000003", "port-03", "delivered"), ("D4000004", "port-04", "interrupted")], 1):
+        r = readings[serial]
+        snapshot = {"health": {"battery_percent": r["last_battery"],
+                               "storage_total": r["last_storage_total"],
+                               "storage_free": r["last_storage_free"], "firmware": "V2.3.1"}}
         db["dockings"].insert({"id": i, "serial": serial, "port": port, "dock_id": "dock-01",
+                               "snapshot": json.dumps(snapshot),
+                               "clock_offset_s": r["last_clock_offset_s"],
                                "root": f"/run/{port}", "state": state,
-                               "docked_at": iso(now - timedelta(hours=i)),
+                               "docked_at": iso(now - timedelta(hours=3 + i)),
                                "deadline_at": iso(now + timedelta(hours=24 - i)),
                                "findings": json.dumps([{"kind": "probe_failed",
                                                         "severity": "error",

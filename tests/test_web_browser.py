@@ -144,8 +144,9 @@ def test_kiosk_tiles_follow_a_docking_until_safe_to_unplug(dock, tmp_path):
             page.goto(f"{web.url}/fleet?lang=en")
             page.wait_for_selector("tr[data-serial]")
             rows = page.locator("tr[data-serial]")
-            assert rows.first.get_attribute("data-serial") == "B7654321"  # unfit first
-            assert "battery low" in rows.first.inner_text()
+            # battery 41 %: not fit yet, charging (within health.charging_minutes): listed first
+            assert rows.first.get_attribute("data-serial") == "B7654321"
+            assert "charging 41%" in rows.first.inner_text()
             page.screenshot(path=str(IMG / "fleet-en.png"))
             page.goto(f"{web.url}/it?lang=en")
             page.wait_for_selector("body[data-loaded='1'] .cards")

@@ -239,7 +239,8 @@ class SftpTarget:
                     err = self._translate(exc, key, action)
                     if not sftp_io.is_connection_error(exc):
                         raise err from exc
-                    await self._disconnect()
+                    if sftp is self._sftp:  # not already replaced by a parallel call
+                        await self._disconnect()
                     if fresh or attempt == 2:
                         raise err from exc
                     log.info("%s: connection to %s:%d was lost (%s); reconnecting",
@@ -340,7 +341,8 @@ class SftpTarget:
             max_requests=REQUESTS_PER_CHUNK), self.io_timeout)
         try:
             written = await sftp_io.send_stream(
-                rfile, source, chunk_size=self.chunk_size, chunks_in_flight=CHUNKS_IN_FLIGHT,
+                rfile, source, chunk_size=_aligned(self.chunk_size, block),
+                chunks_in_flight=CHUNKS_IN_FLIGHT,
                 timeout=self.io_timeout, throttle=self.throttle)
             if written != (size, sha256):
                 raise DeliveryError(
@@ -470,8 +472,8 @@ class SftpTarget:
                 sftp.open(path, asyncssh.FXF_READ, encoding=None, block_size=block,
                           max_requests=REQUESTS_PER_CHUNK), self.io_timeout)
             try:
-                found = await sftp_io.hash_remote(rfile, chunk_size=self.chunk_size,
-                                                  timeout=self.io_timeout)
+                found = await sftp_io.hash_remote(
+                    rfile, chunk_size=_aligned(self.chunk_size, block), timeout=self.io_timeout)
             finally:
                 await asyncio.shield(asyncio.wait_for(rfile.close(), self.io_timeout))
         with self._stats_lock:
@@ -492,3 +494,8 @@ class SftpTarget:
                         self.name, self.host, self._hasher.broken)
             self._remote_hash = False
         return found
+
+
+def _aligned(chunk_size: int, block: int) -> int:
+    """``chunk_size`` rounded down to whole SFTP requests (no short request per chunk)."""
+    return max(1, chunk_size // block) * block if chunk_size >= block else chunk_size

@@ -200,10 +200,12 @@ class Source(Protocol):
 
 
 class FileSource:
-    """A local file read in order (reads and hashing run in a worker thread)."""
+    """A local file read in order from its start (reads and hashing run in a worker thread).
+    A new ``FileSource`` on the same stream starts over (a put retried on a new connection)."""
 
     def __init__(self, stream: BinaryIO):
         self._stream = stream
+        stream.seek(0)
 
     def read_hash(self, n: int, h: hashlib._Hash) -> bytes:
         data = self._stream.read(n)
@@ -345,8 +347,10 @@ class RemoteHasher:
             try:
                 proc = self._proc
                 if proc is None:
-                    proc = self._proc = await asyncio.wait_for(
+                    proc = await asyncio.wait_for(
                         self._conn.create_process(HASH_SCRIPT, encoding="utf-8"), timeout)
+                    self._proc = proc
+                assert proc is not None
                 proc.stdin.write(path + "\n")
                 line = await asyncio.wait_for(proc.stdout.readline(), timeout)
             except asyncssh.ChannelOpenError as exc:

@@ -27,7 +27,7 @@ from ..lifecycle import CLIP_STATES
 from ..state import State, parse_iso
 from .queue import pending_by_target, queue_data
 from .views import backlog_view, ports_view
-from .web_data import disk_data, recorder_view, recorders_by_serial
+from .web_data import disk_data, fleet_data
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class DockdCollector(Collector):
         yield clips
         yield from self._queue(state, now)
         yield from self._errors(state, now)
-        yield from self._recorders(state)
+        yield from self._recorders(state, now)
 
     def _ports(self, state: State) -> Iterator[Metric]:
         st = GaugeMetricFamily("dockd_port_state", "1 for the port's current state",
@@ -201,7 +201,7 @@ class DockdCollector(Collector):
             alerts.add_metric([r["level"], r["kind"]], r["n"])
         yield alerts
 
-    def _recorders(self, state: State) -> Iterator[Metric]:
+    def _recorders(self, state: State, now: datetime) -> Iterator[Metric]:
         labels = ["serial", "officer_no"]
         fams = {k: GaugeMetricFamily(n, doc, labels=labels) for k, n, doc in (
             ("battery_percent", "dockd_recorder_battery_percent", "Battery at last docking"),
@@ -213,8 +213,7 @@ class DockdCollector(Collector):
                                 "(absent: no data)", labels=labels)
         seen = GaugeMetricFamily("dockd_recorder_last_seen_timestamp_seconds",
                                  "When the recorder was last docked", labels=labels)
-        for row in recorders_by_serial(state).values():
-            r = recorder_view(row, self.cfg.health)
+        for r in fleet_data(state, self.cfg, now)["recorders"]:
             lv = [r["serial"], r["officer_no"] or ""]
             for key, fam in fams.items():
                 if r[key] is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import Config, HealthConfig
 from ..errors import StateError
-from ..state import State, parse_iso, utcnow
+from ..state import State, utcnow
 from .queue import queue_data
 from .report import report_data
 from .views import backlog_view, ports_view, status_data
@@ -160,11 +160,68 @@ def is_registered(row: dict[str, Any] | None) -> bool:
     return bool((row.get("officer_no") or "").strip())
 
 
+CHECK_CODES = {"battery": "battery_low", "storage": "storage_low", "clock": "clock_off",
+               "filesystem": "filesystem"}
+
+
+def _check_value(name: str, check: dict[str, Any]) -> str | None:
+    value = check.get("value")
+    if isinstance(value, bool) or value is None:
+        return str(check.get("message") or "") or None
+    if name == "battery":
+        return f"{value}%"
+    if name == "storage":
+        return f"{value}%"
+    if name == "clock" and isinstance(value, int | float):
+        return f"{value:+.1f} s"
+    return str(check.get("message") or value)
+
+
+def _from_devices(r: dict[str, Any]) -> dict[str, Any]:
+    """One recorder of :func:`dockd.status.devices.devices_data`, in the API's shape."""
+    v = r["verdict"]
+    reasons = []
+    for name, check in (v.get("checks") or {}).items():
+        if check.get("status") == "unfit":
+            reasons.append({"code": CHECK_CODES.get(name, "other"),
+                            "value": _check_value(name, check)})
+        elif check.get("status") == "charging":
+            reasons.append({"code": "charging", "value": _check_value(name, check)})
+    label = v.get("label") or ("fit" if v.get("fit") else "unfit")
+    return {
+        "serial": r["serial"], "officer_no": r.get("officer_no") or None,
+        "officer_name": r.get("officer_name") or None, "unit_no": r.get("unit_no") or None,
+        "unit_name": r.get("unit_name") or None, "model": r.get("model") or None,
+        "firmware": r.get("firmware") or None, "last_seen": r.get("last_docked"),
+        "last_port": r.get("last_port"), "battery_percent": _num(r.get("battery_percent")),
+        "storage_total": r.get("storage_total"), "storage_free": r.get("storage_free"),
+        "storage_free_percent": _num(r.get("free_percent")),
+        "clock_offset_s": _num(r.get("clock_offset_s")),
+        "registered": bool((r.get("officer_no") or "").strip()),
+        "fit": None if label in ("fit?", "unknown") else bool(v.get("fit")), "label": label,
+        "reasons": reasons, "notes": [str(n) for n in v.get("notes") or []],
+        "verdict_source": "verdict",
+    }
+
+
 def fleet_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
-    recs = [recorder_view(r, cfg.health) for r in recorders_by_serial(state).values()]
-    order = {False: 0, None: 1, True: 2}
-    recs.sort(key=lambda r: (order[r["fit"]], -(parse_iso(r["last_seen"]) or now).timestamp()
-                             if r["last_seen"] else 0.0))
+    """The fleet, unfit first. Verdicts from ``dockd devices`` (the health check) when
+    available; otherwise the last readings against the ``[health]`` thresholds."""
+    try:
+        from .devices import devices_data
+
+        recs = [_from_devices(r) for r in devices_data(state, cfg, now)["recorders"]]
+    except (ImportError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("fleet: health verdicts unavailable (%s); using thresholds", exc)
+        recs = []
+        for row in recorders_by_serial(state).values():
+            rv = recorder_view(row, cfg.health)
+            rv["label"] = {True: "fit", False: "unfit", None: "unknown"}[rv["fit"]]
+            rv["notes"] = []
+            recs.append(rv)
+    order = {"unfit": 0, "charging": 1, "fit?": 2, "unknown": 2, "fit": 3}
+    recs.sort(key=lambda r: (order.get(r["label"], 2), r["serial"]))
+    recs = recs[:FLEET_LIMIT]
     h = cfg.health
     return {
         "generated_at": now.isoformat(),

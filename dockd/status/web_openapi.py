@@ -105,7 +105,10 @@ def _schemas() -> dict[str, S]:
             "last_port": NSTR, "battery_percent": NNUM, "storage_total": NINT,
             "storage_free": NINT, "storage_free_percent": NNUM, "clock_offset_s": NNUM,
             "registered": BOOL, "fit": NBOOL, "reasons": _arr(_ref("Reason")),
-            "verdict_source": {"type": "string", "enum": ["verdict", "thresholds"]}}),
+            "label": {"type": "string", "enum": ["fit", "unfit", "charging", "fit?", "unknown"]},
+            "notes": _arr(STR),
+            "verdict_source": {"type": "string", "enum": ["verdict", "thresholds"]}},
+            description="`fit` null: not enough readings to decide (`label` fit? or unknown)."),
         "Recorders": _obj({
             "generated_at": STR, "unfit": INT, "recorders": _arr(_ref("Recorder")),
             "thresholds": _obj({"min_battery_percent": NUM, "min_free_percent": NUM,

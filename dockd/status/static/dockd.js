@@ -162,8 +162,8 @@
                    el("p", "hint", t("fleet.thresholds", { battery: th.min_battery_percent,
                      free: th.min_free_percent, clock: th.max_clock_offset_s }))];
       var rows = data.recorders.map(function (r) {
-        var status = r.fit === false ? t("fleet.unfit") : r.fit ? t("fleet.fit")
-                                                                : t("fleet.unknown");
+        var status = t({ unfit: "fleet.unfit", fit: "fleet.fit", charging: "fleet.charging",
+                         "fit?": "fleet.maybe" }[r.label] || "fleet.unknown");
         var st = el("span", null, status);
         var tr = row([st, r.serial, [r.officer_no, r.officer_name].filter(Boolean).join(" "),
           r.unit_name || "–",
@@ -173,8 +173,8 @@
           r.clock_offset_s === null ? "–" : (r.clock_offset_s >= 0 ? "+" : "") +
             r.clock_offset_s.toFixed(1) + " s",
           r.firmware || "–", when(r.last_seen),
-          (r.reasons || []).filter(function (x) { return r.fit !== true; })
-            .map(reasonText).join("; ")], r.fit === false ? "unfit" : "");
+          ((r.reasons || []).length ? r.reasons.map(reasonText) : (r.notes || [])).join("; ")],
+          r.fit === false ? "unfit" : "");
         tr.firstChild.className = "status" + (r.fit ? " fit" : "");
         tr.dataset.serial = r.serial;
         return tr;
