@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .devices.ports import add_ports_parser
     add_ports_parser(sub, parents=[common])
 
+    from .status.top import add_top_parser
+    add_top_parser(sub, parents=[common])
+
     p = sub.add_parser("ingest", parents=[common],
                        help="one-shot import of a recorder tree mounted at PATH")
     p.add_argument("path", type=Path)

@@ -112,6 +112,7 @@ class Daemon:
         self.jobs: dict[str, _PortJob] = {}
         self.docked: dict[str, Path] = {}
         self.hints: dict[str, dict[str, str]] = {}
+        self.web: Any = None
         self.retry_at: dict[str, float] = {}
         self.source: Any
         if cfg.devices.source == "udev":
@@ -142,6 +143,11 @@ class Daemon:
             self.pipeline.resume()
             for label in self.port_labels():
                 self.state.set_port(label)
+            from .status.web import WebError, start_web
+            try:
+                self.web = start_web(cfg, cfg.paths.database, self.stop_event)
+            except WebError as exc:
+                log.error("%s; running without the status page", exc)
             pool = ThreadPoolExecutor(max_workers=cfg.offload.workers,
                                       thread_name_prefix="offload")
             deliverer = threading.Thread(target=self._deliver_loop, name="deliver", daemon=True)
@@ -168,6 +174,8 @@ class Daemon:
                         self.notifier.notify("WATCHDOG=1")
                         last_ping = time.monotonic()
             finally:
+                if self.web is not None:
+                    self.web.stop()
                 self.notifier.notify("STOPPING=1")
                 self.source.stop()
                 for job in self.jobs.values():

@@ -88,6 +88,8 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
     if not daemon.ready.wait(30):
         console.print("[red]daemon did not start")
         return 1
+    if daemon.web is not None:
+        console.print(f"kiosk status page: {daemon.web.url} (metrics: {daemon.web.url}metrics)")
     for port, root, spec in trees:
         console.print(f"plugging {spec.serial} into port-{port:02d}")
         plug(root, cfg.paths.ports_dir, port)

@@ -12,7 +12,12 @@ command -v ffmpeg   >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v ffprobe  >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v exiftool >/dev/null 2>&1 || need_apt+=(libimage-exiftool-perl)
 "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# a CJK font so the kiosk page (and its screenshots) can show Chinese
+[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need_apt+=(fonts-wqy-microhei)
 if [ "$want" = test ]; then
+    command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
+    command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+    command -v tmux     >/dev/null 2>&1 || need_apt+=(tmux)
     # real components the tests drive: udevadm and systemd-analyze (unit files, udev rule),
     # fsck.vfat/fsck.exfat (read-only checks), OpenSSH (SFTP target), Chromium (web page)
     command -v udevadm          >/dev/null 2>&1 || need_apt+=(udev)

@@ -302,17 +302,25 @@ def _why(r: dict[str, Any]) -> Text | None:
 
 def _render_history(r: dict[str, Any], tz: ZoneInfo) -> list[Any]:
     parts: list[Any] = []
-    h = Table(title=f"{r['serial']}: health per reading", title_justify="left")
-    for col in ("read at", "docking", "battery", "free", "clips", "oldest", "fs", "clock",
-                "firmware"):
+    ntp = {d["docking_id"]: (d["dock_clock"] or {}).get("ntp_synced")
+           for d in r["docking_list"]}
+    h = Table(title=f"{r['serial']}: health per reading (dock.: docking, NTP: the dock's clock "
+                    "then)", title_justify="left", box=box.SIMPLE)
+    for col in ("read at", "dock.", "batt.", "free", "clips", "oldest", "fs", "clock", "NTP",
+                "fw"):
         h.add_column(col, no_wrap=True)
     for s in r["history"]:
+        synced = ntp.get(s["docking_id"])
         h.add_row(_local(s["ts"], tz), str(s["docking_id"] or "-"),
                   f"{s['battery']}%" if s["battery"] is not None else "?",
                   f"{s['free_percent']:.0f}%" if s["free_percent"] is not None else "?",
                   str(s["clip_count"]) if s["clip_count"] is not None else "?",
-                  human_duration(s["oldest_clip_age_s"]), s["fs_check"],
-                  _offset(s["clock_offset_s"]), s["firmware"] or "-")
+                  human_duration(s["oldest_clip_age_s"]),
+                  "-" if s["fs_check"] == health.FS_NOT_RUN else s["fs_check"],
+                  _offset(s["clock_offset_s"]),
+                  Text("yes" if synced else "NO" if synced is False else "?",
+                       style="red" if synced is False else ""),
+                  s["firmware"] or "-")
     parts.append(h)
     tr = r["trend"]
     if tr["dockings"] >= 2:
