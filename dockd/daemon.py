@@ -183,6 +183,11 @@ class Daemon:
                 pool.shutdown(wait=True, cancel_futures=True)
                 self.work_event.set()
                 deliverer.join(timeout=30)
+                for target in self.pipeline.targets:
+                    try:
+                        target.close()
+                    except Exception as exc:  # closing must not mask the shutdown
+                        log.warning("closing target %s: %s", target.name, exc)
                 if self._own_state:
                     self.state.close()
                 log.info("dockd stopped")

@@ -18,6 +18,7 @@ if [ "$want" = test ]; then
     command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
     command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
     command -v tmux     >/dev/null 2>&1 || need_apt+=(tmux)
+    [ -x /usr/sbin/sshd ]                 || need_apt+=(openssh-server openssh-client)
     # real components the tests drive: udevadm and systemd-analyze (unit files, udev rule),
     # fsck.vfat/fsck.exfat (read-only checks), OpenSSH (SFTP target), Chromium (web page)
     command -v udevadm          >/dev/null 2>&1 || need_apt+=(udev)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -131,3 +132,14 @@ def os_error_to_delivery(exc: OSError, target: str, key: str, action: str) -> De
     message = f"{target}: cannot {action} {key}: {exc.strerror or exc} ({name})"
     log.debug("%s (errno %s, retry=%s)", message, code, retry)
     return DeliveryError(message, retry=retry)
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def check_digest(sha256: str, size: int) -> None:
+    """Refuse a malformed digest or size before anything is sent (``retry=False``)."""
+    if not _SHA256_HEX.fullmatch(sha256):
+        raise DeliveryError(f"sha256 {sha256!r} is not 64 lowercase hex digits", retry=False)
+    if size < 0:
+        raise DeliveryError(f"size {size} is negative", retry=False)

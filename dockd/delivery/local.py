@@ -33,13 +33,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DeliveryError
-from .base import CHUNK_SIZE, Receipt, RemoteObject, Retention, os_error_to_delivery
+from .base import (
+    CHUNK_SIZE,
+    Receipt,
+    RemoteObject,
+    Retention,
+    check_digest,
+    os_error_to_delivery,
+)
 from .layout import PARTIAL_SUFFIX, split_key
 
 log = logging.getLogger(__name__)
 
 _NO_HARDLINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK})
-_SHA256_HEX = frozenset("0123456789abcdef")
 
 Writer = Callable[[int], tuple[int, str]]
 
@@ -70,7 +76,7 @@ class LocalTarget:
 
     def put_file(self, local_path: Path, key: str, *, sha256: str, size: int,
                  retention: Retention | None = None) -> Receipt:
-        _check_digest(sha256, size)
+        check_digest(sha256, size)
 
         def write(fd: int) -> tuple[int, str]:
             try:
@@ -322,9 +328,3 @@ def _unlink_quiet(name: str, dir_fd: int) -> None:
     except OSError as exc:
         log.warning("cannot remove %s: %s", name, exc.strerror or exc)
 
-
-def _check_digest(sha256: str, size: int) -> None:
-    if len(sha256) != 64 or not set(sha256) <= _SHA256_HEX:
-        raise DeliveryError(f"sha256 {sha256!r} is not 64 lowercase hex digits", retry=False)
-    if size < 0:
-        raise DeliveryError(f"size {size} is negative", retry=False)

@@ -58,7 +58,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DeliveryError
-from .base import CHUNK_SIZE, Receipt, RemoteObject, Retention, os_error_to_delivery
+from .base import (
+    CHUNK_SIZE,
+    Receipt,
+    RemoteObject,
+    Retention,
+    check_digest,
+    os_error_to_delivery,
+)
 from .layout import split_key
 from .s3_uploads import UploadJournal
 
@@ -226,7 +233,7 @@ class S3Target:
 
     def put_file(self, local_path: Path, key: str, *, sha256: str, size: int,
                  retention: Retention | None = None) -> Receipt:
-        _check_digest(sha256, size)
+        check_digest(sha256, size)
         full = self.full_key(key)
         existing = self._head(full, key)
         if existing is not None:
@@ -567,11 +574,6 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "s3"
 
 
-def _check_digest(sha256: str, size: int) -> None:
-    if not _SHA256_HEX.fullmatch(sha256):
-        raise DeliveryError(f"sha256 {sha256!r} is not 64 lowercase hex digits", retry=False)
-    if size < 0:
-        raise DeliveryError(f"size {size} is negative", retry=False)
 
 
 __all__ = ["S3Credentials", "S3Target", "composite_sha256", "load_credentials",

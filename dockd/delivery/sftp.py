@@ -59,9 +59,8 @@ import asyncssh
 from ..config import Config, TargetConfig
 from ..errors import DeliveryError
 from . import sftp_io
-from .base import Receipt, RemoteObject, Retention, os_error_to_delivery
+from .base import Receipt, RemoteObject, Retention, check_digest, os_error_to_delivery
 from .layout import PARTIAL_SUFFIX, split_key
-from .local import _check_digest
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +158,7 @@ class SftpTarget:
 
     def put_file(self, local_path: Path, key: str, *, sha256: str, size: int,
                  retention: Retention | None = None) -> Receipt:
-        _check_digest(sha256, size)
+        check_digest(sha256, size)
         parts = self._parts(key)
         try:
             src = open(local_path, "rb")  # noqa: SIM115 - closed below, after the loop ran

@@ -1,0 +1,148 @@
+"""Delivery through the whole pipeline to a primary (local) and an off-site S3 target
+(R3, R5, R6, R7): both verified, retention on the server, the off-site store down and back,
+a permanent error alarming and not retried, and the recorder cleared only after both."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dockd.config import TargetConfig, for_workdir
+from dockd.daemon import build_pipeline
+from dockd.ingest.probe import Prober
+from dockd.oneshot import ingest_tree
+from dockd.state import State
+
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server")
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+KEY_ID, SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Moto:
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = None
+
+    def start(self) -> None:
+        self.server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=self.port,
+                                                     verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def client(self):
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+
+
+@pytest.fixture
+def moto(monkeypatch):
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    m = Moto()
+    m.start()
+    yield m
+    m.stop()
+
+
+def _cfg(workdir: Path, moto: Moto, bucket: str, tmp_path: Path, *, policy: str = "never"):
+    creds = tmp_path / "s3.ini"
+    creds.write_text(f"[default]\naws_access_key_id = {KEY_ID}\n"
+                     f"aws_secret_access_key = {SECRET}\n")
+    cfg = for_workdir(workdir)
+    offsite = TargetConfig(name="offsite", kind="s3", endpoint_url=moto.url, bucket=bucket,
+                           credentials_file=str(creds), object_lock="COMPLIANCE",
+                           verify="readback")
+    prof = dataclasses.replace(cfg.profiles[0], clear_policy=policy)
+    return dataclasses.replace(cfg, targets=(cfg.targets[0], offsite), profiles=(prof,))
+
+
+def _bucket(moto: Moto) -> str:
+    name = f"evidence-{uuid.uuid4().hex[:10]}"
+    moto.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    return name
+
+
+def test_delivered_and_verified_on_primary_and_offsite_with_retention(
+        workdir, make_recorder, moto, tmp_path):
+    bucket = _bucket(moto)
+    cfg = _cfg(workdir, moto, bucket, tmp_path)
+    rec = make_recorder(cfg, segments=3)
+    res = ingest_tree(cfg, rec)
+    assert res["ok"], res
+    keys = [o["Key"] for o in moto.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    clips = [k for k in keys if k.endswith(".MP4")]
+    assert len(clips) == 3 and any(k.endswith("/manifest.json") for k in keys)
+    assert any(k.endswith("/manifest.json.sig") for k in keys)
+    s3 = moto.client()
+    head = s3.head_object(Bucket=bucket, Key=clips[0])
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    days = (head["ObjectLockRetainUntilDate"].timestamp() - time.time()) / 86400
+    assert 725 < days < 735  # "standard" class: 730 days (R7)
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError, match="AccessDenied"):  # locked: cannot be deleted
+        s3.delete_object(Bucket=bucket, Key=clips[0], VersionId=head["VersionId"])
+    local = sorted(p.name for p in (workdir / "target").rglob("*.MP4"))
+    assert sorted(k.rsplit("/", 1)[1] for k in clips) == local
+
+
+def test_offsite_down_then_back_everything_delivered_once(workdir, make_recorder, moto,
+                                                          tmp_path):
+    bucket = _bucket(moto)
+    cfg = _cfg(workdir, moto, bucket, tmp_path, policy="after_delivery")
+    rec = make_recorder(cfg, segments=3)
+    moto.stop()  # the off-site store is down at docking time
+    res = ingest_tree(cfg, rec, attempts=1)
+    assert not res["ok"] and res["clips_delivered"] == 0
+    assert any("offsite" in p for p in res["problems"])
+    assert len(list(rec.rglob("*.MP4"))) == 3  # never cleared while a target lacks a copy
+    with State(cfg.paths.database) as st:
+        assert {r["state"] for r in st.query("SELECT state FROM clips")} == {"signed"}
+        rows = st.query("SELECT target, state, attempts FROM deliveries")
+        assert {(r["target"], r["state"]) for r in rows} == {("primary", "delivered"),
+                                                              ("offsite", "pending")}
+        assert all(r["attempts"] >= 1 for r in rows if r["target"] == "offsite")
+    moto.start()  # back again (same port); its in-memory store is empty
+    moto.client().create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe = build_pipeline(cfg, st, prober)
+        assert pipe.deliver_pending(ignore_backoff=True) >= 3
+        assert {r["state"] for r in st.query("SELECT state FROM clips")} == {"delivered"}
+        assert st.query("SELECT state FROM dockings")[0]["state"] == "delivered"
+        cleared = pipe.clear("manual", rec)
+        assert cleared is not None and len(cleared.cleared) == 3
+    assert list(rec.rglob("*.MP4")) == []
+    keys = [o["Key"] for o in moto.client().list_object_versions(Bucket=bucket)["Versions"]]
+    assert len([k for k in keys if k.endswith(".MP4")]) == 3  # one object version each
+
+
+def test_permanent_error_alarms_and_stops_retrying(workdir, make_recorder, moto, tmp_path):
+    cfg = _cfg(workdir, moto, "no-such-bucket", tmp_path)
+    rec = make_recorder(cfg, segments=2)
+    res = ingest_tree(cfg, rec, attempts=3)
+    assert not res["ok"]
+    with State(cfg.paths.database) as st:
+        rows = st.query("SELECT state, attempts FROM deliveries WHERE target = 'offsite'")
+        assert {r["state"] for r in rows} == {"failed"}
+        assert {r["attempts"] for r in rows} == {1}  # not retried after a permanent error
+        alarms = st.query("SELECT * FROM alerts WHERE resolved_at IS NULL")
+        assert [(a["level"], a["kind"]) for a in alarms] == [("alarm", "delivery_failed")]
+        assert "offsite" in alarms[0]["subject"]
