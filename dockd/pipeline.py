@@ -599,8 +599,7 @@ class Pipeline:
             receipt = target.put_file(Path(r["staged_path"]), r["key"], sha256=r["sha256"],
                                       size=r["size"], retention=retention)
             if not target.verify(r["key"], sha256=r["sha256"], size=r["size"]):
-                raise DeliveryError(f"{target.name}: {r['key']}: copy on target does not "
-                                    "match after upload", retry=True)
+                self._corrupt_copy(target, r)
         except (DeliveryError, OSError) as exc:
             self._delivery_failed("deliveries", "clip_id", r["clip_id"], target, exc)
             return False
@@ -608,6 +607,22 @@ class Pipeline:
         self._clip_landed(r["clip_id"], target.name,
                           transfer=None if receipt.already_present else (r["size"], seconds))
         return True
+
+    def _corrupt_copy(self, target: StorageTarget, r: dict[str, Any]) -> None:
+        """The copy on the target does not match the clip's SH-256: move it aside and send
+        again where the target allows it; a write-once store needs an operator."""
+        quarantine = getattr(target, "quarantine", None)
+        if quarantine is None:
+            raise DeliveryError(
+                f"{target.name}: {r['key']}: the stored copy does not match SHA-256 "
+                f"{r['sha256']} and this write-once target cannot replace it: operator "
+                "action needed", retry=False)
+        moved = quarantine(r["key"])
+        self.state.audit("quarantined", f"clip/{r['clip_id']}",
+                         {"target": target.name, "key": r["key"], "moved_to": moved,
+                          "expected_sha256": r["sha256"]})
+        raise DeliveryError(f"{target.name}: {r['key']}: copy on target was corrupt (moved to "
+                            f"{moved}); sending again", retry=True)
 
     def _clip_landed(self, clip_id: int, target: str,
                      transfer: tuple[int, float] | None = None) -> None:

@@ -146,3 +146,103 @@ def test_permanent_error_alarms_and_stops_retrying(workdir, make_recorder, moto,
         alarms = st.query("SELECT * FROM alerts WHERE resolved_at IS NULL")
         assert [(a["level"], a["kind"]) for a in alarms] == [("alarm", "delivery_failed")]
         assert "offsite" in alarms[0]["subject"]
+
+
+class FlakyDisk:
+    """A local target whose storage silently keeps wrong bytes the first time a clip lands
+    (a lying NAS): it corrupts the published file once, after the target's own checks."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name, self.required, self.throttle = inner.name, inner.required, None
+        self.corrupted: set[str] = set()
+
+    def put_file(self, local_path, key, **kw):
+        receipt = self.inner.put_file(local_path, key, **kw)
+        if key not in self.corrupted and not receipt.already_present:
+            self.corrupted.add(key)
+            path = self.inner.root / key
+            path.chmod(0o644)
+            data = bytearray(path.read_bytes())
+            data[len(data) // 3] ^= 0x40
+            path.write_bytes(bytes(data))
+        return receipt
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_corrupted_copy_on_target_is_detected_quarantined_and_resent(workdir, make_recorder):
+    from dockd.integrity.verify import verify_path
+
+    cfg = for_workdir(workdir)
+    rec = make_recorder(cfg, segments=2)
+    from dockd.oneshot import ensure_key
+
+    ensure_key(cfg)
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe = build_pipeline(cfg, st, prober)
+        pipe.targets = [FlakyDisk(pipe.targets[0])]
+        d, known = pipe.begin_docking("port-01", rec)
+        pipe.offload(d, rec, known)
+        pipe.finish(d)
+        assert pipe.deliver_pending(ignore_backoff=True) == 0  # both copies found corrupt
+        rows = st.query("SELECT state, last_error FROM deliveries")
+        assert {r["state"] for r in rows} == {"pending"}
+        assert all("was corrupt" in r["last_error"] for r in rows)
+        assert len(st.query("SELECT 1 FROM audit WHERE action = 'quarantined'")) == 2
+        pipe.deliver_pending(ignore_backoff=True)  # sent again, now intact
+        assert st.docking(d)["state"] == "delivered"
+    target = workdir / "target"
+    assert len(list((target / "_quarantine").rglob("*.MP4.*"))) == 2
+    report = verify_path(target)
+    assert report.ok, report.problems
+    assert any("_quarantine" in w for w in report.warnings)
+
+
+def test_corrupt_copy_on_write_once_store_alarms_for_an_operator(workdir, make_recorder, moto,
+                                                               tmp_path):
+    bucket = _bucket(moto)
+    cfg = _cfg(workdir, moto, bucket, tmp_path)
+    rec = make_recorder(cfg, segments=1)
+    from dockd.delivery.s3 import S3Target
+    from dockd.oneshot import ensure_key
+
+    ensure_key(cfg)
+
+    class LyingStore:
+        """Wraps the S3 target: after the upload, the store's bytes are changed (moto does
+        not check checksums, like a store that silently keeps wrong data)."""
+
+        def __init__(self, inner: S3Target):
+            self.inner = inner
+            self.name, self.required, self.throttle = inner.name, inner.required, None
+
+        def put_file(self, local_path, key, **kw):
+            receipt = self.inner.put_file(local_path, key, **kw)
+            from moto.backends import get_backend
+
+            backend = get_backend("s3")["123456789012"]["global"]
+            obj = backend.get_object(bucket, self.inner.prefix + key)
+            obj._value_buffer.seek(0)
+            raw = bytearray(obj._value_buffer.read())
+            raw[10] ^= 0xFF
+            obj._value_buffer.seek(0)
+            obj._value_buffer.write(bytes(raw))
+            return receipt
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe = build_pipeline(cfg, st, prober)
+        pipe.targets = [pipe.targets[0], LyingStore(pipe.targets[1])]
+        d, known = pipe.begin_docking("port-01", rec)
+        pipe.offload(d, rec, known)
+        pipe.finish(d)
+        pipe.deliver_pending(ignore_backoff=True)
+        row = st.query_one("SELECT state, last_error FROM deliveries WHERE target = 'offsite'")
+        assert row["state"] == "failed" and "operator action needed" in row["last_error"]
+        assert st.query_one("SELECT level FROM alerts WHERE resolved_at IS NULL")["level"] == \
+            "alarm"
+        assert st.clip(1)["state"] == "signed"  # never "delivered" with a bad off-site copy

@@ -163,3 +163,25 @@ def test_failing_hook_is_recorded_not_fatal(tmp_path):
         assert raise_alert(s, level="alarm", kind="x", subject="y", message="m",
                            command="/nonexistent/hook")
         assert open_alerts(s)[0]["hook_status"].startswith("failed")
+
+
+def test_queue_forecast_uses_the_measured_throughput(tmp_path):
+    from dockd.status.queue import queue_data
+
+    cfg = for_workdir(tmp_path)
+    NOW[0] = T0
+    with _db(tmp_path) as s:
+        d1 = _add_docking(s, T0 - H, 2, 1_000_000_000)  # 2 GB, earlier deadline
+        d2 = _add_docking(s, T0, 1, 3_000_000_000)  # 3 GB
+        with s.tx() as conn:  # measured: 3 transfers, 60 MB in 2 s each -> 30 MB/s overall
+            conn.execute("DELETE FROM transfers")
+            for _ in range(3):
+                conn.execute("INSERT INTO transfers (ts, target, bytes, seconds) VALUES "
+                             "(?, 'primary', 60000000, 2.0)", (iso(T0),))
+        data = queue_data(s, cfg, T0)
+    assert data["targets"]["primary"]["throughput_bps"] == pytest.approx(30e6)
+    by_id = {d["docking_id"]: d for d in data["dockings"]}
+    assert [d["docking_id"] for d in data["dockings"]] == [d1, d2]  # earliest deadline first
+    assert datetime.fromisoformat(by_id[d1]["eta"]) == T0 + timedelta(seconds=2e9 / 30e6)
+    assert datetime.fromisoformat(by_id[d2]["eta"]) == T0 + timedelta(seconds=5e9 / 30e6)
+    assert by_id[d2]["level"] == OK

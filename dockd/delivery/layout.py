@@ -28,6 +28,8 @@ from ..model import RecorderIdentity
 
 log = logging.getLogger(__name__)
 
+QUARANTINE_DIR = "_quarantine"
+"""Copies that failed verification on a rewritable target, kept for investigation."""
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.json.sig"
 PARTIAL_SUFFIX = ".partial"

@@ -29,6 +29,7 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from .base import (
     check_digest,
     os_error_to_delivery,
 )
-from .layout import PARTIAL_SUFFIX, split_key
+from .layout import PARTIAL_SUFFIX, QUARANTINE_DIR, split_key
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,29 @@ class LocalTarget:
         if not stat.S_ISREG(st.st_mode):
             raise DeliveryError(f"{self.name}: {key} is not a regular file", retry=False)
         return RemoteObject(key=key, size=st.st_size, sha256=None)
+
+    def quarantine(self, key: str) -> str:
+        """Move a landed copy that failed verification to ``_quarantine/<key>.<time>`` (kept
+        for investigation, out of the docking directory) so the clip can be sent again.
+        Only the queue calls this, and only for a copy proven not to match its SHA-256."""
+        dest_key = f"{QUARANTINE_DIR}/{key}.{time.strftime('%Y%m%dT%H%M%S')}"
+        try:
+            src = self._open_parent(key, create=False)
+            if src is None:
+                raise DeliveryError(f"{self.name}: {key}: nothing to quarantine", retry=True)
+            dst = self._open_parent(dest_key, create=True)
+            assert dst is not None
+            try:
+                os.rename(src[1], dst[1], src_dir_fd=src[0], dst_dir_fd=dst[0])
+                os.fsync(src[0])
+                os.fsync(dst[0])
+            finally:
+                os.close(src[0])
+                os.close(dst[0])
+        except OSError as exc:
+            raise os_error_to_delivery(exc, self.name, key, "quarantine") from exc
+        log.warning("%s: %s failed verification; moved to %s", self.name, key, dest_key)
+        return dest_key
 
     def verify(self, key: str, *, sha256: str, size: int) -> bool:
         try:

@@ -34,6 +34,7 @@ from ..delivery.layout import (
     KEYS_DIR,
     MANIFEST_NAME,
     PARTIAL_SUFFIX,
+    QUARANTINE_DIR,
     SIGNATURE_NAME,
     check_stored_name,
     docking_prefix,
@@ -177,6 +178,12 @@ def _walk(path: Path, root: Path | None, problems: list[str],
         dirnames.sort()
         if d == root and KEYS_DIR in dirnames:
             dirnames.remove(KEYS_DIR)
+        if d == root and QUARANTINE_DIR in dirnames:
+            dirnames.remove(QUARANTINE_DIR)
+            held = sum(len(fs) for _, _, fs in os.walk(d / QUARANTINE_DIR))
+            if held:
+                warnings.append(f"{QUARANTINE_DIR}/: {held} copy(ies) that failed verification "
+                                "on delivery and were sent again (kept for investigation)")
         if MANIFEST_NAME in filenames:
             found.append(d)
             dirnames.clear()  # a docking directory has no subdirectories of its own
