@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .devices.simulator import add_simulate_parser
     add_simulate_parser(sub, parents=[common])
 
+    from .status.devices import add_devices_parser
+    add_devices_parser(sub, parents=[common])
+
     from .devices.ports import add_ports_parser
     add_ports_parser(sub, parents=[common])
 

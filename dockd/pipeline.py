@@ -28,7 +28,15 @@ from .delivery.clearing import ClearOutcome, clear_recorder
 from .delivery.layout import MANIFEST_NAME, SIGNATURE_NAME, clip_key, docking_prefix, key_path
 from .delivery.schedule import Pacer, parse_bandwidth
 from .delivery.targets import retention_for
+from .devices.clock import dock_clock_doc, set_clock_after_offload
 from .devices.drivers import DriverRegistry
+from .devices.health import (
+    HEALTH_INSERT_SQL,
+    clip_stats,
+    fs_check_from_hints,
+    health_row,
+    sample_from_health,
+)
 from .errors import (
     CopyError,
     DeliveryError,
@@ -141,6 +149,7 @@ class Pipeline:
         self._port_msg(port, state="identifying", serial=ident.serial, error=None,
                        message="identifying recorder")
         snapshot_doc = checks.snapshot_doc(snap)
+        dock_clock = dock_clock_doc(self.cfg.health)
         with self.state.tx() as conn:
             conn.execute(
                 "INSERT INTO recorders (serial, first_seen) VALUES (?, ?) "
@@ -172,6 +181,8 @@ class Pipeline:
                      iso(deadline_for(now, self.cfg.delivery.deadline_hours)), snap.driver,
                      profile.name, dumps(snapshot_doc), health.clock_offset_s))
                 docking_id = int(cur.lastrowid or 0)
+                conn.execute("UPDATE dockings SET dock_clock = ? WHERE id = ?",
+                             (dumps(dock_clock), docking_id))
                 self.state.audit("docked", f"docking/{docking_id}",
                                  {"port": port, "serial": ident.serial,
                                   "clock_offset_s": health.clock_offset_s}, conn=conn)
@@ -179,6 +190,13 @@ class Pipeline:
                 conn.execute("UPDATE dockings SET root = ? WHERE id = ?", (str(root), docking_id))
                 log.info("port %s serial %s: resuming docking %d", port, ident.serial, docking_id)
         scan = scan_recorder(root, profile)
+        fs_check, fs_detail = fs_check_from_hints(hints)
+        count, oldest = clip_stats((e.mtime for e in scan.entries), now, health.clock_offset_s)
+        sample = sample_from_health(health, serial=ident.serial, ts=now, docking_id=docking_id,
+                                    clip_count=count, oldest_clip_age_s=oldest,
+                                    fs_check=fs_check, fs_detail=fs_detail)
+        with self.state.tx() as conn:
+            conn.execute(HEALTH_INSERT_SQL, health_row(sample))
         known = self._register_clips(docking_id, ident.serial, scan.entries, scan.findings)
         return docking_id, known
 
@@ -321,6 +339,10 @@ class Pipeline:
             cur = conn.execute("SELECT state FROM dockings WHERE id = ?", (docking_id,)).fetchone()
             if left == 0 and cur["state"] == "offloading":
                 self.state._advance_docking(conn, docking_id, "offloading", "offloaded", {})
+        if left == 0:
+            set_clock_after_offload(self.state, self.cfg, docking_id, root,
+                                    self.profile(d["profile"]),
+                                    writable=self.writable(port, root))
         return out
 
     def mark_interrupted(self, docking_id: int, why: str) -> None:
@@ -488,7 +510,11 @@ class Pipeline:
                 "skipped_already_delivered": d["skipped_known"] or 0,
                 "deadline_at": d["deadline_at"],
                 "profile": d["profile"], "driver": d["driver"],
+                "dock_clock": json_obj(d.get("dock_clock")) or None,
             }
+            clock_set = conn.execute("SELECT detail FROM audit WHERE action = 'clock_set' AND "
+                                     "subject = ?", (f"docking/{docking_id}",)).fetchone()
+            extra["recorder_clock_set"] = json_obj(clock_set["detail"]) if clock_set else None
             manifest = build_manifest(
                 dock_id=self.cfg.dock.id, port=d["port"], docking_id=docking_id,
                 docked_at=docked_at, recorder=snap.identity, health=snap.health,

@@ -141,8 +141,31 @@ def _m4_queue(db: sqlite_utils.Database) -> None:
     db["alerts"].create_index(["kind", "subject", "resolved_at"])
 
 
+def _m5_health(db: sqlite_utils.Database) -> None:
+    """Recorder health history (R9) and the dock's NTP state per docking (R10); existing
+    dockings get one reading each from their stored snapshot."""
+    db["recorder_health"].create({
+        "id": int, "ts": str, "serial": str, "docking_id": int, "source": str,
+        "battery": int, "storage_total": int, "storage_free": int, "clip_count": int,
+        "oldest_clip_age_s": float, "fs_check": str, "fs_detail": str, "firmware": str,
+        "clock_offset_s": float,
+    }, pk="id", not_null={"ts", "serial"}, defaults={"fs_check": "not_run"},
+        foreign_keys=[("serial", "recorders", "serial"), ("docking_id", "dockings", "id")])
+    db["recorder_health"].create_index(["serial", "ts"])
+    db["dockings"].add_column("dock_clock", str)
+    db.execute(
+        "INSERT INTO recorder_health (ts, serial, docking_id, source, battery, storage_total, "
+        "storage_free, fs_check, firmware, clock_offset_s) "
+        "SELECT docked_at, serial, id, 'docking', "
+        "json_extract(snapshot, '$.health.battery_percent'), "
+        "json_extract(snapshot, '$.health.storage_total'), "
+        "json_extract(snapshot, '$.health.storage_free'), 'not_run', "
+        "coalesce(json_extract(snapshot, '$.health.firmware'), ''), clock_offset_s "
+        "FROM dockings WHERE json_valid(snapshot) ORDER BY id")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_continuity, _m3_retention, _m4_queue,
+    _m1_initial, _m2_continuity, _m3_retention, _m4_queue, _m5_health,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
