@@ -16,6 +16,15 @@ from dockd.devices.simulator import RecorderSpec, simulate_recorder
 from dockd.integrity.keys import generate_key
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def garbage(n: int, seed: int = 0) -> bytes:
+    """Bytes that no media parser accepts, reproducibly: seeded noise without 0xFF, so no
+    MPEG/ADTS frame sync (0xFFE/0xFFF) can appear by chance (os.urandom sometimes made
+    exiftool read a 'corrupt clip' as a valid MP3)."""
+    import random
+
+    return bytes(b if b != 0xFF else 0 for b in random.Random(seed).randbytes(n))
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -18,7 +18,7 @@ from dockd.config import for_workdir
 from dockd.devices.simulator import plug, unplug
 from dockd.state import State
 
-from .conftest import run_dockd, wait_for
+from .conftest import garbage, run_dockd, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def test_corrupt_clip_is_kept_flagged_and_delivered(workdir, make_recorder):
     rec = make_recorder(segments=2)
     folder = next(p for p in rec.rglob("*") if p.is_dir() and list(p.glob("*.MP4")))
     bad = folder / "A1234567_012345_20261123101010_0099.MP4"
-    bad.write_bytes(os.urandom(50_000))
+    bad.write_bytes(garbage(50_000))
     r = run_dockd("ingest", str(rec), "--workdir", str(workdir), "--json")
     res = json.loads(r.stdout)
     assert res["ok"], res

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import pytest
 from dockd.config import ToolsConfig
 from dockd.errors import ProbeError
 from dockd.ingest.probe import Prober, parse_time
+
+from .conftest import garbage
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("ffmpeg") and shutil.which("ffprobe") and shutil.which("exiftool")),
@@ -39,7 +40,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     undated = _ffmpeg(d / "undated.MP4", "-metadata", "make=ACME", "-metadata", "model=DSJ-X1",
                       "-movflags", "use_metadata_tags")
     data = good.read_bytes()
-    (d / "random.MP4").write_bytes(os.urandom(20_000))
+    (d / "random.MP4").write_bytes(garbage(20_000))
     (d / "truncated.MP4").write_bytes(data[: len(data) // 2])
     (d / "empty.MP4").write_bytes(b"")
     return {"good": good, "undated": undated, "random": d / "random.MP4",
