@@ -246,3 +246,42 @@ def test_corrupt_copy_on_write_once_store_alarms_for_an_operator(workdir, make_r
         assert st.query_one("SELECT level FROM alerts WHERE resolved_at IS NULL")["level"] == \
             "alarm"
         assert st.clip(1)["state"] == "signed"  # never "delivered" with a bad off-site copy
+
+
+def test_sftp_offsite_down_then_back_through_the_pipeline(workdir, make_recorder, tmp_path):
+    """Primary local + off-site SFTP (a real OpenSSH on 127.0.0.1): the server is down when
+    the recorder docks, the clips wait, then everything lands once, verified."""
+    from dockd.integrity.verify import verify_path
+
+    from .sshd import SshdServer
+
+    server = SshdServer(tmp_path / "sshd")
+    store = server.root
+    offsite = TargetConfig(name="offsite", kind="sftp", host=server.host, port=server.port,
+                           user=server.user, key_file=str(server.client_key),
+                           known_hosts=str(server.known_hosts), path=store, verify="readback")
+    base = for_workdir(workdir)
+    cfg = dataclasses.replace(base, targets=(base.targets[0], offsite))
+    rec = make_recorder(cfg, segments=3)
+    res = ingest_tree(cfg, rec, attempts=1)  # sshd not started yet
+    assert not res["ok"] and res["clips_delivered"] == 0
+    server.start()
+    try:
+        with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+            pipe = build_pipeline(cfg, st, prober)
+            try:
+                pipe.deliver_pending(ignore_backoff=True)
+                pipe.deliver_pending(ignore_backoff=True)
+            finally:
+                for t in pipe.targets:
+                    t.close()
+            assert st.query_one("SELECT state FROM dockings")["state"] == "delivered"
+            assert {r["state"] for r in st.query("SELECT state FROM clips")} == {"delivered"}
+    finally:
+        server.stop()
+    landed = sorted(p.name for p in store.rglob("*.MP4"))
+    assert landed == sorted(p.name for p in (workdir / "target").rglob("*.MP4"))
+    assert len(landed) == 3 and not list(store.rglob("*.partial"))
+    # the off-site copy is a complete, verifiable docking of its own
+    report = verify_path(store)
+    assert report.ok, report.problems
