@@ -244,6 +244,8 @@ class HealthConfig:
     """Set the recorder's clock after its clips are copied, where its profile allows."""
     require_ntp: bool = True
     """Warn when the dock's own clock is not NTP-synchronised (clock offsets are then unreliable)."""
+    reread_minutes: float = 10.0
+    """Re-read battery and storage of recorders left in the dock this often (charging trend)."""
 
 
 @dataclass(frozen=True)
@@ -395,6 +397,8 @@ def _semantic_checks(cfg: Config) -> list[str]:
     h = cfg.health
     if not 0 <= h.min_battery_percent <= 100:
         problems.append("health.min_battery_percent: 0..100")
+    if h.reread_minutes <= 0:
+        problems.append("health.reread_minutes: must be positive")
     if not 0 <= h.min_free_percent <= 100:
         problems.append("health.min_free_percent: 0..100")
     if cfg.web.language not in ("zh", "en"):

@@ -310,6 +310,14 @@ class Daemon:
 
     check_interval = 30.0
 
+    def _reread_docked(self) -> None:
+        for port, root in list(self.docked.items()):
+            if port not in self.jobs:
+                try:
+                    self.pipeline.reread_health(port, root, self.hints.get(port))
+                except DockdError as exc:
+                    log.warning("port %s: health re-read failed: %s", port, exc)
+
     def _clear_docked(self) -> None:
         """Clear recorders still docked whose clips are now verified on every target."""
         for port, root in list(self.docked.items()):
@@ -317,7 +325,7 @@ class Daemon:
                 self.pipeline.clear(port, root)
 
     def _deliver_loop(self) -> None:
-        last_resume = last_check = time.monotonic()
+        last_resume = last_check = last_reread = time.monotonic()
         while not self.stop_event.is_set():
             self.work_event.clear()
             try:
@@ -326,6 +334,9 @@ class Daemon:
                 if time.monotonic() - last_resume > 30:
                     last_resume = time.monotonic()
                     self.pipeline.resume()  # dockings a failed job left half-checked
+                if time.monotonic() - last_reread > self.cfg.health.reread_minutes * 60:
+                    last_reread = time.monotonic()
+                    self._reread_docked()
                 if time.monotonic() - last_check > self.check_interval:
                     last_check = time.monotonic()
                     check_deadlines(self.state, self.cfg, self.state.clock())

@@ -32,6 +32,7 @@ from .devices.clock import dock_clock_doc, set_clock_after_offload
 from .devices.drivers import DriverRegistry
 from .devices.health import (
     HEALTH_INSERT_SQL,
+    SOURCE_REREAD,
     clip_stats,
     fs_check_from_hints,
     health_row,
@@ -785,6 +786,31 @@ class Pipeline:
             self._port_msg(port, message=f"erased {len(out.cleared)} delivered clip(s) "
                                          "from the recorder")
         return out
+
+    def reread_health(self, port: str, root: Path, hints: Mapping[str, str] | None = None
+                      ) -> None:
+        """Read battery/storage again while the recorder stays docked (charging), so the
+        fit-for-next-shift verdict sees the battery it will leave with, not the one it came
+        with (R9). Reading only: nothing is written to the recorder."""
+        d = self.state.query_one("SELECT id, serial FROM dockings WHERE port = ? "
+                                 "ORDER BY id DESC LIMIT 1", (port,))
+        if d is None:
+            return
+        now = self.state.clock()
+        snap = self.registry.select(root, dict(hints or {})).snapshot(root, dict(hints or {}),
+                                                                      now=now)
+        if snap.identity.serial != d["serial"]:
+            return  # another recorder: its own docking will read it
+        h = snap.health
+        sample = sample_from_health(h, serial=d["serial"], ts=now, docking_id=d["id"],
+                                    source=SOURCE_REREAD)
+        with self.state.tx() as conn:
+            conn.execute(HEALTH_INSERT_SQL, health_row(sample))
+            conn.execute("UPDATE recorders SET last_battery = ?, last_storage_free = ?, "
+                         "last_storage_total = ? WHERE serial = ?",
+                         (h.battery_percent, h.storage_free, h.storage_total, d["serial"]))
+        log.info("port %s serial %s: health re-read: battery %s%%", port, d["serial"],
+                 h.battery_percent)
 
     def writable(self, port: str, root: Path) -> Any:
         """How the recorder is made writable for clearing; the directory source needs nothing.

@@ -183,3 +183,25 @@ def test_fsck_hint_becomes_the_reading(cfg: Config, tmp_path: Path,
         row = st.query_one("SELECT * FROM recorder_health WHERE docking_id = ?", (docking_id,))
     assert row is not None
     assert (row["fs_check"], row["fs_detail"]) == ("errors", "dirty bit set")
+
+
+def test_reread_while_docked_records_the_charged_battery(cfg, make_recorder):
+    """A recorder left in the dock is read again: the verdict sees the charged battery."""
+    from dockd.daemon import build_pipeline
+    from dockd.devices import infofile
+    from dockd.ingest.probe import Prober
+    from dockd.oneshot import ingest_tree
+    from dockd.state import State
+
+    rec = make_recorder(cfg, battery=18, segments=1)
+    assert ingest_tree(cfg, rec)["ok"]
+    info = rec / cfg.profiles[0].info_file
+    fields, _ = infofile.read_info(info, "gbk")
+    fields["Battery"] = "96"
+    infofile.write_info(info, fields, "gbk")
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe = build_pipeline(cfg, st, prober)
+        pipe.reread_health("manual", rec)
+        rows = st.query("SELECT source, battery FROM recorder_health ORDER BY id")
+        assert [(r["source"], r["battery"]) for r in rows] == [("docking", 18), ("reread", 96)]
+        assert st.query_one("SELECT last_battery FROM recorders")["last_battery"] == 96
