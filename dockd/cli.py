@@ -177,50 +177,45 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
-def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+def _readout(cfg: Config, args: argparse.Namespace, data_fn: Any, render_fn: Any) -> int:
+    """The read-out commands' shape: read the state (read-only), print JSON or rich."""
     from rich.console import Console
 
-    from .state import open_readonly, utcnow
-    from .status.views import render_status, status_data
+    from .state import open_readonly
 
     with open_readonly(cfg.paths.database) as state:
-        data = status_data(state, cfg.dock.id, utcnow())
+        data = data_fn(state)
     if args.json:
         _print_json(data)
     else:
         console = Console()
-        console.print(render_status(data, width=console.width))
+        console.print(render_fn(data, console))
     return 0
+
+
+def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    from .state import utcnow
+    from .status.views import render_status, status_data
+
+    return _readout(cfg, args, lambda st: status_data(st, cfg.dock.id, utcnow()),
+                    lambda data, console: render_status(data, width=console.width))
 
 
 def cmd_queue(cfg: Config, args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from .state import open_readonly, utcnow
+    from .state import utcnow
     from .status.queue import queue_data, render_queue
 
-    with open_readonly(cfg.paths.database) as state:
-        data = queue_data(state, cfg, utcnow())
-    if args.json:
-        _print_json(data)
-    else:
-        Console().print(render_queue(data))
-    return 0
+    return _readout(cfg, args, lambda st: queue_data(st, cfg, utcnow()),
+                    lambda data, _console: render_queue(data))
 
 
 def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from .state import open_readonly
     from .status.report import render_report, report_data
 
-    with open_readonly(cfg.paths.database) as state:
-        data = report_data(state, docking_id=args.docking, serial=args.serial, limit=args.limit)
-    if args.json:
-        _print_json(data)
-    else:
-        Console().print(render_report(data))
-    return 0
+    return _readout(cfg, args,
+                    lambda st: report_data(st, docking_id=args.docking, serial=args.serial,
+                                           limit=args.limit),
+                    lambda data, _console: render_report(data))
 
 
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
