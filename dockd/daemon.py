@@ -140,6 +140,8 @@ class Daemon:
             log.info("removed stale partial copy %s", p)
         with Prober(cfg.tools) as prober:
             self.pipeline = build_pipeline(cfg, self.state, prober)
+            # udev recorders are remounted read-write through the helper for one step only
+            self.pipeline.writable_for = getattr(self.source, "writable", None)
             self.pipeline.resume()
             for label in self.port_labels():
                 self.state.set_port(label)

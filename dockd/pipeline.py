@@ -100,6 +100,9 @@ class Pipeline:
         self._probe_lock = threading.Lock()  # one exiftool process: one request at a time
         self._finishing: set[int] = set()
         self._finishing_lock = threading.Lock()
+        self.writable_for: Callable[[str], Any] | None = None
+        """port -> context manager making that recorder writable (the udev source's
+        ``writable``); None: recorders need no remount (the directory source)."""
         for t in self.targets:
             tcfg = next((c for c in cfg.targets if c.name == t.name), None)
             if tcfg is not None and tcfg.bandwidth_limit and hasattr(t, "throttle"):
@@ -779,9 +782,15 @@ class Pipeline:
         if d is None or self.profile(d["profile"]).clear_policy != "after_delivery":
             return None
         required = [t.name for t in self.targets if t.required]
-        out = clear_recorder(self.state, serial=d["serial"], root=root, port=port,
-                             required_targets=required, chunk_size=self.cfg.offload.chunk_size,
-                             writable=self.writable(port, root))
+        try:
+            out = clear_recorder(self.state, serial=d["serial"], root=root, port=port,
+                                 required_targets=required,
+                                 chunk_size=self.cfg.offload.chunk_size,
+                                 writable=self.writable(port, root))
+        except DockdError as exc:  # e.g. the recorder could not be made writable
+            log.warning("port %s serial %s: recorder not cleared: %s", port, d["serial"], exc)
+            self._port_msg(port, message=f"not cleared: {exc}")
+            return None
         if out.cleared:
             self._port_msg(port, message=f"erased {len(out.cleared)} delivered clip(s) "
                                          "from the recorder")
@@ -812,10 +821,14 @@ class Pipeline:
         log.info("port %s serial %s: health re-read: battery %s%%", port, d["serial"],
                  h.battery_percent)
 
-    def writable(self, port: str, root: Path) -> Any:
-        """How the recorder is made writable for clearing; the directory source needs nothing.
-        (The udev source remounts read-write through the mount helper for this step only.)"""
-        return None
+    def writable(self, port: str, root: Path) -> Callable[[], Any] | None:
+        """How the recorder is made writable for clearing / setting its clock: the udev
+        source remounts it read-write through the mount helper for that step only; the
+        directory source needs nothing (None)."""
+        factory = self.writable_for
+        if factory is None:
+            return None
+        return lambda: factory(port)
 
     def resume(self) -> list[int]:
         """At start-up: carry every docking whose recorder is no longer needed forward."""

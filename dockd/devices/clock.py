@@ -216,7 +216,7 @@ def set_clock_after_offload(state: State, cfg: Config, docking_id: int, root: Pa
     try:
         with (writable or nullcontext)():
             written = set_recorder_clock(root, profile, cfg.tz, state.clock())
-    except ClockSetError as exc:
+    except DockdError as exc:  # ClockSetError, or MountError opening the write window
         log.warning("port %s serial %s: cannot set the recorder's clock: %s", port, serial, exc)
         state.audit("clock_set_failed", subject, {"serial": serial, "old_offset_s": offset,
                                                   "error": str(exc)})

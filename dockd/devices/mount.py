@@ -1,7 +1,8 @@
 """Mounting recorders through the privileged helper (the daemon itself never has root).
 
 The daemon asks the helper (:mod:`dockd.helper.mount_helper`, installed as ``dockd-mount``)
-for exactly three things: ``fsck DEVNODE``, ``mount DEVNODE PORT`` and ``unmount PORT``. The
+for exactly four things: ``fsck DEVNODE``, ``mount DEVNODE PORT``, ``unmount PORT`` and
+``remount PORT rw|ro`` (writable for one clearing / clock-setting step only). The
 helper re-checks everything itself (it trusts nothing the daemon says) and answers one JSON
 object. ``devices.mount_helper`` says how to reach it:
 
@@ -76,6 +77,10 @@ class Mounter(Protocol):
         """True when something was mounted at the port (it is not any more)."""
         ...
 
+    def remount(self, port: str, writable: bool) -> None:
+        """Remount the recorder at the port read-write (``writable``) or read-only again."""
+        ...
+
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -108,6 +113,12 @@ class HelperMounter:
     def unmount(self, port: str) -> bool:
         reply = self.call(["unmount", port], timeout=MOUNT_TIMEOUT_S, port=port)
         return bool(reply.get("was_mounted", False))
+
+    def remount(self, port: str, writable: bool) -> None:
+        mode = "rw" if writable else "ro"
+        reply = self.call(["remount", port, mode], timeout=MOUNT_TIMEOUT_S, port=port)
+        if reply.get("mode") != mode:
+            raise MountError(f"helper answered {reply!r} to remount {mode}", code="protocol")
 
     # ------------------------------------------------------------------ transport
 

@@ -22,6 +22,11 @@ never blocks the supervisor (and its watchdog pings). The source emits the same
 ``Docked``/``Undocked`` events as the directory source (``Docked.root`` is the mount
 point, ``Docked.hints`` the udev properties for the drivers) plus :class:`Foreign`,
 :class:`ForeignGone` and :class:`MountFailed`.
+
+:meth:`UdevSource.writable` is the one way a recorder becomes writable: the helper
+remounts it read-write for the block (clearing delivered clips, writing the time-set file)
+and read-only again afterwards, whatever happens inside; if that fails the recorder is
+unmounted rather than left writable. Windows and unmounts of one port are serialised.
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,8 @@ FOLLOWUP_SECONDS = 1.0
 """After a hint, re-enumerate once more this much later (partitions follow their disk)."""
 UNUSABLE_GRACE_SECONDS = 3.0
 """A recorder still without a mountable filesystem after this is reported as failed."""
+UNKNOWN_OUTCOME = ("timeout", "unreachable", "protocol")
+"""Helper errors after which a remount may or may not have happened."""
 HINT_KEYS = ("DEVNAME", "DEVTYPE", "ID_PATH", "ID_BUS", "ID_VENDOR", "ID_VENDOR_ID", "ID_MODEL",
              "ID_MODEL_ID", "ID_SERIAL", "ID_SERIAL_SHORT", "ID_REVISION", "ID_FS_TYPE",
              "ID_FS_UUID", "ID_FS_LABEL", "ID_FS_VERSION", "ID_PART_ENTRY_NUMBER")
@@ -313,6 +322,9 @@ class UdevSource:
         self._unusable: dict[str, tuple[watch.Fingerprint, float, bool]] = {}
         self._foreign: dict[str, Foreign] = {}
         self._released: set[str] = set()
+        self._port_locks: dict[str, threading.RLock] = {}
+        self._port_locks_guard = threading.Lock()
+        self._writable_depth: dict[str, int] = {}
         self._next_rescan = 0.0
         self._followup = float("inf")
         self._started = False
@@ -377,6 +389,64 @@ class UdevSource:
         if port in self._docked and port not in self._released and self._pool is not None:
             self._released.add(port)
             self._submit(port, lambda: self._detach(port, "offload complete"))
+
+    @contextmanager
+    def writable(self, port: str) -> Iterator[None]:
+        """The recorder at ``port`` is writable inside the block and read-only again after it,
+        even when the block raises. Nested or concurrent windows on one port share one
+        read-write period (the last to leave restores read-only). Raises :class:`MountError`
+        when the recorder cannot be made writable."""
+        with self._port_lock(port):
+            depth = self._writable_depth.get(port, 0)
+            if depth == 0:
+                if port in self._released:
+                    raise MountError(f"port {port}: the recorder was unmounted; not making it "
+                                     "writable", code="not-mounted")
+                self._open_writable(port)
+            self._writable_depth[port] = depth + 1
+            try:
+                yield
+            finally:
+                if depth:
+                    self._writable_depth[port] = depth
+                else:
+                    del self._writable_depth[port]
+                    self._close_writable(port)
+
+    def _port_lock(self, port: str) -> threading.RLock:
+        with self._port_locks_guard:
+            lock = self._port_locks.get(port)
+            if lock is None:
+                lock = self._port_locks[port] = threading.RLock()
+            return lock
+
+    def _open_writable(self, port: str) -> None:
+        try:
+            self.mounter.remount(port, True)
+        except MountError as exc:
+            log.error("port %s: cannot make the recorder writable: %s", port, exc)
+            if exc.code in UNKNOWN_OUTCOME:
+                self._close_writable(port)
+            raise
+        except BaseException:
+            self._close_writable(port)
+            raise
+        log.info("port %s: recorder remounted read-write for one step", port)
+
+    def _close_writable(self, port: str) -> None:
+        """Back to read-only; never raises. Unmounts the recorder if that is impossible."""
+        try:
+            self.mounter.remount(port, False)
+            log.info("port %s: recorder read-only again", port)
+            return
+        except Exception as exc:
+            log.error("port %s: cannot remount the recorder read-only (%s); unmounting it "
+                      "rather than leave it writable", port, exc)
+        self._released.add(port)  # no further writable windows on this docking
+        try:
+            self.mounter.unmount(port)
+        except Exception as exc:
+            log.error("port %s: cannot unmount the recorder either: %s", port, exc)
 
     # ------------------------------------------------------------------ polling
 
@@ -536,11 +606,13 @@ class UdevSource:
         return result.mountpoint, fsck
 
     def _detach(self, port: str, why: str) -> None:
-        try:
-            was = self.mounter.unmount(port)
-            log.info("port %s: %s (%s)", port, "unmounted" if was else "nothing mounted", why)
-        except MountError as exc:
-            log.error("port %s: cannot unmount (%s): %s", port, why, exc)
+        with self._port_lock(port):  # never while a writable window is open on the port
+            try:
+                was = self.mounter.unmount(port)
+                log.info("port %s: %s (%s)", port, "unmounted" if was else "nothing mounted",
+                         why)
+            except MountError as exc:
+                log.error("port %s: cannot unmount (%s): %s", port, why, exc)
 
     def _collect_attached(self) -> list[UdevEvent]:
         events: list[UdevEvent] = []

@@ -4,6 +4,8 @@ Interface (argv, or one line on stdin with ``--serve`` under ``dockd-mount@.serv
 
     mount DEVNODE PORT    mount an allow-listed recorder at <mount_root>/<PORT>, read-only
     unmount PORT          lazily unmount <mount_root>/<PORT> (works when the device vanished)
+    remount PORT rw|ro    make the recorder the helper mounted at <mount_root>/<PORT> writable
+                          (for one clearing / clock-setting step) or read-only again
     fsck DEVNODE          read-only filesystem check (fsck.vfat -n / fsck.exfat -n)
 
 The answer is one JSON object on stdout (``{"ok": true, ...}`` or ``{"ok": false, "error":
@@ -11,10 +13,18 @@ code, "message": ...}``). The helper trusts nothing the caller says: it re-reads
 allow-list from the root-owned configuration file, asks udev (``udevadm info``) what
 DEVNODE is, requires a real block device node (no symlink) whose udev MAJOR/MINOR match,
 on USB, with a vfat/exfat filesystem, and allow-listed. Mount options are fixed
-(``ro,nosuid,nodev,noexec`` + ``uid/gid/umask=0227`` of the caller so the daemon can read),
+(``ro,nosuid,nodev,noexec`` + ``uid/gid`` of the caller, ``fmask=0137,dmask=0027``: the
+daemon owns the files, the read-only mount is what keeps it from writing),
 the port label must be one safe path component, the mount point is reached component by
 component with ``O_NOFOLLOW`` (no symlink anywhere) and mounted through its file
 descriptor, so a path swapped in between check and mount cannot redirect it.
+
+``remount`` only touches a mount this helper made: the only mount at <mount_root>/<PORT>,
+of the whole filesystem, vfat/exfat from a /dev node, ``nosuid,nodev,noexec`` and the
+caller's fixed data options (checked in /proc/self/mountinfo), whose device number is that
+of the directory the helper holds open. ``rw`` re-checks the device with udev (still an
+allowed recorder) and drops only ``MS_RDONLY``; ``ro`` restores exactly the mount flags.
+Both go through ``MS_REMOUNT`` on the held descriptor and are verified with statvfs.
 """
 
 from __future__ import annotations
@@ -42,21 +52,33 @@ from ..devices.ports import allowed_rule, valid_port_label
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/dockd/config.toml")
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MOUNT_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
 FLAG_NAMES = "ro,nosuid,nodev,noexec"
+REMOUNT_FLAGS = {
+    "rw": MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+    "ro": MS_REMOUNT | MOUNT_FLAGS,
+}
+"""The only two remounts: write allowed (still nosuid,nodev,noexec) and back to the mount's
+exact read-only flags. The data options are the mount's own, unchanged."""
 MNT_DETACH = 2
 FS_DATA = {
-    "vfat": "uid={uid},gid={gid},umask=0227,utf8",
-    "exfat": "uid={uid},gid={gid},umask=0227,iocharset=utf8",
+    "vfat": "uid={uid},gid={gid},fmask=0137,dmask=0027,utf8",
+    "exfat": "uid={uid},gid={gid},fmask=0137,dmask=0027,iocharset=utf8",
 }
-"""Filesystems the helper mounts, with their fixed data options."""
+"""Filesystems the helper mounts, with their fixed data options. The caller owns the files
+with owner write permission (vfat/exfat cannot change uid/umask on remount, so a recorder
+could never be cleared otherwise); while mounted ``ro`` the kernel refuses every write
+whatever the permission bits say."""
+CHECKED_DATA = ("uid", "gid", "fmask", "dmask")
+"""Data options whose value in mountinfo must equal the helper's own for a remount."""
 FSCK_TOOLS = {"vfat": "fsck.vfat", "exfat": "fsck.exfat"}
 FSCK_ERRORS = {"vfat": (1,), "exfat": (1, 4)}
 FSCK_TIMEOUT_S = 900.0
 TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 DEVNODE_RE = re.compile(r"/dev/[A-Za-z0-9][A-Za-z0-9_.:+-]*(?:/[A-Za-z0-9][A-Za-z0-9_.:+-]*)*")
 ST_WANTED = os.ST_RDONLY | os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
+ST_ALWAYS = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
 
 
 class Refused(Exception):
@@ -73,6 +95,19 @@ class Caller:
     uid: int
     gid: int
     how: str
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo, the parts a remount decision needs."""
+
+    dev: tuple[int, int]
+    root: str
+    mountpoint: str
+    mount_options: frozenset[str]
+    fstype: str
+    source: str
+    super_options: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -128,17 +163,37 @@ def udev_properties(devnode: str) -> dict[str, str]:
     return parse_udev_properties(proc.stdout)
 
 
+def _unescape(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
 def mounts_at(path: str, mountinfo: str) -> list[tuple[str, str]]:
     """(fstype, source) of every mount at ``path``, bottom first, from /proc/self/mountinfo."""
-    def unescape(s: str) -> str:
-        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-
     found = []
     for line in mountinfo.splitlines():
         left, sep, right = line.partition(" - ")
         fields, tail = left.split(), right.split()
-        if sep and len(fields) >= 5 and len(tail) >= 2 and unescape(fields[4]) == path:
-            found.append((tail[0], unescape(tail[1])))
+        if sep and len(fields) >= 5 and len(tail) >= 2 and _unescape(fields[4]) == path:
+            found.append((tail[0], _unescape(tail[1])))
+    return found
+
+
+def mount_entries(path: str, mountinfo: str) -> list[MountEntry]:
+    """Every mount at ``path``, bottom first, with device, options and source."""
+    found = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 6 or len(tail) < 2 or _unescape(fields[4]) != path:
+            continue
+        major, _, minor = fields[2].partition(":")
+        try:
+            dev = (int(major), int(minor))
+        except ValueError:
+            dev = (-1, -1)
+        found.append(MountEntry(dev, _unescape(fields[3]), path,
+                                frozenset(fields[5].split(",")), tail[0], _unescape(tail[1]),
+                                tuple(tail[2].split(",")) if len(tail) > 2 else ()))
     return found
 
 
@@ -175,10 +230,12 @@ class Helper:
                 return self.do_mount(words[1], words[2])
             if len(words) == 2 and words[0] == "unmount":
                 return self.do_unmount(words[1])
+            if len(words) == 3 and words[0] == "remount":
+                return self.do_remount(words[1], words[2])
             if len(words) in (2, 3) and words[0] == "fsck":
                 return self.do_fsck(words[1], self.check_port(words[2]) if len(words) == 3 else "?")
             raise Refused("usage", "expected: mount DEVNODE PORT | unmount PORT | "
-                                   "fsck DEVNODE [PORT]")
+                                   "remount PORT rw|ro | fsck DEVNODE [PORT]")
         except Refused as exc:
             log.warning("port %s: refused %s: %s", _port_of(words), " ".join(words)[:200],
                         exc.message)
@@ -350,6 +407,127 @@ class Helper:
             os.close(root_fd)
         return {"ok": True, "action": "unmount", "port": port, "was_mounted": bool(current)}
 
+    # ------------------------------------------------------------------ remount
+
+    def do_remount(self, port: str, mode: str) -> dict[str, Any]:
+        """Make the recorder this helper mounted at ``port`` writable (``rw``) or read-only
+        again (``ro``). Refuses anything it did not mount itself."""
+        self.check_port(port)
+        if mode not in REMOUNT_FLAGS:
+            raise Refused("usage", f"remount mode must be rw or ro, not {mode[:16]!r}")
+        target = str(self.mount_root / port)
+        root_fd = self._open_root(create=False)
+        if root_fd is None:
+            raise Refused("not-mounted", f"nothing is mounted at {target}")
+        try:
+            try:
+                port_fd = _open_dir_nofollow(port, root_fd)
+            except FileNotFoundError as exc:
+                raise Refused("not-mounted", f"nothing is mounted at {target}") from exc
+            try:
+                entry = self._own_mount(target, port_fd)
+                serial = "-"
+                if mode == "rw":  # writing needs today's udev verdict, read-only never does
+                    fstype, props = self.check_device(entry.source)
+                    rdev = os.stat(entry.source).st_rdev
+                    if fstype != entry.fstype or (os.major(rdev), os.minor(rdev)) != entry.dev:
+                        raise Refused("busy", f"{target}: the mounted filesystem is not the "
+                                              f"{fstype} on {entry.source} that udev reports")
+                    serial = props.get("ID_SERIAL_SHORT", "-")
+                call = MountCall(entry.source, f"/proc/self/fd/{port_fd}", entry.fstype,
+                                 REMOUNT_FLAGS[mode], self._data(entry.fstype))
+                try:
+                    self._mount(call)
+                except OSError as exc:
+                    code = "vanished" if exc.errno in (2, 6, 19) else "failed"
+                    log.error("port %s: remount %s of %s at %s failed: %s", port, mode,
+                              entry.source, target, exc.strerror)
+                    raise Refused(code, f"remount {mode} {target}: {exc.strerror}") from exc
+                self._verify_remounted(port, mode, target, port_fd, entry)
+            finally:
+                os.close(port_fd)
+        finally:
+            os.close(root_fd)
+        options = f"{'rw' if mode == 'rw' else 'ro'},nosuid,nodev,noexec"
+        if mode == "rw":
+            log.warning("port %s: remounted %s (%s, serial %s) at %s READ-WRITE (%s) for the "
+                        "%s daemon (uid %d)", port, entry.source, entry.fstype, serial, target,
+                        options, self.caller.how, self.caller.uid)
+        else:
+            log.info("port %s: remounted %s (%s) at %s read-only again (%s)", port,
+                     entry.source, entry.fstype, target, options)
+        return {"ok": True, "action": "remount", "port": port, "mode": mode,
+                "devnode": entry.source, "mountpoint": target, "fstype": entry.fstype,
+                "options": f"{options},{self._data(entry.fstype)}".rstrip(",")}
+
+    def _data(self, fstype: str) -> str:
+        return FS_DATA[fstype].format(uid=self.caller.uid, gid=self.caller.gid)
+
+    def _own_mount(self, target: str, port_fd: int) -> MountEntry:
+        """The mount at ``target`` if it is exactly one this helper made for this caller."""
+        current = mount_entries(target, self._mountinfo())
+        if not current:
+            raise Refused("not-mounted", f"nothing is mounted at {target}")
+        if len(current) != 1:
+            raise Refused("busy", f"{target} holds {len(current)} stacked mounts; not touching "
+                                  "them")
+        entry = current[0]
+        problems = []
+        if entry.fstype not in FS_DATA or not DEVNODE_RE.fullmatch(entry.source) \
+                or "/../" in entry.source + "/":
+            problems.append(f"a {entry.fstype} mount of {entry.source}")
+        elif entry.root != "/":
+            problems.append(f"a bind mount of {entry.root}")
+        else:
+            if not {"nosuid", "nodev", "noexec"} <= entry.mount_options:
+                problems.append("not nosuid,nodev,noexec")
+            want = _options(self._data(entry.fstype).split(","))
+            have = _options(entry.super_options)
+            for key in CHECKED_DATA:
+                if key in want and have.get(key) != want[key]:
+                    problems.append(f"{key}={have.get(key, '(none)')} instead of {want[key]}")
+        if problems:
+            raise Refused("busy", f"{target} holds a mount dockd did not make ("
+                                  f"{'; '.join(problems)}); not touching it")
+        st = os.fstat(port_fd)
+        if (os.major(st.st_dev), os.minor(st.st_dev)) != entry.dev:
+            raise Refused("busy", f"{target}: the directory held open is not the mounted "
+                                  f"{entry.source} (changed meanwhile?)")
+        return entry
+
+    def _verify_remounted(self, port: str, mode: str, target: str, port_fd: int,
+                          entry: MountEntry) -> None:
+        """After the remount: exactly the wanted flags, else make it safe and refuse."""
+        path = f"/proc/self/fd/{port_fd}"
+        flags = self._statvfs(path).f_flag
+        if mode == "ro":
+            if flags & ST_WANTED == ST_WANTED:
+                return
+            log.error("port %s: %s did not come back ro,nosuid,nodev,noexec; unmounting it",
+                      port, target)
+            self._detach_fd(port, path)
+            raise Refused("failed", f"{target} did not come back read-only; unmounted")
+        if flags & ST_ALWAYS == ST_ALWAYS and not flags & os.ST_RDONLY:
+            return
+        log.error("port %s: %s is not rw,nosuid,nodev,noexec after remount (flags %#x); "
+                  "making it read-only again", port, target, flags)
+        try:
+            self._mount(MountCall(entry.source, path, entry.fstype, REMOUNT_FLAGS["ro"],
+                                  self._data(entry.fstype)))
+            ok = self._statvfs(path).f_flag & ST_WANTED == ST_WANTED
+        except OSError:
+            ok = False
+        if not ok:
+            self._detach_fd(port, path)
+        raise Refused("failed", f"{target} could not be made writable with nosuid,nodev,noexec"
+                                f"; {'left read-only' if ok else 'unmounted'}")
+
+    def _detach_fd(self, port: str, path: str) -> None:
+        try:
+            self._umount(path, MNT_DETACH)
+        except OSError as exc:
+            log.error("port %s: cannot unmount %s either: %s", port, path, exc.strerror)
+
     def do_fsck(self, devnode: str, port: str = "?") -> dict[str, Any]:
         fstype, props = self.check_device(devnode)
         answer: dict[str, Any] = {"ok": True, "action": "fsck", "devnode": devnode,
@@ -374,6 +552,11 @@ class Helper:
         return {**answer, "verdict": verdict, "exit": rc, "detail": detail, "argv": argv}
 
 
+def _options(items: Sequence[str]) -> dict[str, str]:
+    """``key=value`` mount options as a dict (flags without a value are left out)."""
+    return {k: v for k, sep, v in (o.partition("=") for o in items) if sep}
+
+
 def _open_dir_nofollow(name: str, dir_fd: int) -> int:
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -394,7 +577,7 @@ def _port_of(words: Sequence[str]) -> str:
         return words[2][:64]
     if words and words[0] == "fsck" and len(words) > 2:
         return words[2][:64]
-    if words and words[0] == "unmount" and len(words) > 1:
+    if words and words[0] in ("unmount", "remount") and len(words) > 1:
         return words[1][:64]
     return "?"
 
@@ -442,7 +625,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                "only when root runs the helper directly)")
     p.add_argument("--serve", action="store_true",
                    help="read one request line from stdin (a socket passed by systemd)")
-    p.add_argument("words", nargs="*", help="mount DEVNODE PORT | unmount PORT | fsck DEVNODE")
+    p.add_argument("words", nargs="*", help="mount DEVNODE PORT | unmount PORT | "
+                                            "remount PORT rw|ro | fsck DEVNODE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="dockd-mount: %(levelname)s %(message)s")
