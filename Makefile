@@ -5,7 +5,8 @@
 
 demo:
 	@scripts/setup.sh run
-	@scripts/fetch-whisper-base.sh .venv/whisper-base >/dev/null
+	@scripts/fetch-whisper-base.sh .venv/whisper-base >.venv/whisper-fetch.log 2>&1 || \
+		{ cat .venv/whisper-fetch.log; exit 1; }
 	.venv/bin/dockd demo --notes-model .venv/whisper-base $(DEMO_ARGS)
 
 test:

@@ -34,6 +34,19 @@ from .status.views import render_status, status_data
 log = logging.getLogger(__name__)
 
 
+def _log_to_file(path: Path) -> Path:
+    """The daemon's log goes to a file during the demo; only warnings reach the screen."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(logging.WARNING)
+    fh = logging.FileHandler(path, encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(fh)
+    root.setLevel(logging.INFO)
+    return path
+
+
 def demo_recorders(speech_wav: Path) -> list[tuple[int, RecorderSpec]]:
     now = utcnow()
     return [
@@ -58,10 +71,15 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
         workdir = Path(tempfile.mkdtemp(prefix="dockd-demo-"))
         cfg = cfg.with_workdir(workdir)
     workdir = cfg.paths.state_dir.parent
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_file = _log_to_file(workdir / "dockd.log")
     cfg = dataclasses.replace(cfg, offload=dataclasses.replace(cfg.offload, settle_seconds=0.5))
     console.rule("[bold]dockd demo: a simulated docking station")
-    console.print(f"work directory: {workdir}")
+    console.print(f"work directory: {workdir} (daemon log: {log_file})")
     ensure_key(cfg)
+    for t in cfg.targets:  # the embedded default target: a local directory of the demo's own
+        if t.kind == "local":
+            t.path.mkdir(parents=True, exist_ok=True)
     pub = load_public_key(cfg.paths.public_key_file)
     console.print(f"dock signing key: {key_id(pub)}")
 
@@ -89,7 +107,9 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
         console.print("[red]daemon did not start")
         return 1
     if daemon.web is not None:
-        console.print(f"kiosk status page: {daemon.web.url} (metrics: {daemon.web.url}metrics)")
+        url = daemon.web.url.rstrip("/")
+        console.print(f"kiosk status page: {url}/  (fleet: {url}/fleet, IT: {url}/it, "
+                      f"metrics: {url}/metrics)")
     for port, root, spec in trees:
         console.print(f"plugging {spec.serial} into port-{port:02d}")
         plug(root, cfg.paths.ports_dir, port)
