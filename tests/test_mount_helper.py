@@ -1,6 +1,7 @@
-"""The root mount helper: argument validation, the exact mount(2) call, refusal of
-symlinks and foreign devices, the real read-only fsck on loop devices, and (this kernel has
-no vfat/exfat) a real read-only mount of an ext2 loop image through the same code path."""
+"""The root mount helper: argument validation, the exact mount(2) calls (staging mount,
+per-mount rw, move), refusal of symlinks and foreign devices, the real read-only fsck on
+loop devices, and (this kernel has no vfat/exfat) a real mount of an ext2 loop image with a
+read-only filesystem and rw,nosuid,nodev,noexec mount flags through the same code path."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -51,24 +53,152 @@ def make_cfg(root: Path) -> Config:
                   allow=(AllowConfig(vendor_id="2e8a", model_id="0001"),))
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.mounts: list[MountCall] = []
-        self.umounts: list[tuple[str, int]] = []
+VFAT_DATA = "uid=1234,gid=2345,fmask=0137,dmask=0027,utf8"
+
+
+@dataclass
+class FakeMount:
+    id: int
+    path: str
+    source: str
+    fstype: str
+    dev: str
+    mount_ro: bool
+    super_ro: bool
+    data: str = VFAT_DATA
+    root: str = "/"
+    options: tuple[str, ...] = ("nosuid", "nodev", "noexec")
+    propagation: str = ""
+
+    def line(self) -> str:
+        opts = ",".join(("ro" if self.mount_ro else "rw", *self.options, "relatime"))
+        sup = ",".join(("ro" if self.super_ro else "rw", *([self.data] if self.data else [])))
+        return (f"{self.id} 27 {self.dev} {self.root} {self.path} {opts} {self.propagation} - "
+                f"{self.fstype} {self.source} {sup}\n")
+
+
+def _flag_options(flags: int) -> tuple[str, ...]:
+    return tuple(n for bit, n in ((mh.MS_NOSUID, "nosuid"), (mh.MS_NODEV, "nodev"),
+                                  (mh.MS_NOEXEC, "noexec")) if flags & bit)
+
+
+@dataclass
+class FakeKernel:
+    """A pretend mount table behind mount(2), umount2(2), mountinfo, statvfs and the
+    descriptor's mount id: enough to follow the helper's staging sequence. ``mounts`` are
+    the calls that concern recorders (the staging root's own bind/private calls go to
+    ``stage_setup``); ``skip`` makes a call succeed without effect, ``fail`` makes it fail,
+    ``after`` may tamper with the result."""
+
+    stage: Path
+    mounts: list[MountCall] = field(default_factory=list)
+    stage_setup: list[MountCall] = field(default_factory=list)
+    umounts: list[tuple[str, int]] = field(default_factory=list)
+    table: list[FakeMount] = field(default_factory=list)
+    skip: Callable[[MountCall], bool] = lambda _c: False
+    fail: Callable[[MountCall], OSError | None] = lambda _c: None
+    after: Callable[[MountCall], None] = lambda _c: None
+    moved: dict[str, FakeMount] = field(default_factory=dict)
+    """Where a moved mount came from: a descriptor opened on it there still reaches it."""
+
+    @staticmethod
+    def resolve(path: str) -> str:
+        return os.readlink(path) if path.startswith("/proc/self/fd/") else path
+
+    def top(self, path: str) -> FakeMount | None:
+        found = [m for m in self.table if m.path == path]
+        if not found and path in self.moved and self.moved[path] in self.table:
+            return self.moved[path]
+        return found[-1] if found else None
+
+    def add(self, path: str | Path, *, source: str = "/dev/sdb1", fstype: str = "vfat",
+            mount_ro: bool = False, super_ro: bool = True, **kw: Any) -> FakeMount:
+        if "dev" not in kw:
+            st = os.stat(path)
+            kw["dev"] = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        m = FakeMount(100 + len(self.table), str(path), source, fstype, mount_ro=mount_ro,
+                      super_ro=super_ro, **kw)
+        self.table.append(m)
+        return m
 
     def mount(self, call: MountCall) -> None:
-        self.mounts.append(call)
+        target = self.resolve(call.target)
+        (self.stage_setup if target == str(self.stage) else self.mounts).append(call)
+        err = self.fail(call)
+        if err is not None:
+            raise err
+        if self.skip(call):
+            return
+        f = call.flags
+        if f & (mh.MS_MOVE | mh.MS_PRIVATE | mh.MS_REMOUNT):
+            m = self.top(self.resolve(call.source) if f & mh.MS_MOVE else target)
+            if m is None:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            if f & mh.MS_MOVE:
+                self.moved[m.path] = m
+                m.path = target
+            elif f & mh.MS_PRIVATE:
+                m.propagation = ""
+            else:
+                m.mount_ro = bool(f & mh.MS_RDONLY)
+                m.options = _flag_options(f)
+                if not f & mh.MS_BIND:
+                    m.super_ro = bool(f & mh.MS_RDONLY)
+        elif f & mh.MS_BIND:
+            self.add(target, source="/dev/vda", fstype="ext4", mount_ro=False, super_ro=False,
+                     data="", root=target, options=(), propagation="shared:1")
+        else:
+            self.add(target, source=call.source, fstype=call.fstype,
+                     mount_ro=bool(f & mh.MS_RDONLY), super_ro=bool(f & mh.MS_RDONLY),
+                     data=call.data, options=_flag_options(f))
+        self.after(call)
+
+    def seed(self, mountinfo: str) -> None:
+        """Mounts from /proc/self/mountinfo lines (the parts FakeMount has)."""
+        for line in mountinfo.splitlines():
+            left, _, right = line.partition(" - ")
+            f, (fstype, source, *sup) = left.split(), right.split()
+            opts = f[5].split(",")
+            supers = sup[0].split(",") if sup else []
+            self.table.append(FakeMount(
+                int(f[0]), f[4], source, fstype, f[2], "ro" in opts, "ro" in supers,
+                ",".join(o for o in supers if o not in ("ro", "rw")), f[3],
+                tuple(o for o in opts if o not in ("ro", "rw", "relatime")), " ".join(f[6:])))
 
     def umount(self, target: str, flags: int) -> None:
         self.umounts.append((target, flags))
+        m = self.top(self.resolve(target))
+        if m is None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        self.table.remove(m)
+
+    def mountinfo(self) -> str:
+        return "".join(m.line() for m in self.table)
+
+    def statvfs(self, path: str) -> Any:
+        m = self.top(self.resolve(path))
+        flags = 0
+        if m is not None:
+            flags = (os.ST_RDONLY if m.mount_ro or m.super_ro else 0) \
+                | (os.ST_NOSUID if "nosuid" in m.options else 0) \
+                | (os.ST_NODEV if "nodev" in m.options else 0) \
+                | (os.ST_NOEXEC if "noexec" in m.options else 0)
+        return SimpleNamespace(f_flag=flags)
+
+    def mount_id(self, fd: int) -> int:
+        m = self.top(os.readlink(f"/proc/self/fd/{fd}"))
+        return m.id if m is not None else 1
+
+    def at(self, path: str | Path) -> list[FakeMount]:
+        return [m for m in self.table if m.path == str(path)]
 
 
-def helper(root: Path, props: dict[str, str] | None, rec: Recorder | None = None,
-           mountinfo: str = "", **kw: Any) -> Helper:
-    rec = rec or Recorder()
+def helper(root: Path, props: dict[str, str] | None, rec: FakeKernel | None = None,
+           **kw: Any) -> Helper:
+    rec = rec or FakeKernel(root.parent / "stage")
     return Helper(make_cfg(root), CALLER, properties_of=lambda _d: dict(props or {}),
-                  mount=rec.mount, umount=rec.umount, mountinfo=lambda: mountinfo,
-                  statvfs=lambda _p: SimpleNamespace(f_flag=mh.ST_WANTED), **kw)
+                  mount=rec.mount, umount=rec.umount, mountinfo=rec.mountinfo,
+                  statvfs=rec.statvfs, mount_id=rec.mount_id, stage_root=rec.stage, **kw)
 
 
 # --------------------------------------------------------------------------- validation
@@ -78,7 +208,7 @@ def helper(root: Path, props: dict[str, str] | None, rec: Recorder | None = None
                                   "port-03\n", "-rf"])
 def test_bad_port_labels_are_refused(tmp_path: Path, port: str) -> None:
     node = block_node()
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     answer = helper(tmp_path / "mnt", props_for(node), rec).handle(["mount", node, port])
     assert answer == {"ok": False, "error": "bad-port", "message": answer["message"]}
     assert rec.mounts == [] and not (tmp_path / "mnt").exists()
@@ -93,7 +223,7 @@ def test_bad_port_labels_are_refused(tmp_path: Path, port: str) -> None:
     ("/dev/sdzz9", "vanished"),
 ])
 def test_bad_device_nodes_are_refused(tmp_path: Path, devnode: str, code: str) -> None:
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     answer = helper(tmp_path / "mnt", {"DEVNAME": devnode}, rec).handle(["mount", devnode, "port-03"])
     assert answer["ok"] is False and answer["error"] == code, answer
     assert rec.mounts == []
@@ -111,7 +241,7 @@ def test_bad_device_nodes_are_refused(tmp_path: Path, devnode: str, code: str) -
 def test_non_recorders_are_refused(tmp_path: Path, name: str, over: dict[str, str],
                                    code: str) -> None:
     node = block_node()
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     h = helper(tmp_path / "mnt", props_for(node, name, **over), rec)
     assert h.handle(["mount", node, "port-03"])["error"] == code
     assert h.handle(["fsck", node])["error"] == code
@@ -135,48 +265,133 @@ def test_usage(tmp_path: Path, words: list[str]) -> None:
 
 
 def test_exact_mount_call_for_a_vfat_recorder(tmp_path: Path) -> None:
+    """Read-only at a private staging point, per-mount rw (superblock untouched), moved."""
     node = block_node()
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     answer = helper(tmp_path / "mnt", props_for(node), rec).handle(["mount", node, "port-03"])
     assert answer["ok"], answer
-    (call,) = rec.mounts
-    assert call.source == node and call.fstype == "vfat"
-    assert call.flags == mh.MS_RDONLY | mh.MS_NOSUID | mh.MS_NODEV | mh.MS_NOEXEC == 15
-    assert call.data == "uid=1234,gid=2345,umask=0227,utf8"
-    assert call.target.startswith("/proc/self/fd/")  # through the fd, not a path to re-resolve
+    first, unlock, move = rec.mounts
+    assert first.source == node and first.fstype == "vfat"
+    assert first.flags == mh.MS_RDONLY | mh.MS_NOSUID | mh.MS_NODEV | mh.MS_NOEXEC == 15
+    assert first.data == VFAT_DATA
+    for call in rec.mounts:  # through descriptors, never a path to re-resolve
+        assert call.target.startswith("/proc/self/fd/")
+    assert unlock.flags == mh.MS_REMOUNT | mh.MS_BIND | mh.MS_NOSUID | mh.MS_NODEV | mh.MS_NOEXEC
+    assert unlock.data == "" and not unlock.flags & mh.MS_RDONLY
+    assert move.flags == mh.MS_MOVE and move.source.startswith("/proc/self/fd/")
+    assert [c.flags for c in rec.stage_setup] == [mh.MS_BIND, mh.MS_PRIVATE]
     assert answer["mountpoint"] == str(tmp_path / "mnt" / "port-03")
-    assert answer["options"] == "ro,nosuid,nodev,noexec,uid=1234,gid=2345,umask=0227,utf8"
-    st = os.stat(tmp_path / "mnt")
-    assert st.st_mode & 0o777 == 0o755
+    assert answer["options"] == f"ro,nosuid,nodev,noexec,{VFAT_DATA}"
+    (m,) = rec.at(tmp_path / "mnt" / "port-03")
+    assert (m.mount_ro, m.super_ro, m.source) == (False, True, node)
+    assert set(m.options) == {"nosuid", "nodev", "noexec"}
+    assert os.listdir(tmp_path / "stage") == [] and rec.umounts == []
+    assert os.stat(tmp_path / "mnt").st_mode & 0o777 == 0o755
+    assert os.stat(tmp_path / "stage").st_mode & 0o777 == 0o700
+    # a second mount reuses the private staging root as it is
+    answer = helper(tmp_path / "mnt", props_for(node), rec).handle(["mount", node, "port-03"])
+    assert answer["ok"] and answer["already"] and len(rec.mounts) == 3
+    assert [c.flags for c in rec.stage_setup] == [mh.MS_BIND, mh.MS_PRIVATE, mh.MS_PRIVATE]
 
 
 def test_exfat_options(tmp_path: Path) -> None:
     node = block_node()
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     helper(tmp_path / "mnt", props_for(node, ID_FS_TYPE="exfat"), rec).handle(
         ["mount", node, "port-01"])
     assert rec.mounts[0].fstype == "exfat"
-    assert rec.mounts[0].data == "uid=1234,gid=2345,umask=0227,iocharset=utf8"
+    assert rec.mounts[0].data == "uid=1234,gid=2345,fmask=0137,dmask=0027,iocharset=utf8"
 
 
 def test_mount_that_did_not_come_up_read_only_is_undone(tmp_path: Path) -> None:
     node = block_node()
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     h = helper(tmp_path / "mnt", props_for(node), rec)
     h._statvfs = lambda _p: SimpleNamespace(f_flag=0)
     assert h.handle(["mount", node, "port-03"])["error"] == "failed"
     assert len(rec.umounts) == 1 and rec.umounts[0][1] == mh.MNT_DETACH
+    assert rec.table[-1].path == str(tmp_path / "stage")  # only the staging root's own bind
+    assert os.listdir(tmp_path / "stage") == []
+
+
+@pytest.mark.parametrize("broken", ["superblock-rw", "unlock-ignored", "unlock-sets-suid",
+                                    "move-ignored", "moved-elsewhere"])
+def test_every_step_is_verified_and_fails_closed(tmp_path: Path, broken: str) -> None:
+    """Whatever step does not give exactly the expected flags, the mount is detached and
+    nothing is left at the port or the staging point."""
+    node = block_node()
+    rec = FakeKernel(tmp_path / "stage")
+    root = tmp_path / "mnt"
+    def tamper(call: MountCall) -> None:
+        last = rec.table[-1]
+        if broken == "superblock-rw" and call.flags == mh.MOUNT_FLAGS:
+            last.super_ro = False  # the first mount came up with a writable filesystem
+        elif broken == "unlock-ignored" and call.flags == mh.MOUNT_RW_FLAGS:
+            last.mount_ro = True
+        elif broken == "unlock-sets-suid" and call.flags == mh.MOUNT_RW_FLAGS:
+            last.options = ("nodev", "noexec")
+        elif broken == "move-ignored" and call.flags == mh.MS_MOVE:
+            last.path = rec.resolve(call.source)
+        elif broken == "moved-elsewhere" and call.flags == mh.MS_MOVE:
+            last.path = str(tmp_path / "other")  # and something else is at the port
+
+    (tmp_path / "other").mkdir()
+    rec.after = tamper
+    answer = helper(root, props_for(node), rec).handle(["mount", node, "port-03"])
+    assert answer["ok"] is False and answer["error"] == "failed", answer
+    assert "unmounted" in answer["message"]
+    assert [f for _t, f in rec.umounts] == [mh.MNT_DETACH]
+    assert [m.path for m in rec.table] == [str(tmp_path / "stage")]
+    assert os.listdir(tmp_path / "stage") == []
+
+
+def test_staging_root_must_be_private_to_root(tmp_path: Path) -> None:
+    node = block_node()
+    (tmp_path / "stage").mkdir(mode=0o755)
+    os.chmod(tmp_path / "stage", 0o755)
+    rec = FakeKernel(tmp_path / "stage")
+    answer = helper(tmp_path / "mnt", props_for(node), rec).handle(["mount", node, "port-03"])
+    if IS_ROOT:
+        assert answer["error"] == "bad-config" and rec.mounts == [] and rec.stage_setup == []
+    (tmp_path / "stage").rmdir()
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (tmp_path / "stage").symlink_to(tmp_path / "elsewhere")
+    answer = helper(tmp_path / "mnt", props_for(node), rec).handle(["mount", node, "port-03"])
+    assert answer["error"] == "symlink" and rec.mounts == []
+
+
+def test_staging_root_that_stays_shared_is_refused(tmp_path: Path) -> None:
+    node = block_node()
+    rec = FakeKernel(tmp_path / "stage")
+    rec.skip = lambda c: c.flags == mh.MS_PRIVATE
+    answer = helper(tmp_path / "mnt", props_for(node), rec).handle(["mount", node, "port-03"])
+    assert answer["error"] == "failed" and "private" in answer["message"]
+    assert rec.mounts == []
+
+
+def test_leftovers_of_a_crashed_helper_are_cleared(tmp_path: Path) -> None:
+    node = block_node()
+    rec = FakeKernel(tmp_path / "stage")
+    h = helper(tmp_path / "mnt", props_for(node), rec)
+    assert h.handle(["unmount", "port-03"])["ok"]
+    (tmp_path / "stage").mkdir(mode=0o700)
+    rec.add(tmp_path / "stage", source="/dev/vda", fstype="ext4", data="")
+    (tmp_path / "stage" / "port-03.999").mkdir()
+    rec.add(tmp_path / "stage" / "port-03.999", source="/dev/sdc1", mount_ro=True)
+    answer = h.handle(["mount", node, "port-03"])
+    assert answer["ok"], answer
+    assert len(rec.umounts) == 1 and os.listdir(tmp_path / "stage") == []
+    assert [m.source for m in rec.table] == ["/dev/vda", node]
 
 
 def test_vanished_device_during_mount(tmp_path: Path) -> None:
     node = block_node()
-
-    def gone(_call: MountCall) -> None:
-        raise OSError(errno.ENXIO, "No such device or address")
-
-    h = helper(tmp_path / "mnt", props_for(node))
-    h._mount = gone
+    rec = FakeKernel(tmp_path / "stage")
+    rec.fail = lambda c: OSError(errno.ENXIO, "No such device or address") \
+        if c.source == node else None
+    h = helper(tmp_path / "mnt", props_for(node), rec)
     assert h.handle(["mount", node, "port-03"])["error"] == "vanished"
+    assert os.listdir(tmp_path / "stage") == [] and rec.umounts == []
 
 
 def test_symlinked_mount_point_is_refused(tmp_path: Path) -> None:
@@ -186,7 +401,7 @@ def test_symlinked_mount_point_is_refused(tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir(mode=0o755)
     os.chmod(tmp_path / "mnt", 0o755)
     (tmp_path / "mnt" / "port-03").symlink_to(elsewhere)
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     h = helper(tmp_path / "mnt", props_for(node), rec)
     assert h.handle(["mount", node, "port-03"])["error"] == "symlink"
     assert h.handle(["unmount", "port-03"])["error"] == "bad-port"
@@ -200,7 +415,7 @@ def test_symlinked_mount_root_or_parent_is_refused(tmp_path: Path) -> None:
     os.chmod(real / "mnt", 0o755)
     (tmp_path / "link").symlink_to(real)
     (tmp_path / "mntlink").symlink_to(real / "mnt")
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     for root in (tmp_path / "link" / "mnt", tmp_path / "mntlink"):
         assert helper(root, props_for(node), rec).handle(["mount", node, "port-03"])["error"] \
             == "symlink"
@@ -219,9 +434,11 @@ def test_group_writable_mount_root_is_refused(tmp_path: Path) -> None:
 def test_stale_mounts_of_other_kinds_are_not_touched(tmp_path: Path) -> None:
     node = block_node()
     root = tmp_path / "mnt"
-    info = f"42 27 0:50 / {root}/port-03 rw,relatime - tmpfs tmpfs rw\n"
-    rec = Recorder()
-    h = helper(root, props_for(node), rec, mountinfo=info)
+    (root / "port-03").mkdir(parents=True)
+    os.chmod(root, 0o755)
+    rec = FakeKernel(tmp_path / "stage")
+    rec.add(root / "port-03", source="tmpfs", fstype="tmpfs", super_ro=False, data="")
+    h = helper(root, props_for(node), rec)
     assert h.handle(["mount", node, "port-03"])["error"] == "busy"
     assert h.handle(["unmount", "port-03"])["error"] == "busy"
     assert rec.mounts == [] and rec.umounts == []
@@ -230,14 +447,20 @@ def test_stale_mounts_of_other_kinds_are_not_touched(tmp_path: Path) -> None:
 def test_already_mounted_is_idempotent_and_stale_vfat_is_replaced(tmp_path: Path) -> None:
     node = block_node()
     root = tmp_path / "mnt"
-    rec = Recorder()
-    same = f"42 27 8:17 / {root}/port-03 ro,nosuid - vfat {node} ro\n"
-    answer = helper(root, props_for(node), rec, mountinfo=same).handle(["mount", node, "port-03"])
+    (root / "port-03").mkdir(parents=True)
+    os.chmod(root, 0o755)
+    rec = FakeKernel(tmp_path / "stage")
+    same = rec.add(root / "port-03", source=node)
+    answer = helper(root, props_for(node), rec).handle(["mount", node, "port-03"])
     assert answer["ok"] and answer["already"] and rec.mounts == []
-    stale = f"42 27 8:33 / {root}/port-03 ro,nosuid - vfat /dev/sdc1 ro\n"
-    answer = helper(root, props_for(node), rec, mountinfo=stale).handle(["mount", node, "port-03"])
+    same.mount_ro = True  # mounted the old way (per-mount ro): replaced
+    answer = helper(root, props_for(node), rec).handle(["mount", node, "port-03"])
+    assert answer["ok"] and not answer["already"] and len(rec.mounts) == 3
+    rec.table[-1].source = "/dev/sdc1"  # a stale recorder
+    answer = helper(root, props_for(node), rec).handle(["mount", node, "port-03"])
     assert answer["ok"] and not answer["already"]
-    assert [f for _t, f in rec.umounts] == [mh.MNT_DETACH] and len(rec.mounts) == 1
+    assert [f for _t, f in rec.umounts] == [mh.MNT_DETACH] * 2 and len(rec.mounts) == 6
+    assert [m.source for m in rec.at(root / "port-03")] == [node]
 
 
 def test_unmount_of_nothing(tmp_path: Path) -> None:
@@ -251,6 +474,10 @@ def test_mountinfo_parsing_unescapes() -> None:
     assert mh.mounts_at("/mnt/with space", info) == [("ext3", "/dev/root")]
     assert mh.mounts_at("/run/dockd-mnt/port-03", info) == [("vfat", "/dev/sdb1")]
     assert mh.mounts_at("/run/dockd-mnt", info) == []
+    (e,) = mh.mount_entries("/mnt/with space", info)
+    assert e.mount_id == 36 and e.propagation == ("master:1",) and e.mount_read_only is False
+    (e,) = mh.mount_entries("/run/dockd-mnt/port-03", info)
+    assert e.propagation == () and e.mount_read_only is True and e.super_read_only is True
 
 
 def test_parse_udev_properties() -> None:
@@ -357,7 +584,26 @@ def test_real_fsck_finds_errors(tmp_path: Path, loop_image: Any) -> None:
     assert answer["ok"] and answer["verdict"] == "errors", answer
 
 
-def test_real_read_only_mount(tmp_path: Path, loop_image: Any,
+def detach_all(path: Path) -> None:
+    """Lazily unmount everything at ``path`` (a real staging root after a test)."""
+    for _ in range(8):
+        if _run("umount", "-l", str(path)).returncode != 0:
+            break
+
+
+@pytest.fixture
+def real_stage(tmp_path: Path) -> Iterator[Path]:
+    stage = tmp_path / "stage"
+    yield stage
+    detach_all(stage)
+
+
+def mountinfo_entry(path: Path) -> mh.MountEntry:
+    (entry,) = mh.mount_entries(str(path), Path("/proc/self/mountinfo").read_text())
+    return entry
+
+
+def test_real_read_only_mount(tmp_path: Path, loop_image: Any, real_stage: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The real mount(2)/umount2(2) path. This kernel has no vfat/exfat driver, so the same
     code mounts an ext2 image (its data options are the only thing the test changes)."""
@@ -366,20 +612,25 @@ def test_real_read_only_mount(tmp_path: Path, loop_image: Any,
     node = loop_image(["mkfs.ext2", "-q"], read_only=False)
     monkeypatch.setitem(mh.FS_DATA, "ext2", "")
     root = tmp_path / "mnt"
-    h = Helper(make_cfg(root), CALLER, properties_of=lambda _d: props_for(node, ID_FS_TYPE="ext2"))
+    h = Helper(make_cfg(root), CALLER, properties_of=lambda _d: props_for(node, ID_FS_TYPE="ext2"),
+               stage_root=real_stage)
     answer = h.handle(["mount", node, "port-03"])
     if not answer["ok"] and "not permitted" in answer["message"]:
         pytest.skip(f"mounting is not permitted here: {answer['message']}")
     assert answer["ok"], answer
     mnt = root / "port-03"
     try:
-        line = next(ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()
-                    if f" {mnt} " in ln)
-        opts = set(line.split()[5].split(","))
-        assert {"ro", "nosuid", "nodev", "noexec"} <= opts
+        entry = mountinfo_entry(mnt)
+        assert {"rw", "nosuid", "nodev", "noexec"} <= entry.mount_options  # the mount: rw
+        assert entry.super_read_only is True  # the filesystem: read-only
+        assert entry.source == node and entry.root == "/"
+        assert os.statvfs(mnt).f_flag & mh.ST_WANTED == mh.ST_WANTED
         with pytest.raises(OSError) as exc:
             (mnt / "written").write_bytes(b"x")
         assert exc.value.errno == errno.EROFS
+        stage = mountinfo_entry(real_stage)  # a private mount, now empty
+        assert stage.propagation == () and os.listdir(real_stage) == []
+        assert os.stat(real_stage).st_mode & 0o777 == 0o700
         assert h.handle(["mount", node, "port-03"])["already"] is True
     finally:
         first = h.handle(["unmount", "port-03"])
@@ -388,14 +639,14 @@ def test_real_read_only_mount(tmp_path: Path, loop_image: Any,
     assert h.handle(["unmount", "port-03"])["was_mounted"] is False
 
 
-def test_unmount_after_the_device_vanished(tmp_path: Path, loop_image: Any,
+def test_unmount_after_the_device_vanished(tmp_path: Path, loop_image: Any, real_stage: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     if "ext2" not in Path("/proc/filesystems").read_text():
         pytest.skip("kernel has no ext2 driver")
     node = loop_image(["mkfs.ext2", "-q"])
     monkeypatch.setitem(mh.FS_DATA, "ext2", "")
     h = Helper(make_cfg(tmp_path / "mnt"), CALLER,
-               properties_of=lambda _d: props_for(node, ID_FS_TYPE="ext2"))
+               properties_of=lambda _d: props_for(node, ID_FS_TYPE="ext2"), stage_root=real_stage)
     answer = h.handle(["mount", node, "port-05"])
     if not answer["ok"]:
         pytest.skip(f"mounting is not possible here: {answer['message']}")

@@ -2,8 +2,10 @@
 
 Validation against fake mount tables, the exact remount call, the client and the
 ``UdevSource.writable`` window with a fake mounter, then (this kernel has no vfat/exfat) the
-real thing on an ext2 loop image through the helper: read-only, writable, read-only again,
-and ``clear_recorder`` deleting delivered clips from a loop-mounted recorder tree."""
+real thing on an ext2 loop image through the helper: read-only, writable, read-only again
+(also as seen from a sandbox-like mount namespace that is a slave of the helper's and was
+made before the recorder was mounted), and ``clear_recorder`` deleting delivered clips from a
+loop-mounted recorder tree."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,8 +28,9 @@ from dockd.config import AllowConfig, Config, DevicesConfig
 from dockd.devices.mount import HelperMounter, MountError
 from dockd.devices.udev import UdevSource
 from dockd.helper import mount_helper as mh
-from dockd.helper.mount_helper import Caller, Helper, MountCall
+from dockd.helper.mount_helper import Caller, Helper
 from dockd.pipeline import Pipeline
+from tests.test_mount_helper import FakeKernel, detach_all, mountinfo_entry
 
 FIX = Path(__file__).parent / "fixtures" / "udev"
 CALLER = Caller(1234, 2345, "test")
@@ -55,23 +59,12 @@ def make_cfg(root: Path) -> Config:
                   allow=(AllowConfig(vendor_id="2e8a", model_id="0001"),))
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.mounts: list[MountCall] = []
-        self.umounts: list[tuple[str, int]] = []
-
-    def mount(self, call: MountCall) -> None:
-        self.mounts.append(call)
-
-    def umount(self, target: str, flags: int) -> None:
-        self.umounts.append((target, flags))
-
-
-def fake_helper(root: Path, props: dict[str, str] | None, rec: Recorder, mountinfo: str = "",
-                flags: int = mh.ST_WANTED) -> Helper:
+def fake_helper(root: Path, props: dict[str, str] | None, rec: FakeKernel,
+                mountinfo: str = "") -> Helper:
+    rec.seed(mountinfo)
     return Helper(make_cfg(root), CALLER, properties_of=lambda _d: dict(props or {}),
-                  mount=rec.mount, umount=rec.umount, mountinfo=lambda: mountinfo,
-                  statvfs=lambda _p: SimpleNamespace(f_flag=flags))
+                  mount=rec.mount, umount=rec.umount, mountinfo=rec.mountinfo,
+                  statvfs=rec.statvfs, mount_id=rec.mount_id, stage_root=rec.stage)
 
 
 def port_dir(root: Path, port: str = "port-03") -> Path:
@@ -82,13 +75,15 @@ def port_dir(root: Path, port: str = "port-03") -> Path:
 
 
 def info_line(target: Path, *, fstype: str = "vfat", source: str = "/dev/sdb1",
-              dev: str | None = None, root: str = "/", opts: str = "ro,nosuid,nodev,noexec",
-              data: str = VFAT_DATA) -> str:
-    """A mountinfo line; by default with the device number of ``target`` as it is now."""
+              dev: str | None = None, root: str = "/", opts: str = "rw,nosuid,nodev,noexec",
+              data: str = VFAT_DATA, super_ro: bool = True) -> str:
+    """A mountinfo line of a mount as the helper makes it (per-mount rw, filesystem ro); by
+    default with the device number of ``target`` as it is now."""
     if dev is None:
         st = os.stat(target)
         dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
-    return f"42 27 {dev} {root} {target} {opts},relatime - {fstype} {source} ro,{data}\n"
+    sb = "ro" if super_ro else "rw"
+    return f"42 27 {dev} {root} {target} {opts},relatime - {fstype} {source} {sb},{data}\n"
 
 
 # --------------------------------------------------------------------------- validation
@@ -96,7 +91,7 @@ def info_line(target: Path, *, fstype: str = "vfat", source: str = "/dev/sdb1",
 
 @pytest.mark.parametrize("port", ["../etc", "..", "", "a/b", "/abs", "x" * 65, "-rf"])
 def test_bad_port_labels_are_refused(tmp_path: Path, port: str) -> None:
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     h = fake_helper(tmp_path / "mnt", None, rec)
     for mode in ("rw", "ro"):
         assert h.handle(["remount", port, mode])["error"] == "bad-port"
@@ -108,13 +103,13 @@ def test_bad_port_labels_are_refused(tmp_path: Path, port: str) -> None:
                                    ["remount", "port-03", "rw", "now"]])
 def test_usage(tmp_path: Path, words: list[str]) -> None:
     port_dir(tmp_path / "mnt")
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     assert fake_helper(tmp_path / "mnt", None, rec).handle(words)["error"] == "usage"
     assert rec.mounts == []
 
 
 def test_nothing_mounted_by_the_helper(tmp_path: Path) -> None:
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     assert fake_helper(tmp_path / "absent", None, rec).handle(
         ["remount", "port-03", "rw"])["error"] == "not-mounted"
     port_dir(tmp_path / "mnt")
@@ -130,7 +125,7 @@ def test_symlinked_port_is_refused(tmp_path: Path) -> None:
     os.chmod(root, 0o755)
     (tmp_path / "etc").mkdir()
     (root / "port-03").symlink_to(tmp_path / "etc")
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     info = info_line(root / "port-03")
     assert fake_helper(root, None, rec, info).handle(
         ["remount", "port-03", "rw"])["error"] == "symlink"
@@ -142,7 +137,8 @@ def test_symlinked_port_is_refused(tmp_path: Path) -> None:
     {"fstype": "ext4", "source": "/dev/sda1"},          # the system disk
     {"root": "/secret"},                                # a bind mount of a sub-directory
     {"source": "/dev/../etc/shadow"},
-    {"opts": "ro,nodev,noexec"},                        # not nosuid: not the helper's mount
+    {"opts": "rw,nodev,noexec"},                        # not nosuid: not the helper's mount
+    {"opts": "ro,nosuid,nodev,noexec"},                 # per-mount ro: not how dockd mounts
     {"data": "uid=0,gid=0,fmask=0137,dmask=0027"},      # another caller's mount
     {"data": "uid=1234,gid=2345,fmask=0022,dmask=0022"},  # other permissions
     {"dev": "259:77"},                                  # not the directory the helper holds
@@ -150,7 +146,7 @@ def test_symlinked_port_is_refused(tmp_path: Path) -> None:
 def test_foreign_mounts_are_not_touched(tmp_path: Path, over: dict[str, str]) -> None:
     node = block_node()
     target = port_dir(tmp_path / "mnt")
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     h = fake_helper(tmp_path / "mnt", props_for(node), rec, info_line(target, **over))
     for mode in ("rw", "ro"):
         answer = h.handle(["remount", "port-03", mode])
@@ -160,7 +156,7 @@ def test_foreign_mounts_are_not_touched(tmp_path: Path, over: dict[str, str]) ->
 
 def test_stacked_mounts_are_not_touched(tmp_path: Path) -> None:
     target = port_dir(tmp_path / "mnt")
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     info = info_line(target) + info_line(target, source="/dev/sdc1")
     assert fake_helper(tmp_path / "mnt", None, rec, info).handle(
         ["remount", "port-03", "ro"])["error"] == "busy"
@@ -176,7 +172,7 @@ def test_writable_needs_todays_udev_verdict(tmp_path: Path, name: str, over: dic
                                             code: str) -> None:
     node = block_node()
     target = port_dir(tmp_path / "mnt")
-    rec = Recorder()
+    rec = FakeKernel(tmp_path / "stage")
     h = fake_helper(tmp_path / "mnt", props_for(node, name, **over), rec,
                     info_line(target, source=node))
     assert h.handle(["remount", "port-03", "rw"])["error"] == code
@@ -184,26 +180,49 @@ def test_writable_needs_todays_udev_verdict(tmp_path: Path, name: str, over: dic
 
 
 def test_exact_read_only_remount_call(tmp_path: Path) -> None:
-    """ro never needs udev (the device may have vanished): it only makes things safer."""
+    """ro never needs udev (the device may have vanished): it only makes things safer. The
+    superblock goes read-only, then the helper's own mount gets back its per-mount rw (the
+    one MS_REMOUNT without MS_BIND also set), as every other namespace's copy has."""
     target = port_dir(tmp_path / "mnt")
-    rec = Recorder()
-    h = fake_helper(tmp_path / "mnt", None, rec, info_line(target))
+    rec = FakeKernel(tmp_path / "stage")
+    h = fake_helper(tmp_path / "mnt", None, rec, info_line(target, super_ro=False))
     answer = h.handle(["remount", "port-03", "ro"])
     assert answer["ok"], answer
-    (call,) = rec.mounts
+    call, unlock = rec.mounts
     assert call.flags == mh.MS_REMOUNT | mh.MS_RDONLY | mh.MS_NOSUID | mh.MS_NODEV | mh.MS_NOEXEC
+    assert not call.flags & mh.MS_BIND  # the superblock, keeping the filesystem's options
     assert call.data == VFAT_DATA and call.fstype == "vfat" and call.source == "/dev/sdb1"
-    assert call.target.startswith("/proc/self/fd/")
+    assert unlock.flags == mh.MS_REMOUNT | mh.MS_BIND | mh.MS_NOSUID | mh.MS_NODEV | mh.MS_NOEXEC
+    assert call.target.startswith("/proc/self/fd/") and unlock.target.startswith("/proc/self/fd/")
     assert answer["options"] == f"ro,nosuid,nodev,noexec,{VFAT_DATA}"
     assert mh.REMOUNT_FLAGS["rw"] == mh.MS_REMOUNT | mh.MS_NOSUID | mh.MS_NODEV | mh.MS_NOEXEC
+    (m,) = rec.at(target)
+    assert (m.mount_ro, m.super_ro) == (False, True) and rec.umounts == []
 
 
-def test_read_only_that_does_not_stick_unmounts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broken", ["superblock-stays-rw", "mount-stays-ro", "loses-nosuid",
+                                    "unlock-fails", "remount-fails"])
+def test_read_only_that_does_not_stick_unmounts(tmp_path: Path, broken: str) -> None:
     target = port_dir(tmp_path / "mnt")
-    rec = Recorder()
-    h = fake_helper(tmp_path / "mnt", None, rec, info_line(target), flags=mh.ST_ALWAYS)
-    assert h.handle(["remount", "port-03", "ro"])["error"] == "failed"
-    assert [f for _t, f in rec.umounts] == [mh.MNT_DETACH]
+    rec = FakeKernel(tmp_path / "stage")
+    h = fake_helper(tmp_path / "mnt", None, rec, info_line(target, super_ro=False))
+    (m,) = rec.at(target)
+
+    def tamper(call: mh.MountCall) -> None:
+        if broken == "superblock-stays-rw" and not call.flags & mh.MS_BIND:
+            m.super_ro = False
+        elif broken == "mount-stays-ro" and call.flags & mh.MS_BIND:
+            m.mount_ro = True
+        elif broken == "loses-nosuid" and call.flags & mh.MS_BIND:
+            m.options = ("nodev", "noexec")
+
+    rec.after = tamper
+    rec.fail = lambda c: OSError(errno.EIO, "Input/output error") if (
+        (broken == "unlock-fails" and c.flags & mh.MS_BIND)
+        or (broken == "remount-fails" and not c.flags & mh.MS_BIND)) else None
+    answer = h.handle(["remount", "port-03", "ro"])
+    assert answer["ok"] is False and "unmounted" in answer["message"], answer
+    assert [f for _t, f in rec.umounts] == [mh.MNT_DETACH] and rec.at(target) == []
 
 
 def test_mount_data_lets_the_owner_delete_once_writable() -> None:
@@ -213,11 +232,13 @@ def test_mount_data_lets_the_owner_delete_once_writable() -> None:
 
 
 def test_mountinfo_entries() -> None:
-    info = ("37 35 8:17 / /run/dockd-mnt/port-03 ro,nosuid,nodev,noexec,relatime shared:9 - "
+    info = ("37 35 8:17 / /run/dockd-mnt/port-03 rw,nosuid,nodev,noexec,relatime shared:9 - "
             "vfat /dev/sdb1 ro,uid=999,gid=999,fmask=0137,dmask=0027,utf8\n")
     (e,) = mh.mount_entries("/run/dockd-mnt/port-03", info)
     assert e.dev == (8, 17) and e.root == "/" and e.fstype == "vfat" and e.source == "/dev/sdb1"
-    assert {"ro", "nosuid", "nodev", "noexec"} <= e.mount_options
+    assert {"rw", "nosuid", "nodev", "noexec"} <= e.mount_options
+    assert e.mount_read_only is False and e.super_read_only is True
+    assert e.mount_id == 37 and e.propagation == ("shared:9",)
     assert "fmask=0137" in e.super_options
     assert mh.mount_entries("/run/dockd-mnt", info) == []
 
@@ -349,7 +370,8 @@ def ext2_recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
     attached: list[str] = []
     helpers: list[Helper] = []
 
-    def attach(content: Path | None = None) -> tuple[Helper, str]:
+    def attach(content: Path | None = None, root: Path | None = None,
+               stage: Path | None = None) -> tuple[Helper, str]:
         img = tmp_path / f"rec{len(attached)}.img"
         with open(img, "wb") as f:
             f.truncate(16 * 1024 * 1024)
@@ -360,29 +382,33 @@ def ext2_recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
             pytest.skip(f"loop devices not usable here: {proc.stderr.strip()}")
         node = proc.stdout.strip()
         attached.append(node)
-        h = Helper(make_cfg(tmp_path / "mnt"), CALLER,
-                   properties_of=lambda _d: props_for(node, ID_FS_TYPE="ext2"))
+        h = Helper(make_cfg(root or tmp_path / "mnt"), CALLER,
+                   properties_of=lambda _d: props_for(node, ID_FS_TYPE="ext2"),
+                   stage_root=stage or tmp_path / "stage")
         helpers.append(h)
         return h, node
 
     yield attach
     for h in helpers:
         h.handle(["unmount", "port-03"])
+        detach_all(h.stage_root)
     for node in attached:
         _run("losetup", "-d", node)
 
 
 def mount_opts(mnt: Path) -> set[str]:
-    line = next(ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()
-                if f" {mnt} " in ln)
-    return set(line.split()[5].split(","))
+    return set(mountinfo_entry(mnt).mount_options)
 
 
 def assert_read_only(mnt: Path) -> None:
+    """EROFS because the filesystem is read-only; the mount itself is rw,nosuid,nodev,noexec."""
     with pytest.raises(OSError) as exc:
         (mnt / "written").write_bytes(b"x")
     assert exc.value.errno == errno.EROFS
-    assert {"ro", "nosuid", "nodev", "noexec"} <= mount_opts(mnt)
+    entry = mountinfo_entry(mnt)
+    assert {"rw", "nosuid", "nodev", "noexec"} <= entry.mount_options
+    assert entry.super_read_only is True
+    assert os.statvfs(mnt).f_flag & mh.ST_WANTED == mh.ST_WANTED
 
 
 def mount_or_skip(h: Helper, node: str) -> Path:
@@ -404,6 +430,7 @@ def test_real_remount_read_write_and_back(ext2_recorder: Any,
     assert "READ-WRITE" in caplog.text  # every remount is logged
     opts = mount_opts(mnt)
     assert {"rw", "nosuid", "nodev", "noexec"} <= opts and "ro" not in opts
+    assert mountinfo_entry(mnt).super_read_only is False
     (mnt / "clip.mp4").write_bytes(b"video")
     (mnt / "clip.mp4").unlink()
     (mnt / "TIME.TXT").write_text("2024-01-01 00:00:00\n")
@@ -476,3 +503,113 @@ def test_real_clearing_through_the_window(tmp_path: Path, workdir: Path, make_re
     assert sorted(out.cleared) == sorted(p.name for p in clips) and out.kept == []
     assert not any((mnt / p).exists() for p in clips)
     assert_read_only(mnt)
+
+
+CHILD = r"""
+import errno, json, os, sys
+print("ready", flush=True)
+for line in sys.stdin:
+    cmd, _, arg = line.strip().partition(" ")
+    if cmd == "write":
+        try:
+            with open(arg, "wb") as f:
+                f.write(b"from the sandbox")
+            os.unlink(arg)
+            print("ok", flush=True)
+        except OSError as exc:
+            print(errno.errorcode.get(exc.errno, str(exc.errno)), flush=True)
+    elif cmd == "mountinfo":
+        with open("/proc/self/mountinfo") as f:
+            print(json.dumps(f.read()), flush=True)
+    else:
+        break
+"""
+
+
+class Sandbox:
+    """A process in its own mount namespace, a slave of ours (as systemd sets up
+    ``PrivateMounts=``/``ProtectSystem=`` for dockd.service), created before any recorder is
+    mounted."""
+
+    def __init__(self, unshare: str) -> None:
+        self.proc = subprocess.Popen([unshare, "-m", "--propagation", "slave", sys.executable,
+                                      "-c", CHILD], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready = self.proc.stdout.readline() if self.proc.stdout else ""
+        if ready.strip() != "ready":
+            self.close()
+            pytest.skip(f"cannot make a mount namespace here: {ready!r}")
+
+    def ask(self, line: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def write(self, path: Path) -> str:
+        return self.ask(f"write {path}")
+
+    def entries(self, path: Path) -> list[mh.MountEntry]:
+        return mh.mount_entries(str(path), json.loads(self.ask("mountinfo")))
+
+    def mountinfo(self) -> str:
+        return str(json.loads(self.ask("mountinfo")))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def shared_area(tmp_path: Path) -> Iterator[Path]:
+    """A directory that is a shared mount of its own, as ``/run`` is on a systemd host (this
+    test machine's ``/`` is private, which would propagate nothing at all)."""
+    area = tmp_path / "area"
+    area.mkdir()
+    proc = _run("mount", "--bind", str(area), str(area))
+    if proc.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {proc.stderr.strip()}")
+    try:
+        assert _run("mount", "--make-shared", str(area)).returncode == 0
+        yield area
+    finally:
+        _run("umount", "-l", str(area))
+
+
+def test_real_window_works_in_a_slave_mount_namespace(ext2_recorder: Any,
+                                                      shared_area: Path) -> None:
+    """The sandboxed daemon's problem: its copy of the mount must follow the remounts. Only
+    the filesystem is read-only, so the namespace made before the mount gets EROFS, then can
+    write inside the window, then gets EROFS again; and the staging mount never shows up
+    there."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare(1)")
+    root, stage = shared_area / "mnt", shared_area / "stage"
+    sandbox = Sandbox(unshare)
+    try:
+        h, node = ext2_recorder(root=root, stage=stage)
+        mnt = mount_or_skip(h, node)
+        assert_read_only(mnt)
+        (entry,) = sandbox.entries(mnt)  # the propagated copy
+        assert {"rw", "nosuid", "nodev", "noexec"} <= entry.mount_options
+        assert entry.super_read_only is True and entry.source == node
+        assert not any(f" {stage}/" in ln for ln in sandbox.mountinfo().splitlines())
+        assert sandbox.write(mnt / "clip.mp4") == "EROFS"
+
+        assert h.handle(["remount", "port-03", "rw"])["ok"]
+        assert sandbox.write(mnt / "clip.mp4") == "ok"  # inside the window: writable there too
+        (entry,) = sandbox.entries(mnt)
+        assert entry.super_read_only is False and entry.mount_read_only is False
+        assert {"nosuid", "nodev", "noexec"} <= entry.mount_options
+
+        assert h.handle(["remount", "port-03", "ro"])["ok"]
+        assert sandbox.write(mnt / "clip.mp4") == "EROFS"
+        assert_read_only(mnt)
+        assert sandbox.entries(mnt)[0].super_read_only is True
+
+        assert h.handle(["unmount", "port-03"])["was_mounted"]
+        assert sandbox.entries(mnt) == []  # the unmount propagates as well
+    finally:
+        sandbox.close()

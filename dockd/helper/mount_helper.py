@@ -13,24 +13,39 @@ code, "message": ...}``). The helper trusts nothing the caller says: it re-reads
 allow-list from the root-owned configuration file, asks udev (``udevadm info``) what
 DEVNODE is, requires a real block device node (no symlink) whose udev MAJOR/MINOR match,
 on USB, with a vfat/exfat filesystem, and allow-listed. Mount options are fixed
-(``ro,nosuid,nodev,noexec`` + ``uid/gid`` of the caller, ``fmask=0137,dmask=0027``: the
-daemon owns the files, the read-only mount is what keeps it from writing),
+(``nosuid,nodev,noexec`` + ``uid/gid`` of the caller, ``fmask=0137,dmask=0027``: the
+daemon owns the files, the read-only *filesystem* is what keeps it from writing),
 the port label must be one safe path component, the mount point is reached component by
 component with ``O_NOFOLLOW`` (no symlink anywhere) and mounted through its file
 descriptor, so a path swapped in between check and mount cannot redirect it.
 
+Only the *superblock* is read-only; the per-mount flags are ``rw,nosuid,nodev,noexec``
+from the start, so that every mount namespace's copy (the sandboxed daemon has its own,
+a slave of the host's) follows the superblock when ``remount`` toggles it. To get there
+without ever showing a mount with other flags under the mount root, the recorder is
+mounted ``ro,nosuid,nodev,noexec`` at a helper-private staging point (a directory under
+``STAGE_ROOT``, 0700 root, itself a *private* bind mount so nothing mounted there
+propagates anywhere), the per-mount ``ro`` is cleared with
+``MS_REMOUNT|MS_BIND|MS_NOSUID|MS_NODEV|MS_NOEXEC`` (the superblock stays read-only), and
+the mount is moved (``MS_MOVE``) onto <mount_root>/<PORT>. statvfs and
+/proc/self/mountinfo (per-mount vs super options, mount id) are checked after every step;
+anything unexpected unmounts it again.
+
 ``remount`` only touches a mount this helper made: the only mount at <mount_root>/<PORT>,
-of the whole filesystem, vfat/exfat from a /dev node, ``nosuid,nodev,noexec`` and the
-caller's fixed data options (checked in /proc/self/mountinfo), whose device number is that
-of the directory the helper holds open. ``rw`` re-checks the device with udev (still an
-allowed recorder) and drops only ``MS_RDONLY``; ``ro`` restores exactly the mount flags.
-Both go through ``MS_REMOUNT`` on the held descriptor and are verified with statvfs.
+of the whole filesystem, vfat/exfat from a /dev node, per-mount ``rw,nosuid,nodev,noexec``
+and the caller's fixed data options (checked in /proc/self/mountinfo), whose device number
+is that of the directory the helper holds open. ``rw`` re-checks the device with udev
+(still an allowed recorder) and makes the superblock writable; ``ro`` makes it read-only
+again and restores the per-mount ``rw`` that ``MS_REMOUNT`` also set to ``ro`` on the
+helper's own copy. All go through ``MS_REMOUNT`` on the held descriptor and are verified
+with statvfs and mountinfo.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -52,15 +67,23 @@ from ..devices.ports import allowed_rule, valid_port_label
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/dockd/config.toml")
+STAGE_ROOT = Path("/run/dockd-mount-stage")
+"""Helper-private staging directory (0700 root, a private bind mount of itself): recorders
+are mounted here first and moved onto the port once their flags are right."""
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_MOVE, MS_PRIVATE = 4096, 8192, 1 << 18
 MOUNT_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+"""The first mount, at the staging point: read-only superblock and mount."""
+MOUNT_RW_FLAGS = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC
+"""Per-mount flags only (``MS_BIND``): rw,nosuid,nodev,noexec; the superblock stays as it is."""
 FLAG_NAMES = "ro,nosuid,nodev,noexec"
 REMOUNT_FLAGS = {
     "rw": MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC,
     "ro": MS_REMOUNT | MOUNT_FLAGS,
 }
-"""The only two remounts: write allowed (still nosuid,nodev,noexec) and back to the mount's
-exact read-only flags. The data options are the mount's own, unchanged."""
+"""The only two superblock remounts: write allowed (still nosuid,nodev,noexec) and back to
+read-only. The data options are the mount's own, unchanged. ``ro`` also sets the
+helper's own mount ``ro``; ``MOUNT_RW_FLAGS`` then restores its per-mount ``rw``."""
 MNT_DETACH = 2
 FS_DATA = {
     "vfat": "uid={uid},gid={gid},fmask=0137,dmask=0027,utf8",
@@ -79,6 +102,7 @@ TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 DEVNODE_RE = re.compile(r"/dev/[A-Za-z0-9][A-Za-z0-9_.:+-]*(?:/[A-Za-z0-9][A-Za-z0-9_.:+-]*)*")
 ST_WANTED = os.ST_RDONLY | os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
 ST_ALWAYS = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
+ALWAYS_OPTIONS = frozenset({"nosuid", "nodev", "noexec"})
 
 
 class Refused(Exception):
@@ -108,6 +132,19 @@ class MountEntry:
     fstype: str
     source: str
     super_options: tuple[str, ...]
+    mount_id: int = -1
+    propagation: tuple[str, ...] = ()
+    """Optional fields such as ``shared:N`` / ``master:N``; empty for a private mount."""
+
+    @property
+    def mount_read_only(self) -> bool | None:
+        """The per-mount read-only flag (None if mountinfo shows neither ro nor rw)."""
+        return _ro_flag(self.mount_options)
+
+    @property
+    def super_read_only(self) -> bool | None:
+        """The superblock's read-only state (None if unknown)."""
+        return _ro_flag(self.super_options)
 
 
 @dataclass(frozen=True)
@@ -191,15 +228,42 @@ def mount_entries(path: str, mountinfo: str) -> list[MountEntry]:
             dev = (int(major), int(minor))
         except ValueError:
             dev = (-1, -1)
+        try:
+            mount_id = int(fields[0])
+        except ValueError:
+            mount_id = -1
         found.append(MountEntry(dev, _unescape(fields[3]), path,
                                 frozenset(fields[5].split(",")), tail[0], _unescape(tail[1]),
-                                tuple(tail[2].split(",")) if len(tail) > 2 else ()))
+                                tuple(tail[2].split(",")) if len(tail) > 2 else (),
+                                mount_id, tuple(fields[6:])))
     return found
 
 
 def read_mountinfo() -> str:
     with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
         return f.read()
+
+
+def read_mount_id(fd: int) -> int:
+    """The id (as in mountinfo) of the mount that the open descriptor ``fd`` lies on."""
+    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key == "mnt_id":
+                return int(value)
+    raise OSError(f"no mnt_id for descriptor {fd}")
+
+
+def _ro_flag(options: Sequence[str] | frozenset[str]) -> bool | None:
+    if "ro" in options and "rw" not in options:
+        return True
+    if "rw" in options and "ro" not in options:
+        return False
+    return None
+
+
+def _fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
 
 
 # --------------------------------------------------------------------------- the helper
@@ -212,10 +276,14 @@ class Helper:
                  umount: Callable[[str, int], None] = sys_umount,
                  mountinfo: Callable[[], str] = read_mountinfo,
                  run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
-                 statvfs: Callable[[str], Any] = os.statvfs):
+                 statvfs: Callable[[str], Any] = os.statvfs,
+                 mount_id: Callable[[int], int] = read_mount_id,
+                 stage_root: Path = STAGE_ROOT):
         self.cfg = cfg
         self.caller = caller
         self.mount_root = Path(cfg.devices.mount_root)
+        self.stage_root = Path(stage_root)
+        self._mount_id = mount_id
         self._props = properties_of
         self._mount = mount
         self._umount = umount
@@ -281,34 +349,15 @@ class Helper:
 
     def _open_root(self, *, create: bool) -> int | None:
         """O_PATH fd of mount_root, reached without following any symlink; None if absent."""
-        root = self.mount_root
-        if not root.is_absolute() or os.path.normpath(root) != str(root) or str(root) == "/":
-            raise Refused("bad-config", f"devices.mount_root {root} must be a normalised "
-                                        "absolute path below /")
-        fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
-        try:
-            parts = root.parts[1:]
-            for i, name in enumerate(parts):
-                last = i == len(parts) - 1
-                if create and last:
-                    try:
-                        os.mkdir(name, 0o755, dir_fd=fd)
-                    except FileExistsError:
-                        pass
-                try:
-                    nfd = _open_dir_nofollow(name, fd)
-                except FileNotFoundError:
-                    return None
-                os.close(fd)
-                fd = nfd
-            st = os.fstat(fd)
-            if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
-                raise Refused("bad-config", f"{root} must be owned by root and not writable "
-                                            "by group or others")
-            return fd
-        except BaseException:
+        fd = _walk_nofollow(self.mount_root, "devices.mount_root", 0o755 if create else None)
+        if fd is None:
+            return None
+        st = os.fstat(fd)
+        if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
             os.close(fd)
-            raise
+            raise Refused("bad-config", f"{self.mount_root} must be owned by root and not "
+                                        "writable by group or others")
+        return fd
 
     # ------------------------------------------------------------------ actions
 
@@ -320,52 +369,201 @@ class Helper:
         if root_fd is None:
             raise Refused("bad-config", f"the parent of {self.mount_root} does not exist")
         try:
+            stage_fd, lock_fd = self._open_stage()  # also serialises concurrent mounts
             try:
-                os.mkdir(port, 0o755, dir_fd=root_fd)
-            except FileExistsError:
-                pass
-            current = mounts_at(target, self._mountinfo())
-            if current:
-                top_type, top_source = current[-1]
-                if top_source == devnode and top_type == fstype:
-                    log.info("port %s: %s already mounted at %s", port, devnode, target)
-                    return self._mount_answer(port, devnode, target, fstype, already=True)
-                self._unmount_all(port, root_fd, target, current)
-            port_fd = _open_dir_nofollow(port, root_fd)
-            try:
-                data = FS_DATA[fstype].format(uid=self.caller.uid, gid=self.caller.gid)
-                call = MountCall(devnode, f"/proc/self/fd/{port_fd}", fstype, MOUNT_FLAGS, data)
                 try:
-                    self._mount(call)
-                except OSError as exc:
-                    code = "vanished" if exc.errno in (2, 6, 19) else "failed"  # ENOENT ENXIO ENODEV
-                    raise Refused(code, f"mount {devnode} at {target}: {exc.strerror}") from exc
+                    os.mkdir(port, 0o755, dir_fd=root_fd)
+                except FileExistsError:
+                    pass
+                current = mount_entries(target, self._mountinfo())
+                if current:
+                    top = current[-1]
+                    if top.source == devnode and top.fstype == fstype \
+                            and top.mount_read_only is False \
+                            and ALWAYS_OPTIONS <= top.mount_options:
+                        log.info("port %s: %s already mounted at %s", port, devnode, target)
+                        return self._mount_answer(port, devnode, target, fstype, already=True)
+                    self._unmount_all(port, root_fd, target,
+                                      [(e.fstype, e.source) for e in current])
+                data = self._data(fstype)
+                self._attach(port, devnode, fstype, data, root_fd, stage_fd, target)
             finally:
-                os.close(port_fd)
-            self._verify_mounted(port, root_fd, target)
+                os.close(stage_fd)
+                os.close(lock_fd)
         finally:
             os.close(root_fd)
-        log.info("port %s: mounted %s (%s, serial %s) at %s (%s,%s)", port, devnode, fstype,
-                 props.get("ID_SERIAL_SHORT", "-"), target, FLAG_NAMES, data)
+        log.info("port %s: mounted %s (%s, serial %s) at %s (filesystem read-only, mount "
+                 "rw,nosuid,nodev,noexec,%s)", port, devnode, fstype,
+                 props.get("ID_SERIAL_SHORT", "-"), target, data)
         return self._mount_answer(port, devnode, target, fstype)
 
     def _mount_answer(self, port: str, devnode: str, target: str, fstype: str, *,
                       already: bool = False) -> dict[str, Any]:
-        data = FS_DATA[fstype].format(uid=self.caller.uid, gid=self.caller.gid)
+        data = self._data(fstype)
         return {"ok": True, "action": "mount", "port": port, "devnode": devnode,
                 "mountpoint": target, "fstype": fstype, "options": f"{FLAG_NAMES},{data}",
                 "already": already}
 
-    def _verify_mounted(self, port: str, root_fd: int, target: str) -> None:
-        fd = _open_dir_nofollow(port, root_fd)
+    # ------------------------------------------------------------------ staging
+
+    def _open_stage(self) -> tuple[int, int]:
+        """(O_PATH fd of the staging root, locked fd) once the staging root is a private
+        mount of its own, 0700 root, cleared of leftovers. The lock (``flock``) is held until
+        the locked fd is closed."""
+        fd = _walk_nofollow(self.stage_root, "the staging directory", 0o700)
+        if fd is None:
+            raise Refused("bad-config", f"the parent of {self.stage_root} does not exist")
+        lock_fd = -1
         try:
-            flags = self._statvfs(f"/proc/self/fd/{fd}").f_flag
-            if flags & ST_WANTED != ST_WANTED:
-                self._umount(f"/proc/self/fd/{fd}", MNT_DETACH)
+            self._check_stage_owner(fd)
+            lock_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            path = str(self.stage_root)
+            try:
+                if not mount_entries(path, self._mountinfo()):
+                    self._mount(MountCall(_fd_path(fd), _fd_path(fd), "", MS_BIND, ""))
+                os.close(fd)
+                fd = -1
+                # from here on through the bind mount itself, never the directory below it
+                top = _walk_nofollow(self.stage_root, "the staging directory", None)
+                if top is None:
+                    raise Refused("failed", f"{self.stage_root} vanished")
+                fd = top
+                self._check_stage_owner(fd)
+                self._mount(MountCall("", _fd_path(fd), "", MS_PRIVATE, ""))
+            except OSError as exc:
+                raise Refused("failed", f"cannot make {self.stage_root} a private mount: "
+                                        f"{exc.strerror}") from exc
+            entries = mount_entries(path, self._mountinfo())
+            if not entries or entries[-1].propagation \
+                    or entries[-1].mount_id != self._mount_id(fd):
+                raise Refused("failed", f"{self.stage_root} is not a private mount of its own")
+            self._clear_stage(fd)
+            return fd, lock_fd
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            if lock_fd >= 0:
+                os.close(lock_fd)
+            raise
+
+    def _check_stage_owner(self, fd: int) -> None:
+        st = os.fstat(fd)
+        if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o077):
+            raise Refused("bad-config", f"{self.stage_root} must be owned by root and "
+                                        "accessible to nobody else (0700)")
+
+    def _clear_stage(self, stage_fd: int) -> None:
+        """Detach and remove what a crashed helper left in the staging root (we hold the lock,
+        so nothing there is in use)."""
+        info = self._mountinfo()
+        for name in os.listdir(_fd_path(stage_fd)):
+            path = str(self.stage_root / name)
+            for _ in mount_entries(path, info):
+                try:
+                    fd = _open_dir_nofollow(name, stage_fd)
+                    try:
+                        self._umount(_fd_path(fd), MNT_DETACH)
+                    finally:
+                        os.close(fd)
+                except (OSError, Refused) as exc:
+                    log.warning("cannot detach leftover staging mount %s: %s", path, exc)
+            try:
+                os.rmdir(name, dir_fd=stage_fd)
+                log.info("removed leftover staging directory %s", path)
+            except OSError as exc:
+                log.warning("cannot remove leftover staging entry %s: %s", path, exc.strerror)
+
+    def _attach(self, port: str, devnode: str, fstype: str, data: str, root_fd: int,
+                stage_fd: int, target: str) -> None:
+        """Mount at a staging point, make the mount (not the filesystem) writable, move it
+        onto the port; check statvfs and mountinfo after every step, detach on any doubt."""
+        name = f"{port}.{os.getpid()}"
+        staged = str(self.stage_root / name)
+        port_fd = _open_dir_nofollow(port, root_fd)  # held from before the mount to the move
+        try:
+            os.mkdir(name, 0o700, dir_fd=stage_fd)
+        except BaseException:
+            os.close(port_fd)
+            raise
+        mnt_fd = -1
+        try:
+            dir_fd = _open_dir_nofollow(name, stage_fd)
+            try:
+                self._mount(MountCall(devnode, _fd_path(dir_fd), fstype, MOUNT_FLAGS, data))
+            except OSError as exc:
+                code = "vanished" if exc.errno in (2, 6, 19) else "failed"  # ENOENT ENXIO ENODEV
+                raise Refused(code, f"mount {devnode} at {target}: {exc.strerror}") from exc
+            finally:
+                os.close(dir_fd)
+            mnt_fd = _open_dir_nofollow(name, stage_fd)  # the mounted filesystem's root
+            try:
+                step = "mount"
+                first = self._check_attached(staged, mnt_fd, devnode, fstype, mount_ro=True)
+                step = "per-mount rw"
+                self._mount(MountCall("", _fd_path(mnt_fd), "", MOUNT_RW_FLAGS, ""))
+                self._check_attached(staged, mnt_fd, devnode, fstype, mount_ro=False,
+                                     mount_id=first.mount_id)
+                step = "move"
+                self._mount(MountCall(_fd_path(mnt_fd), _fd_path(port_fd), "", MS_MOVE, ""))
+                if mount_entries(staged, self._mountinfo()):
+                    raise Refused("failed", f"{staged} still holds a mount after the move")
+                new_fd = _open_dir_nofollow(port, root_fd)
+                try:
+                    self._check_attached(target, new_fd, devnode, fstype, mount_ro=False,
+                                         mount_id=first.mount_id)
+                finally:
+                    os.close(new_fd)
+            except (OSError, Refused) as exc:
+                message = exc.message if isinstance(exc, Refused) else exc.strerror
+                log.error("port %s: attaching %s failed at step %s (%s); unmounting it",
+                          port, devnode, step, message)
+                self._detach_fd(port, _fd_path(mnt_fd))
+                raise Refused("failed", f"{devnode} could not be attached at {target} "
+                                        f"read-only with mount flags rw,nosuid,nodev,noexec "
+                                        f"({step}: {message}); unmounted") from exc
         finally:
-            os.close(fd)
+            os.close(port_fd)
+            if mnt_fd >= 0:
+                os.close(mnt_fd)
+            try:
+                os.rmdir(name, dir_fd=stage_fd)
+            except OSError as exc:
+                log.warning("cannot remove staging directory %s: %s", staged, exc.strerror)
+
+    def _check_attached(self, path: str, fd: int, devnode: str, fstype: str, *,
+                        mount_ro: bool, mount_id: int | None = None) -> MountEntry:
+        """The single mount at ``path`` is ``devnode``'s whole ``fstype`` filesystem, the one
+        ``fd`` is on, with a read-only superblock, per-mount ``nosuid,nodev,noexec`` and
+        per-mount read-only as ``mount_ro`` says; statvfs agrees. Else Refused."""
+        problems = []
+        flags = self._statvfs(_fd_path(fd)).f_flag
         if flags & ST_WANTED != ST_WANTED:
-            raise Refused("failed", f"{target} did not come up ro,nosuid,nodev,noexec; unmounted")
+            problems.append(f"statvfs flags {flags:#x} lack ro,nosuid,nodev,noexec")
+        entries = mount_entries(path, self._mountinfo())
+        if len(entries) != 1:
+            raise Refused("failed", "; ".join([f"{len(entries)} mounts at {path} instead of "
+                                               "one", *problems]))
+        e = entries[0]
+        if e.source != devnode or e.fstype != fstype or e.root != "/":
+            problems.append(f"mountinfo shows {e.fstype} {e.source} {e.root}")
+        if not ALWAYS_OPTIONS <= e.mount_options:
+            problems.append("mount not nosuid,nodev,noexec")
+        if e.mount_read_only is not mount_ro:
+            problems.append(f"mount flag {'rw' if mount_ro else 'ro'} instead of "
+                            f"{'ro' if mount_ro else 'rw'}")
+        if e.super_read_only is not True:
+            problems.append("filesystem (superblock) not read-only")
+        if mount_id is not None and e.mount_id != mount_id:
+            problems.append(f"mount id {e.mount_id} instead of {mount_id}")
+        if self._mount_id(fd) != e.mount_id:
+            problems.append("the descriptor held is not on that mount")
+        st = os.fstat(fd)
+        if (os.major(st.st_dev), os.minor(st.st_dev)) != e.dev:
+            problems.append("device number differs")
+        if problems:
+            raise Refused("failed", f"{path}: {'; '.join(problems)}")
+        return e
 
     def _unmount_all(self, port: str, root_fd: int, target: str,
                      current: list[tuple[str, str]]) -> None:
@@ -434,14 +632,20 @@ class Helper:
                         raise Refused("busy", f"{target}: the mounted filesystem is not the "
                                               f"{fstype} on {entry.source} that udev reports")
                     serial = props.get("ID_SERIAL_SHORT", "-")
-                call = MountCall(entry.source, f"/proc/self/fd/{port_fd}", entry.fstype,
-                                 REMOUNT_FLAGS[mode], self._data(entry.fstype))
                 try:
-                    self._mount(call)
+                    if mode == "rw":
+                        self._mount(MountCall(entry.source, _fd_path(port_fd), entry.fstype,
+                                              REMOUNT_FLAGS["rw"], self._data(entry.fstype)))
+                    else:
+                        self._make_read_only(_fd_path(port_fd), entry)
                 except OSError as exc:
                     code = "vanished" if exc.errno in (2, 6, 19) else "failed"
                     log.error("port %s: remount %s of %s at %s failed: %s", port, mode,
                               entry.source, target, exc.strerror)
+                    if mode == "ro":  # fail closed: never leave it possibly writable
+                        self._detach_fd(port, _fd_path(port_fd))
+                        raise Refused(code, f"remount ro {target}: {exc.strerror}; "
+                                            "unmounted") from exc
                     raise Refused(code, f"remount {mode} {target}: {exc.strerror}") from exc
                 self._verify_remounted(port, mode, target, port_fd, entry)
             finally:
@@ -479,8 +683,13 @@ class Helper:
         elif entry.root != "/":
             problems.append(f"a bind mount of {entry.root}")
         else:
-            if not {"nosuid", "nodev", "noexec"} <= entry.mount_options:
+            if not ALWAYS_OPTIONS <= entry.mount_options:
                 problems.append("not nosuid,nodev,noexec")
+            if entry.mount_read_only is not False:
+                problems.append("mount flags not rw (the filesystem alone is read-only on a "
+                                "mount dockd made)")
+            if entry.super_read_only is None:
+                problems.append("filesystem neither ro nor rw")
             want = _options(self._data(entry.fstype).split(","))
             have = _options(entry.super_options)
             for key in CHECKED_DATA:
@@ -495,26 +704,55 @@ class Helper:
                                   f"{entry.source} (changed meanwhile?)")
         return entry
 
+    def _make_read_only(self, path: str, entry: MountEntry) -> None:
+        """Superblock read-only (``MS_REMOUNT|MS_RDONLY`` also sets the helper's own mount
+        ``ro``), then that mount's flags back to ``rw,nosuid,nodev,noexec`` (``MS_BIND``:
+        per-mount only), as every other namespace's copy still has them."""
+        self._mount(MountCall(entry.source, path, entry.fstype, REMOUNT_FLAGS["ro"],
+                              self._data(entry.fstype)))
+        self._mount(MountCall("", path, "", MOUNT_RW_FLAGS, ""))
+
+    def _remount_problems(self, target: str, port_fd: int, entry: MountEntry, *,
+                          super_ro: bool) -> list[str]:
+        """What is off after a remount: the same single mount, per-mount
+        ``rw,nosuid,nodev,noexec``, the superblock read-only as ``super_ro`` says."""
+        problems = []
+        flags = self._statvfs(_fd_path(port_fd)).f_flag
+        if flags & ST_ALWAYS != ST_ALWAYS:
+            problems.append(f"statvfs flags {flags:#x} lack nosuid,nodev,noexec")
+        if bool(flags & os.ST_RDONLY) != super_ro:
+            problems.append(f"statvfs {'writable' if super_ro else 'read-only'}")
+        now = mount_entries(target, self._mountinfo())
+        if len(now) != 1 or now[0].mount_id != entry.mount_id:
+            problems.append("not the same single mount any more")
+            return problems
+        e = now[0]
+        if not ALWAYS_OPTIONS <= e.mount_options:
+            problems.append("mount not nosuid,nodev,noexec")
+        if e.mount_read_only is not False:
+            problems.append("mount flags not rw")
+        if e.super_read_only is not super_ro:
+            problems.append(f"filesystem not {'ro' if super_ro else 'rw'}")
+        return problems
+
     def _verify_remounted(self, port: str, mode: str, target: str, port_fd: int,
                           entry: MountEntry) -> None:
         """After the remount: exactly the wanted flags, else make it safe and refuse."""
-        path = f"/proc/self/fd/{port_fd}"
-        flags = self._statvfs(path).f_flag
+        path = _fd_path(port_fd)
+        problems = self._remount_problems(target, port_fd, entry, super_ro=mode == "ro")
+        if not problems:
+            return
         if mode == "ro":
-            if flags & ST_WANTED == ST_WANTED:
-                return
-            log.error("port %s: %s did not come back ro,nosuid,nodev,noexec; unmounting it",
-                      port, target)
+            log.error("port %s: %s did not come back as a read-only filesystem with mount "
+                      "flags rw,nosuid,nodev,noexec (%s); unmounting it", port, target,
+                      "; ".join(problems))
             self._detach_fd(port, path)
             raise Refused("failed", f"{target} did not come back read-only; unmounted")
-        if flags & ST_ALWAYS == ST_ALWAYS and not flags & os.ST_RDONLY:
-            return
-        log.error("port %s: %s is not rw,nosuid,nodev,noexec after remount (flags %#x); "
-                  "making it read-only again", port, target, flags)
+        log.error("port %s: %s is not writable with nosuid,nodev,noexec after remount (%s); "
+                  "making it read-only again", port, target, "; ".join(problems))
         try:
-            self._mount(MountCall(entry.source, path, entry.fstype, REMOUNT_FLAGS["ro"],
-                                  self._data(entry.fstype)))
-            ok = self._statvfs(path).f_flag & ST_WANTED == ST_WANTED
+            self._make_read_only(path, entry)
+            ok = not self._remount_problems(target, port_fd, entry, super_ro=True)
         except OSError:
             ok = False
         if not ok:
@@ -570,6 +808,34 @@ def _open_dir_nofollow(name: str, dir_fd: int) -> int:
         return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
     except OSError as exc:
         raise Refused("symlink", f"cannot open {name} without following links: {exc}") from exc
+
+
+def _walk_nofollow(path: Path, what: str, create: int | None) -> int | None:
+    """O_PATH fd of the absolute ``path``, reached from ``/`` one component at a time
+    without following any symlink; the last component is created with mode ``create``
+    unless that is None. None if a component is missing."""
+    if not path.is_absolute() or os.path.normpath(path) != str(path) or str(path) == "/":
+        raise Refused("bad-config", f"{what} {path} must be a normalised absolute path below /")
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        parts = path.parts[1:]
+        for i, name in enumerate(parts):
+            if create is not None and i == len(parts) - 1:
+                try:
+                    os.mkdir(name, create, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                nfd = _open_dir_nofollow(name, fd)
+            except FileNotFoundError:
+                os.close(fd)
+                return None
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _port_of(words: Sequence[str]) -> str:
