@@ -18,7 +18,7 @@ from dockd.daemon import build_pipeline
 from dockd.devices import clock, health
 from dockd.ingest.probe import Prober
 from dockd.state import State, parse_iso
-from tests.test_health_hooks import apply_hooks, hooks_applied, sim, with_profile
+from tests.test_health_hooks import pin_ntp, sim, with_profile
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -152,7 +152,7 @@ def _dock(cfg: Config, root: Path) -> tuple[State, Any, Any]:
 
 def test_day_off_recorder_flagged_then_corrected_after_copy(
         cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    apply_hooks(monkeypatch)
+    pin_ntp(monkeypatch)
     cfg = with_profile(cfg, timeset_file="TIMESET.TXT")
     root = sim(cfg, tmp_path / "rec", segments=3, clock_offset_s=86400)
     timeset = root / "TIMESET.TXT"
@@ -195,10 +195,9 @@ def test_day_off_recorder_flagged_then_corrected_after_copy(
         manifest = json.loads(state.query_one("SELECT manifest FROM manifests WHERE "
                                               "docking_id = ?", (docking_id,))["manifest"])
         assert manifest["health"]["clock_offset_s"] == 86400
-        if hooks_applied():  # the production sign() step carries the clock facts (R10)
-            extra = manifest["extra"]
-            assert extra["dock_clock"]["ntp_synced"] is True
-            assert extra["recorder_clock_set"]["new_time_local"] == text.strip()
+        extra = manifest["extra"]  # the signed manifest carries the clock facts (R10)
+        assert extra["dock_clock"]["ntp_synced"] is True
+        assert extra["recorder_clock_set"]["new_time_local"] == text.strip()
     finally:
         prober.close()
         state.close()
@@ -206,7 +205,7 @@ def test_day_off_recorder_flagged_then_corrected_after_copy(
 
 def test_clock_not_set_while_clips_remain_uncopied(
         cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    apply_hooks(monkeypatch)
+    pin_ntp(monkeypatch)
     cfg = with_profile(cfg, timeset_file="TIMESET.TXT")
     root = sim(cfg, tmp_path / "rec", segments=2, clock_offset_s=3600)
     state, prober, pipe = _dock(cfg, root)

@@ -14,7 +14,7 @@ from dockd.config import Config
 from dockd.oneshot import ingest_tree
 from dockd.state import State, parse_iso
 from dockd.status.devices import add_devices_parser, cmd_devices, devices_data, render_devices
-from tests.test_health_hooks import apply_hooks, sim, with_profile
+from tests.test_health_hooks import pin_ntp, sim, with_profile
 
 
 def render(data: dict) -> str:
@@ -29,7 +29,7 @@ def flat(text: str) -> str:
 
 def test_fleet_view_unfit_first_with_gbk_names(cfg: Config, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    apply_hooks(monkeypatch)
+    pin_ntp(monkeypatch)
     a = sim(cfg, tmp_path / "a", serial="A1111111", battery=95)
     b = sim(cfg, tmp_path / "b", serial="B2222222", officer_no="054321", officer_name="李四",
             battery=30, clock_offset_s=86400)
@@ -90,7 +90,7 @@ def test_fleet_view_unfit_first_with_gbk_names(cfg: Config, tmp_path: Path,
 def test_serial_history_trend_and_json_command(cfg: Config, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    apply_hooks(monkeypatch)
+    pin_ntp(monkeypatch)
     a = sim(cfg, tmp_path / "a", serial="A1111111", battery=90)
     assert ingest_tree(cfg, a, port="p1")["ok"]
     second = ingest_tree(cfg, a, port="p1")  # docked again: its clips are known
@@ -127,7 +127,7 @@ def test_serial_history_trend_and_json_command(cfg: Config, tmp_path: Path,
 
 def test_corrected_clock_is_shown_after_offload(cfg: Config, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    apply_hooks(monkeypatch)
+    pin_ntp(monkeypatch)
     cfg = with_profile(cfg, timeset_file="TIMESET.TXT")
     b = sim(cfg, tmp_path / "b", serial="B2222222", officer_name="李四", clock_offset_s=86400)
     assert ingest_tree(cfg, b, port="p2")["ok"]

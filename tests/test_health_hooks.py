@@ -1,10 +1,5 @@
 """Health and clock wiring through the real pipeline: the ``recorder_health`` migration, one
-reading per docking, the dock's NTP state stored with the docking.
-
-Until ``state.py``/``pipeline.py`` carry the hooks (migration 5, the calls in
-``begin_docking``/``offload``/``sign``), :func:`apply_hooks` installs test-local equivalents;
-once they do, it installs nothing and these tests exercise the real code.
-"""
+reading per docking, the dock's NTP state stored with the docking."""
 
 from __future__ import annotations
 
@@ -21,89 +16,16 @@ import dockd.state as state_mod
 from dockd.config import Config
 from dockd.devices import clock, health
 from dockd.devices.simulator import RecorderSpec, simulate_recorder
-from dockd.ingest.scan import scan_recorder
-from dockd.integrity import checks
 from dockd.oneshot import ingest_tree
-from dockd.pipeline import Pipeline
-from dockd.state import State, dumps, parse_iso
+from dockd.state import State
 
 SYNCED = (True, "test: synchronised")
 
 
-def _m5_health(db: sqlite_utils.Database) -> None:
-    """Test-local copy of the production migration 5 (state.py)."""
-    db["recorder_health"].create({
-        "id": int, "ts": str, "serial": str, "docking_id": int, "source": str,
-        "battery": int, "storage_total": int, "storage_free": int, "clip_count": int,
-        "oldest_clip_age_s": float, "fs_check": str, "fs_detail": str, "firmware": str,
-        "clock_offset_s": float,
-    }, pk="id", not_null={"ts", "serial"}, defaults={"fs_check": "not_run"},
-        foreign_keys=[("serial", "recorders", "serial"), ("docking_id", "dockings", "id")])
-    db["recorder_health"].create_index(["serial", "ts"])
-    db["dockings"].add_column("dock_clock", str)
-    db.execute(
-        "INSERT INTO recorder_health (ts, serial, docking_id, source, battery, storage_total, "
-        "storage_free, fs_check, firmware, clock_offset_s) "
-        "SELECT docked_at, serial, id, 'docking', "
-        "json_extract(snapshot, '$.health.battery_percent'), "
-        "json_extract(snapshot, '$.health.storage_total'), "
-        "json_extract(snapshot, '$.health.storage_free'), 'not_run', "
-        "coalesce(json_extract(snapshot, '$.health.firmware'), ''), clock_offset_s "
-        "FROM dockings WHERE json_valid(snapshot) ORDER BY id")
-
-
-def hooks_applied() -> bool:
-    """True once state.py carries migration 5 (and pipeline.py the hooks that go with it)."""
-    return any(getattr(m, "__name__", "") == "_m5_health" and m.__module__ == "dockd.state"
-               for m in state_mod.MIGRATIONS)
-
-
-def apply_hooks(monkeypatch: pytest.MonkeyPatch, synced: tuple[bool | None, str] = SYNCED
-                ) -> None:
-    """Make the pipeline record health and set clocks as the production snippets do, and pin
-    the dock's NTP answer (this test box is not NTP-synchronised)."""
+def pin_ntp(monkeypatch: pytest.MonkeyPatch, synced: tuple[bool | None, str] = SYNCED
+            ) -> None:
+    """Pin the dock's NTP answer (this test box is not NTP-synchronised)."""
     monkeypatch.setattr(clock, "dock_clock_synced", lambda **kw: synced)
-    if hooks_applied():
-        return
-    migrations = [*state_mod.MIGRATIONS, _m5_health]
-    monkeypatch.setattr(state_mod, "MIGRATIONS", migrations)
-    monkeypatch.setattr(state_mod, "SCHEMA_VERSION", len(migrations))
-    begin, offload = Pipeline.begin_docking, Pipeline.offload
-
-    def begin_docking(self: Pipeline, port: str, root: Path, hints: Any = None) -> Any:
-        dock_clock = clock.dock_clock_doc(self.cfg.health)
-        docking_id, known = begin(self, port, root, hints)
-        d = self.state.docking(docking_id)
-        snap = checks.snapshot_from_doc(json.loads(d["snapshot"]))
-        now = parse_iso(d["docked_at"])
-        assert now is not None
-        scan = scan_recorder(root, self.profile_for(snap))
-        fs_check, fs_detail = health.fs_check_from_hints(dict(hints or {}))
-        count, oldest = health.clip_stats((e.mtime for e in scan.entries), now,
-                                          snap.health.clock_offset_s)
-        sample = health.sample_from_health(snap.health, serial=snap.identity.serial, ts=now,
-                                           docking_id=docking_id, clip_count=count,
-                                           oldest_clip_age_s=oldest, fs_check=fs_check,
-                                           fs_detail=fs_detail)
-        with self.state.tx() as conn:
-            conn.execute("UPDATE dockings SET dock_clock = ? WHERE id = ? AND dock_clock IS "
-                         "NULL", (dumps(dock_clock), docking_id))
-            conn.execute(health.HEALTH_INSERT_SQL, health.health_row(sample))
-        return docking_id, known
-
-    def offload_(self: Pipeline, docking_id: int, root: Path, known: Any = (),
-                 should_stop: Any = None) -> Any:
-        out = offload(self, docking_id, root, known, should_stop) if should_stop else \
-            offload(self, docking_id, root, known)
-        d = self.state.docking(docking_id)
-        if not out.interrupted:
-            clock.set_clock_after_offload(self.state, self.cfg, docking_id, root,
-                                          self.profile(d["profile"]),
-                                          writable=self.writable(d["port"], root))
-        return out
-
-    monkeypatch.setattr(Pipeline, "begin_docking", begin_docking)
-    monkeypatch.setattr(Pipeline, "offload", offload_)
 
 
 def sim(cfg: Config, dest: Path, **spec: Any) -> Path:
@@ -135,7 +57,7 @@ def test_migration_backfills_existing_dockings(tmp_path: Path) -> None:
     db["dockings"].insert({"serial": "OLD1", "port": "p1", "state": "delivered",
                            "docked_at": "2026-01-02T03:04:05+00:00", "snapshot": json.dumps(snap),
                            "clock_offset_s": 12.5})
-    _m5_health(db)
+    state_mod._m5_health(db)  # the production migration 5
     rows = list(db["recorder_health"].rows)
     assert len(rows) == 1
     row = rows[0]
@@ -148,7 +70,7 @@ def test_migration_backfills_existing_dockings(tmp_path: Path) -> None:
 
 def test_each_docking_records_a_health_reading(cfg: Config, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    apply_hooks(monkeypatch, synced=(False, "test: not synchronised"))
+    pin_ntp(monkeypatch, synced=(False, "test: not synchronised"))
     cfg = with_profile(cfg, timeset_file="TIMESET.TXT")
     root = sim(cfg, tmp_path / "rec", battery=64, clock_offset_s=-30)
     res = ingest_tree(cfg, root)
@@ -171,7 +93,7 @@ def test_each_docking_records_a_health_reading(cfg: Config, tmp_path: Path,
 
 def test_fsck_hint_becomes_the_reading(cfg: Config, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    apply_hooks(monkeypatch)
+    pin_ntp(monkeypatch)
     from dockd.daemon import build_pipeline
     from dockd.ingest.probe import Prober
 
