@@ -143,3 +143,17 @@ def check_digest(sha256: str, size: int) -> None:
         raise DeliveryError(f"sha256 {sha256!r} is not 64 lowercase hex digits", retry=False)
     if size < 0:
         raise DeliveryError(f"size {size} is negative", retry=False)
+
+
+def existing_receipt(target: str, key: str, found: tuple[int, str | None], *, sha256: str,
+                     size: int) -> Receipt:
+    """The rule every backend applies when the final object already exists: the same size and
+    SHA-256 is an idempotent success; anything else is never overwritten (``retry=False``)."""
+    if found == (size, sha256):
+        log.info("%s: %s already present with the same content", target, key)
+        return Receipt(key=key, size=size, sha256=sha256, already_present=True)
+    raise DeliveryError(
+        f"{target}: {key} already exists with different content ({found[0]} bytes "
+        f"{found[1]}, ours {size} bytes {sha256}); refusing to overwrite evidence",
+        retry=False)
+

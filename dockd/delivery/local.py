@@ -40,6 +40,7 @@ from .base import (
     RemoteObject,
     Retention,
     check_digest,
+    existing_receipt,
     os_error_to_delivery,
 )
 from .layout import PARTIAL_SUFFIX, QUARANTINE_DIR, split_key
@@ -235,13 +236,7 @@ class LocalTarget:
         return self._compare(key, existing, sha256, size)
 
     def _compare(self, key: str, existing: tuple[int, str], sha256: str, size: int) -> Receipt:
-        if existing == (size, sha256):
-            log.info("%s: %s already present with the same content", self.name, key)
-            return Receipt(key=key, size=size, sha256=sha256, already_present=True)
-        raise DeliveryError(
-            f"{self.name}: {key} already exists with different content "
-            f"({existing[0]} bytes {existing[1]}, ours {size} bytes {sha256}); "
-            "refusing to overwrite evidence", retry=False)
+        return existing_receipt(self.name, key, existing, sha256=sha256, size=size)
 
     # ------------------------------------------------------------------ file-system helpers
 

@@ -64,6 +64,7 @@ from .base import (
     RemoteObject,
     Retention,
     check_digest,
+    existing_receipt,
     os_error_to_delivery,
 )
 from .layout import split_key
@@ -432,13 +433,7 @@ class S3Target:
         found_size = int(head["ContentLength"])
         if found_size == size and claimed is None:  # foreign object: read it
             claimed = self._read_back(full, key, head.get("VersionId"))[1]
-        if (found_size, claimed) == (size, sha256):
-            log.info("%s: %s already present with the same content", self.name, key)
-            return Receipt(key=key, size=size, sha256=sha256, already_present=True)
-        raise DeliveryError(
-            f"{self.name}: {key} already exists with different content ({found_size} bytes "
-            f"{claimed}, ours {size} bytes {sha256}); refusing to overwrite evidence",
-            retry=False)
+        return existing_receipt(self.name, key, (found_size, claimed), sha256=sha256, size=size)
 
     def _lost_race(self, key: str, full: str, sha256: str, size: int) -> Receipt:
         head = self._head(full, key)

@@ -59,7 +59,14 @@ import asyncssh
 from ..config import Config, TargetConfig
 from ..errors import DeliveryError
 from . import sftp_io
-from .base import Receipt, RemoteObject, Retention, check_digest, os_error_to_delivery
+from .base import (
+    Receipt,
+    RemoteObject,
+    Retention,
+    check_digest,
+    existing_receipt,
+    os_error_to_delivery,
+)
 from .layout import PARTIAL_SUFFIX, split_key
 
 log = logging.getLogger(__name__)
@@ -398,13 +405,7 @@ class SftpTarget:
         found: tuple[int, str] = (attrs.size or 0, "(not read: size differs)")
         if attrs.size == size:
             found = await self._hash_landed(sftp, final, size)
-        if found == (size, sha256):
-            log.info("%s: %s already present with the same content", self.name, key)
-            return Receipt(key=key, size=size, sha256=sha256, already_present=True)
-        raise DeliveryError(
-            f"{self.name}: {key} already exists with different content "
-            f"({found[0]} bytes {found[1]}, ours {size} bytes {sha256}); "
-            "refusing to overwrite evidence", retry=False)
+        return existing_receipt(self.name, key, found, sha256=sha256, size=size)
 
     # ------------------------------------------------------------------ remote helpers
 
