@@ -263,7 +263,7 @@ class Pipeline:
             for entry, prior in known:
                 if should_stop():
                     raise CopyError("stopped")
-                size, digest = hash_file(_inside(root, entry.rel_path), chunk)
+                size, digest = hash_file(root / entry.rel_path, chunk)
                 if size == prior["size"] and digest == prior["sha256"]:
                     out.skipped_known += 1
                     continue
@@ -842,10 +842,6 @@ class Pipeline:
                 log.error("port %s serial %s: docking %d cannot finish yet: %s", d["port"],
                           d["serial"], d["id"], exc)
         return resumed
-
-
-def _inside(root: Path, rel_path: str) -> Path:
-    return root / rel_path
 
 
 def json_obj(text: str | None) -> Any:

@@ -108,7 +108,7 @@ def manifest_clip(row: dict[str, Any]) -> ManifestClip:
     end = start + timedelta(seconds=dur) if (start is not None and dur) else None
     return ManifestClip(
         name=row["safe_name"],
-        original_path=printable(row["rel_path"]),
+        original_path=row["rel_path"],  # made printable by ManifestClip.as_dict
         size=int(row["size"]),
         sha256=row["sha256"],
         start_recorded=row.get("start_recorded"),
@@ -118,15 +118,6 @@ def manifest_clip(row: dict[str, Any]) -> ManifestClip:
         metadata=json.loads(row["probe"]) if row.get("probe") else {},
         findings=tuple(json.loads(row["findings"] or "[]")),
     )
-
-
-def printable(text: str) -> str:
-    """The recorder's spelling of a path with undecodable bytes and controls made visible."""
-    raw = text.encode("utf-8", "surrogateescape")
-    out = []
-    for ch in raw.decode("utf-8", "backslashreplace"):
-        out.append(ch if ch.isprintable() else f"\\x{ord(ch):02x}")
-    return "".join(out)
 
 
 # ------------------------------------------------------------------ snapshot <-> JSON
