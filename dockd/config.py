@@ -170,6 +170,10 @@ class TargetConfig:
     port: int = 22
     user: str = ""
     key_file: str = ""
+    passphrase_file: str = ""
+    """File holding the passphrase of an encrypted ``key_file`` ("" = key not encrypted).
+    systemd credentials ``sftp.<name>.key`` / ``sftp.<name>.passphrase`` take precedence
+    (as ``s3.<name>.credentials`` does for ``credentials_file``)."""
     known_hosts: str = ""
 
 

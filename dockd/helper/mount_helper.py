@@ -56,6 +56,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import logredact
 from ..config import Config
 from ..devices.ports import allowed_rule
 from .kernel import (
@@ -535,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="dockd-mount: %(levelname)s %(message)s")
+    logredact.install()
     try:
         if args.serve:  # read (or drain) the request first: unread bytes reset the answer
             sock = socket.socket(fileno=os.dup(0))
