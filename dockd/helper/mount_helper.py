@@ -9,7 +9,12 @@ Interface (argv, or one line on stdin with ``--serve`` under ``dockd-mount@.serv
     fsck DEVNODE          read-only filesystem check (fsck.vfat -n / fsck.exfat -n)
 
 The answer is one JSON object on stdout (``{"ok": true, ...}`` or ``{"ok": false, "error":
-code, "message": ...}``). The helper trusts nothing the caller says: it re-reads the
+code, "message": ...}``). Modules: :mod:`.protocol` (who is calling: SO_PEERCRED, no sudo;
+the request line, bounded in time and size; the configuration, read once from a checked
+descriptor), :mod:`.kernel` (mount calls, mountinfo, udev), :mod:`.stage` (the staged mount
+sequence) and this one (the decisions). **Callers are told apart**: a mount belongs to the
+uid it was mounted for (its ``uid=`` option); only that caller, or root, may unmount or
+remount it, or have it reported as "already mounted". The helper trusts nothing the caller says: it re-reads the
 allow-list from the root-owned configuration file, asks udev (``udevadm info``) what
 DEVNODE is, requires a real block device node (no symlink) whose udev MAJOR/MINOR match,
 on USB, with a vfat/exfat filesystem, and allow-listed. Mount options are fixed
