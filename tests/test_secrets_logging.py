@@ -109,7 +109,7 @@ path = "{server.root}"
     assert len(list(server.root.rglob("*.MP4"))) == 2
     keys = [o["Key"] for o in moto.client().list_objects_v2(Bucket=bucket)["Contents"]]
     assert sum(k.endswith(".MP4") for k in keys) == 2
-    secrets = {"S3 secret key": SECRET, "S3 session token": SESSION_TOKEN,
+    secrets = {"S3 secret key": SECRET, "S3 session token": SESSION_TOKEN, "S3 key id": KEY_ID,
                "SFTP key passphrase": PASSPHRASE, "web token": WEB_TOKEN,
                "secret key, URL-quoted": SECRET.replace("/", "%2F")}
     leaks = [f"{what}: {ln[:300]}" for ln in lines for what, s in secrets.items() if s in ln]
