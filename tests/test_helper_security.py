@@ -280,3 +280,45 @@ def test_serve_refuses_an_oversized_request_end_to_end(tmp_path: Path) -> None:
 
 def test_old_names_stay_importable() -> None:
     assert mh.Refused is Refused and mh.trusted_config is protocol.trusted_config
+
+
+# --------------------------------------------------------------------------- remaining refusals
+
+
+def test_a_port_that_is_not_a_directory_is_refused(tmp_path: Path) -> None:
+    node = block_node()
+    root = tmp_path / "mnt"
+    root.mkdir()
+    os.chmod(root, 0o755)
+    (root / "port-03").write_text("")  # a file where the mount point should be
+    rec = FakeKernel(tmp_path / "stage")
+    assert helper(root, props_for(node), rec).handle(["mount", node, "port-03"])["error"] \
+        == "bad-path"
+    assert rec.mounts == []
+
+
+@pytest.mark.parametrize("mount_root", ["relative/mnt", "/run/../etc", "/"])
+def test_a_mount_root_that_is_not_a_clean_absolute_path_is_refused(tmp_path: Path,
+                                                                   mount_root: str) -> None:
+    node = block_node()
+    rec = FakeKernel(tmp_path / "stage")
+    h = helper(Path(mount_root), props_for(node), rec)
+    assert h.handle(["mount", node, "port-03"])["error"] == "bad-config"
+    assert rec.mounts == []
+
+
+def test_a_device_udev_does_not_know_is_refused(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from dockd.helper import kernel
+
+    node = block_node()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    udevadm = bin_dir / "udevadm"
+    udevadm.write_text("#!/bin/sh\necho 'Unknown device' >&2\nexit 4\n")
+    udevadm.chmod(0o755)
+    monkeypatch.setattr(kernel, "TOOL_PATH", str(bin_dir))
+    h = Helper(make_cfg(tmp_path / "mnt"), Caller(1234, 2345, "test"),
+               stage_root=tmp_path / "stage")
+    answer = h.handle(["mount", node, "port-03"])
+    assert answer["error"] == "unknown-device" and "Unknown device" in answer["message"]
