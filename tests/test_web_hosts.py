@@ -109,3 +109,23 @@ def test_bad_allowed_hosts_are_config_errors(bad: str) -> None:
     with pytest.raises(ConfigError, match="web.allowed_hosts"):
         from_dict({"web": {"allowed_hosts": [bad]}})
     assert from_dict({"web": {"allowed_hosts": ["dock-07", "10.0.0.5", "::1"]}})
+
+
+def test_port_in_use_is_a_clear_error_and_leaks_no_socket(tmp_path) -> None:
+    import gc
+    import warnings
+
+    from dockd.status.web import WebError
+
+    dock = build_dock(tmp_path / "w")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        cfg = dataclasses.replace(dock.cfg, web=dataclasses.replace(dock.cfg.web, port=port))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(WebError, match="cannot listen"):
+                start_web(cfg, dock.db)
+            gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
