@@ -38,8 +38,8 @@ def test_whisper_answers(text: str, lang: str, want: str | None) -> None:
 @pytest.mark.parametrize(("text", "lang", "want"), [
     ("录像中断了，现在恢复。", "zh", "other"),
     ("SD 卡 满了，换卡后继续", "zh", "storage"),
-    ("記憶體已滿", "zh", "storage"),
-    ("颱風太大", "zh", "weather"),
+    ("記憶體已滿，現在繼續錄", "zh", "storage"),
+    ("颱風太大，錄像中斷", "zh", "weather"),
     ("执法仪死机了", "zh", "device_fault"),
     ("对方抢夺执法记录仪", "zh", "obstruction"),
     ("The SD card was full, resuming now.", "en", "storage"),
@@ -59,13 +59,13 @@ def test_examples(text: str, lang: str, want: str | None) -> None:
 def test_unpacks_as_a_tuple() -> None:
     reason, confidence, matched = classify("电池没电了，录像中断", "zh")
     assert reason == "battery" and confidence == 1.0
-    assert matched == ("电池", "没电", "中断")
+    assert matched == ("电池", "没电", "中断", "录像中断", "录像")
 
 
 def test_unknown_language_tries_every_lexicon() -> None:
-    assert classify("battery low", None).reason == "battery"
-    assert classify("电量不足", "zh-CN").reason == "battery"
-    assert classify("电量不足", "fr").reason == "battery"
+    assert classify("battery low, recording again", None).reason == "battery"
+    assert classify("电量不足，录像中断", "zh-CN").reason == "battery"
+    assert classify("电量不足，录像中断", "fr").reason == "battery"
 
 
 def test_most_keywords_win_and_confidence_drops_when_reasons_compete() -> None:
@@ -99,11 +99,13 @@ def test_shipped_lexicon_covers_every_reason_in_both_languages() -> None:
 
 def test_custom_lexicon_file(tmp_path: Path) -> None:
     f = tmp_path / "lex.toml"
-    f.write_text('[reasons.battery]\nzh = ["没电"]\n[interruption]\nzh = ["中断"]\n',
-                 encoding="utf-8")
+    f.write_text('[reasons.battery]\nzh = ["没电"]\n[interruption]\nzh = ["中断"]\n'
+                 '[hotwords]\nzh = "没电  中断"\n', encoding="utf-8")
     lex = Lexicon.load(f)
-    assert classify("电量不足", "zh", lex).reason is None
-    assert classify("没电了", "zh", lex).reason == "battery"
+    assert classify("电量不足，中断", "zh", lex).reason == "other"
+    assert classify("没电了，中断", "zh", lex).reason == "battery"
+    assert classify("没电了", "zh", lex).reason is None  # no word about the recording
+    assert reasons.hotwords("zh", lex) == "没电 中断" and reasons.hotwords("en", lex) is None
 
 
 def test_bad_lexicon_reports_every_problem() -> None:
@@ -120,7 +122,7 @@ def test_core_imports_without_faster_whisper_numpy_or_opencc() -> None:
         "for m in ('faster_whisper', 'numpy', 'opencc', 'ctranslate2', 'onnxruntime'):\n"
         "    sys.modules[m] = None\n"
         "from dockd.integrity import continuity, notes, reasons\n"
-        "assert reasons.classify('電量不足', 'zh').reason == 'battery'\n"
+        "assert reasons.classify('電量不足，錄像中斷', 'zh').reason == 'battery'\n"
         "r = notes.NoteAnalyzer().analyze('/nonexistent.mp4')\n"
         "assert r.verdict == 'error', r\n"
         "print('ok')\n"
