@@ -194,19 +194,42 @@ def find_note_span(spans: list[tuple[float, float]],
     return None
 
 
+DEFAULT_MODEL_DIR = "/var/lib/dockd/models/whisper-base"
+"""Where the install puts Whisper base (docs/install.md); the configuration's default."""
+
+
+def model_warning(model_dir: str | PathLike[str] | None, enabled: bool = True) -> str | None:
+    """Why spoken notes will get no reason with this model directory, or None when fine."""
+    if not enabled:
+        return None
+    if not model_dir:
+        return ("notes.model_dir is empty: spoken notes are detected but their reasons are "
+                "not classified")
+    if not (Path(model_dir) / "model.bin").is_file():
+        return (f"notes.model_dir: no Whisper model at {model_dir}: spoken notes are detected "
+                f"but their reasons are not classified; assemble it with "
+                f"scripts/fetch-whisper-base.sh {model_dir} (docs/install.md)")
+    return None
+
+
 class NoteAnalyzer:
     """Checks resumed clips for spoken notes; holds the Whisper model, loaded once.
 
     Thread-safe: the model is loaded on first use under a lock, and transcriptions are
     serialised by the same lock (one CTranslate2 model, ``cpu_threads`` threads). Create one
-    analyzer per process and share it. Without ``model_dir`` only VAD runs and a note is
-    reported as ``speech_unclassified``.
+    analyzer per process and share it. Without ``model_dir``, or with one that holds no
+    ``model.bin`` (the default path on a dock where the model was not installed; logged),
+    only VAD runs and a note is reported as ``speech_unclassified``.
     """
 
     def __init__(self, model_dir: str | PathLike[str] | None = None,
                  params: NoteParams | None = None,
                  lexicon: reasons_mod.Lexicon | None = None) -> None:
-        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.missing_model: Path | None = None
+        if model_dir and not (Path(model_dir) / "model.bin").is_file():
+            log.warning("%s", model_warning(model_dir))
+            self.missing_model, model_dir = Path(model_dir), None
+        self.model_dir = Path(model_dir) if model_dir else None
         self.params = params or NoteParams()
         self.lexicon = lexicon
         self._model: Any = None
