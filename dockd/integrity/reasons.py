@@ -236,10 +236,13 @@ def analyse(text: str, language: str | None = "zh",
     said_interruption = exact(lexicon.interruption)
     said_context = exact(lexicon.context)
     index = reasons_sound.SoundIndex(norm) if "zh" in langs and _CJK.search(norm) else None
+    heard_interruption: list[str] = []
     heard_context: list[str] = []
-    if index is not None and not (said_interruption or said_context):
-        heard_context = (_sound_hits(index, lexicon.interruption.get("zh", ()), 3)
-                         + _sound_hits(index, lexicon.context.get("zh", ()), 3))
+    if index is not None and not said_interruption:
+        heard_interruption = _sound_hits(index, lexicon.interruption.get("zh", ()), 3)
+    if index is not None and not (said_interruption or said_context or heard_interruption):
+        heard_context = _sound_hits(index, lexicon.context.get("zh", ()), 3)
+    heard_context = heard_interruption + heard_context
     if not (said_interruption or said_context or heard_context):
         return Analysis(None, 0.0, ())  # not about the recording: talk on site
 
@@ -259,10 +262,10 @@ def analyse(text: str, language: str | None = "zh",
         if said_interruption:
             return Analysis(OTHER, 0.5, tuple(said_interruption),
                             review=("no known reason named",))
-        if heard_context:
+        if heard_interruption:
             review = ("the interruption was only heard by sound: "
-                      + ", ".join(heard_context),)
-            return Analysis(OTHER, 0.3, (), tuple(heard_context), review)
+                      + ", ".join(heard_interruption),)
+            return Analysis(OTHER, 0.3, tuple(said_context), tuple(heard_interruption), review)
         return Analysis(None, 0.0, ())
     order = list(lexicon.reasons)
     best = max(scores, key=lambda r: (scores[r], -order.index(r)))
@@ -272,8 +275,10 @@ def analyse(text: str, language: str | None = "zh",
     review: list[str] = []
     if not written[best]:
         review.append("reason heard only by sound: " + ", ".join(heard[best]))
-    if heard_context:
+    if not (said_interruption or said_context):
         review.append("the recording was only heard by sound: " + ", ".join(heard_context))
+    else:
+        heard_context = []  # written words suffice; the sound-alikes add nothing
     rivals = sorted(r for r in scores if r != best and scores[r] >= 0.5 * scores[best])
     if rivals:
         review.append(f"other reasons named too: {', '.join(rivals)}")
