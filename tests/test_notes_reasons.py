@@ -215,3 +215,9 @@ def test_other_and_rival_reasons_are_marked_for_review() -> None:
     min_size=1, max_size=12))
 def test_ordinary_talk_of_homophones_never_gets_a_reason(words: list[str]) -> None:
     assert reasons.analyse("".join(words), "zh").reason is None
+
+
+def test_a_fault_that_was_prevented_is_no_fault() -> None:
+    got = reasons.analyse("因突降暴雨，为防止设备进水，录像暂停，现在恢复录像。", "zh")
+    assert got.reason == "weather" and "进水" not in got.matched
+    assert reasons.analyse("设备进水了，录像中断，现在恢复。", "zh").reason == "device_fault"

@@ -178,6 +178,26 @@ def _matches(text: str, keywords: tuple[str, ...]) -> list[str]:
     return found
 
 
+_PREVENTION = ("防", "避免", "以免", "怕", "担心")
+"""Words before a reason keyword that say it did *not* happen (为防止设备进水: rain, not a
+fault); such an occurrence does not count."""
+
+
+def _happened(text: str, keyword: str) -> bool:
+    """False when every occurrence of the Chinese ``keyword`` follows a prevention word."""
+    pos = text.find(keyword)
+    while pos >= 0:
+        before = text[max(0, pos - 6):pos]
+        if not any(cue in before for cue in _PREVENTION):
+            return True
+        pos = text.find(keyword, pos + 1)
+    return False
+
+
+def _reason_matches(text: str, keywords: tuple[str, ...]) -> list[str]:
+    return [kw for kw in _matches(text, keywords) if not _CJK.search(kw) or _happened(text, kw)]
+
+
 def _languages(lexicon: Lexicon, language: str | None) -> list[str]:
     base = (language or "").lower().replace("_", "-").split("-")[0]
     if base in lexicon.languages:
@@ -250,7 +270,8 @@ def analyse(text: str, language: str | None = "zh",
     written: dict[str, list[str]] = {}
     heard: dict[str, list[str]] = {}
     for reason, per_lang in lexicon.reasons.items():
-        written[reason] = [kw for lang in langs for kw in _matches(norm, per_lang.get(lang, ()))]
+        written[reason] = [kw for lang in langs
+                           for kw in _reason_matches(norm, per_lang.get(lang, ()))]
         heard[reason] = []
         if index is not None and (said_interruption or said_context):
             heard[reason] = _sound_hits(index, per_lang.get("zh", ()), 2)

@@ -10,7 +10,8 @@ Ordinary police talk is full of such near-homophones (组织/阻止, 一场/异�
 :func:`SoundIndex.find` finds it **not** to be an ordinary word: the heard characters, taken
 as a whole, are not in the segmentation dictionary shipped with ``jieba`` (350 000 words).
 ASR garbles (电扯, 阻脑, 只法记录一, 回复录像) are not words; real words are what the officer
-said. The caller adds the second guard (reasons.py): a sound-alike reason counts only next to
+said. Nor may an ordinary word cross the span's edge (领导 in 请事领导 keeps 事领 from
+being heard as 失灵): the span must stand as a segment of its own. The caller adds the second guard (reasons.py): a sound-alike reason counts only next to
 an exact interruption or recording word.
 
 pypinyin and jieba are imported lazily; without them nothing matches by sound (logged once).
@@ -106,6 +107,21 @@ class SoundIndex:
             for i in range(len(sy) - n + 1):
                 if sy[i:i + n] == want:
                     span = run[i:i + n]
-                    if span != keyword and not is_word(span) and span not in found:
+                    if (span != keyword and span not in found and not is_word(span)
+                            and not _straddled(run, i, i + n)):
                         found.append(span)
         return found
+
+
+def _straddled(run: str, start: int, end: int) -> bool:
+    """True when an ordinary word of ``run`` crosses the edge of ``run[start:end]``: the
+    heard characters belong to other words (请示领导 heard as 请事领导 holds 领导, so its
+    事领 is no 失灵)."""
+    for j in range(max(0, start - 3), end):
+        for length in (2, 3, 4):
+            k = j + length
+            if k > len(run) or k <= start:
+                continue
+            if (j < start or k > end) and is_word(run[j:k]):
+                return True
+    return False
