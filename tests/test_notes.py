@@ -251,3 +251,19 @@ def test_low_asr_probability_and_other_are_reviewed(analyzer: NoteAnalyzer,
     assert res.reason == "battery" and res.needs_review
     assert res.asr_prob is not None and 0 < res.asr_prob < 1
     assert any("speech recognition unsure" in r for r in res.review)
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("eval_b02_n5.opus", "battery"),          # terse, 5 dB pink noise
+    ("eval_w02.opus", "weather"),             # 雨 heard as 与: sound-alike
+    ("eval_n05.opus", None),                  # 店员 heard as 电源, ordinary talk
+    ("eval_o04_n10.opus", "obstruction"),     # descriptive, street noise 10 dB
+])
+def test_notes_from_the_evaluation_set(analyzer: NoteAnalyzer, tmp_path: Path, name: str,
+                                       reason: str | None) -> None:
+    res = analyzer.analyze(make_clip(tmp_path / "clip.mp4", name, lead_s=0.5))
+    assert res.reason == reason, res
+    if reason is None:
+        assert res.verdict == VERDICT_NO_REASON and res.needs_review
+    if name == "eval_w02.opus" and res.heard_as:  # matched by sound: never silently accepted
+        assert res.needs_review and res.review
