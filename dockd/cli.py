@@ -269,11 +269,17 @@ def cmd_config_check(_cfg: Config | None, args: argparse.Namespace) -> int:
             for p in exc.problems:
                 print(f"  {p}")
         return 1
+    from .integrity.notes import model_warning
+
+    warnings = [w for w in (model_warning(cfg.notes.model_dir, cfg.notes.enabled),) if w]
     if args.json:
-        _print_json({"ok": True, "keys": schema_keys(), "dock": cfg.dock.id})
+        _print_json({"ok": True, "keys": schema_keys(), "dock": cfg.dock.id,
+                     "warnings": warnings})
     else:
         print(f"{args.config or 'defaults'}: OK (dock {cfg.dock.id}, {len(cfg.targets)} "
               f"target(s), {len(cfg.profiles)} profile(s))")
+        for w in warnings:
+            print(f"  warning: {w}")
     return 0
 
 

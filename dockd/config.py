@@ -118,8 +118,9 @@ class ContinuityConfig:
 @dataclass(frozen=True)
 class NotesConfig:
     enabled: bool = True
-    model_dir: str = ""
-    """faster-whisper (CTranslate2) model directory; "" = voice detection only, reason unknown."""
+    model_dir: str = "/var/lib/dockd/models/whisper-base"
+    """faster-whisper (CTranslate2) model directory (scripts/fetch-whisper-base.sh puts it
+    here on install); "" or a missing directory = voice detection only, reason unknown."""
     language: str = "zh"
     probe_seconds: float = 30.0
     window_seconds: float = 10.0
@@ -369,7 +370,8 @@ def _semantic_checks(cfg: Config) -> list[str]:
         problems.append("notes.window_seconds: must be > 0 and <= notes.probe_seconds")
     if n.min_speech_seconds < 0:
         problems.append("notes.min_speech_seconds: must be >= 0")
-    if n.model_dir and not (Path(n.model_dir) / "model.bin").is_file():
+    model = Path(n.model_dir) if n.model_dir else None
+    if model and model.exists() and not (model / "model.bin").is_file():
         problems.append(f"notes.model_dir: {n.model_dir} holds no model.bin (a faster-whisper "
                         "model directory is needed, or \"\" for voice detection only)")
     if cfg.devices.source not in ("directory", "udev"):

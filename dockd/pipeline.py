@@ -448,8 +448,8 @@ class Pipeline:
         doc = {"params": {"split_tolerance_s": params.split_tolerance_s,
                           "session_break_s": params.session_break_s},
                "timeline": timeline.to_dict(), "findings": findings,
-               "notes": {"model": Path(self.cfg.notes.model_dir).name
-                         if self.cfg.notes.model_dir else None,
+               "notes": {"model": self.notes.model_dir.name  # the model in use, if any
+                         if self.notes and self.notes.model_dir else None,
                          "enabled": self.cfg.notes.enabled}}
         with self.state.tx() as conn:
             conn.execute("DELETE FROM gaps WHERE docking_id = ?", (docking_id,))

@@ -221,3 +221,49 @@ def test_fetch_script_is_idempotent(whisper_model: Path) -> None:
                            str(whisper_model)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "already holds the model" in proc.stdout
+
+
+def test_uncertain_note_is_marked_for_review_with_its_evidence() -> None:
+    t = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
+    (gap,) = build_timeline([ClipTiming(1, "a_1", t, 60.0),
+                             ClipTiming(2, "a_2", t.replace(minute=5), 60.0)]).gaps
+    sure = NoteResult(verdict=VERDICT_NOTE, reason="battery", transcript="电池没电了，录像中断",
+                      confidence=0.9, language="zh")
+    assert not sure.needs_review
+    fuzzy = NoteResult(verdict=VERDICT_NOTE, reason="obstruction", confidence=0.4,
+                       transcript="有人阻脑执法，录像中断", language="zh",
+                       heard_as=("阻脑≈阻挠",), review=("reason heard only by sound: 阻脑≈阻挠",))
+    assert fuzzy.needs_review
+    f = gap_finding(gap, fuzzy)
+    assert f["kind"] == "interruption_noted" and f["severity"] == "warning"
+    assert "obstruction (to review: reason heard only by sound: 阻脑≈阻挠)" in f["message"]
+    assert f["detail"]["note"]["heard_as"] == ["阻脑≈阻挠"]
+    assert f["detail"]["note"]["needs_review"] is True
+    assert gap_finding(gap, sure)["severity"] == "info"
+
+
+def test_low_asr_probability_and_other_are_reviewed(analyzer: NoteAnalyzer,
+                                                    clips: dict[str, Path]) -> None:
+    strict = NoteAnalyzer(analyzer.model_dir, NoteParams(ffmpeg=FFMPEG, cpu_threads=2,
+                                                         min_asr_prob=1.0))
+    strict._model = analyzer._model  # same loaded model, stricter threshold
+    res = strict.analyze(clips["zh_battery"])
+    assert res.reason == "battery" and res.needs_review
+    assert res.asr_prob is not None and 0 < res.asr_prob < 1
+    assert any("speech recognition unsure" in r for r in res.review)
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("eval_b02_n5.opus", "battery"),          # terse, 5 dB pink noise
+    ("eval_w02.opus", "weather"),             # 雨 heard as 与: sound-alike
+    ("eval_n05.opus", None),                  # 店员 heard as 电源, ordinary talk
+    ("eval_o04_n10.opus", "obstruction"),     # descriptive, street noise 10 dB
+])
+def test_notes_from_the_evaluation_set(analyzer: NoteAnalyzer, tmp_path: Path, name: str,
+                                       reason: str | None) -> None:
+    res = analyzer.analyze(make_clip(tmp_path / "clip.mp4", name, lead_s=0.5))
+    assert res.reason == reason, res
+    if reason is None:
+        assert res.verdict == VERDICT_NO_REASON and res.needs_review
+    if name == "eval_w02.opus" and res.heard_as:  # matched by sound: never silently accepted
+        assert res.needs_review and res.review

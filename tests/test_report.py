@@ -70,3 +70,24 @@ def test_without_model_speech_is_found_but_reason_unknown(workdir, make_recorder
     verdicts = sorted(g["verdict"] for g in d["gaps"] if g["kind"] == "interruption")
     assert verdicts == ["no_note", "speech_unclassified"]
     assert all(g["reason"] is None for g in d["gaps"])
+
+
+def test_note_without_a_known_reason_is_reviewed_and_the_report_says_why(
+        workdir, make_recorder, whisper_model, tmp_path):
+    # "录像中断了一段时间，现在重新开始录像。" (evaluation set x07): a note, no known reason
+    rec = make_recorder(segments=3, segment_seconds=2.0, gaps={2: 90.0},
+                        speech={2: SPEECH / "eval_x07.opus"})
+    conf = _config(tmp_path, whisper_model)
+    r = run_dockd("ingest", str(rec), "--workdir", str(workdir), "--config", str(conf))
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    d = json.loads(run_dockd("report", "--workdir", str(workdir), "--json").stdout)["dockings"][0]
+    (gap,) = [g for g in d["gaps"] if g["kind"] == "interruption"]
+    assert (gap["verdict"], gap["reason"]) == ("note", "other"), gap
+    assert gap["needs_review"] and gap["review"] == ["no known reason named"]
+    human = run_dockd("report", "--workdir", str(workdir)).stdout
+    flat = "".join(ch for ch in human if not ch.isspace() and ch != "\u2502")  # table folds
+    assert "(review:noknownreasonnamed)" in flat and "supervisor" in human
+    manifest = json.loads(next((workdir / "target").rglob("manifest.json")).read_text("utf-8"))
+    (f,) = [f for f in manifest["findings"] if f["kind"] == "interruption_noted"]
+    assert f["severity"] == "warning" and "to review: no known reason named" in f["message"]
+    assert f["detail"]["note"]["review"] == ["no known reason named"]

@@ -20,7 +20,13 @@ Verdicts (:class:`NoteResult.verdict`):
 - ``error``: the audio could not be read (no audio stream, corrupt file, ffmpeg missing)
   or VAD/ASR failed; ``error`` says why. :meth:`NoteAnalyzer.analyze` never raises.
 
-Everything but ``note`` needs a reviewer (:attr:`NoteResult.needs_review`).
+Everything but ``note`` needs a reviewer (:attr:`NoteResult.needs_review`), and so does a
+``note`` whose classification is not certain; ``review`` says why: a reason heard only by
+sound-alike words (``heard_as``), ``other`` (no known reason named), rival reasons, or a
+transcript the ASR itself was unsure of (mean token probability below ``min_asr_prob``).
+
+Whisper gets the lexicon's domain words as ``hotwords`` (not ``initial_prompt``, which can
+leak into the transcript).
 
 faster-whisper and numpy are imported lazily, inside functions: the rest of dockd imports
 without them.
@@ -81,6 +87,10 @@ class NoteParams:
     """Threads for CTranslate2; 0 lets it choose."""
     ffmpeg: str = "ffmpeg"
     ffmpeg_timeout_s: float = 120.0
+    min_asr_prob: float = 0.5
+    """A transcript with a lower mean token probability is marked for review."""
+    hotwords: bool = True
+    """Give Whisper the lexicon's hotwords for the note's language."""
 
     def __post_init__(self) -> None:
         if not (0 < self.window_s <= self.probe_s):
@@ -89,6 +99,8 @@ class NoteParams:
             raise ValueError("min_speech_s and merge_gap_s must be >= 0")
         if self.beam_size < 1:
             raise ValueError("beam_size must be >= 1")
+        if not 0 <= self.min_asr_prob <= 1:
+            raise ValueError("min_asr_prob must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -103,17 +115,25 @@ class NoteResult:
     language: str | None = None
     error: str = ""
     matched: tuple[str, ...] = ()
-    """Lexicon keywords found in the transcript."""
+    """Lexicon keywords found as written in the transcript."""
+    heard_as: tuple[str, ...] = ()
+    """Keywords heard by sound only, as ``heard≈keyword``."""
+    review: tuple[str, ...] = ()
+    """Why a ``note`` verdict still needs the supervisor (empty: it stands alone)."""
+    asr_prob: float | None = None
+    """Whisper's mean token probability for the transcript."""
     timings: dict[str, float] = field(default_factory=dict, compare=False)
     """Seconds spent in decode / vad / asr (for metrics; not part of equality)."""
 
     @property
     def needs_review(self) -> bool:
-        return self.verdict != VERDICT_NOTE
+        return self.verdict != VERDICT_NOTE or bool(self.review)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["matched"] = list(self.matched)
+        d["heard_as"] = list(self.heard_as)
+        d["review"] = list(self.review)
         d["needs_review"] = self.needs_review
         return d
 
@@ -174,19 +194,42 @@ def find_note_span(spans: list[tuple[float, float]],
     return None
 
 
+DEFAULT_MODEL_DIR = "/var/lib/dockd/models/whisper-base"
+"""Where the install puts Whisper base (docs/install.md); the configuration's default."""
+
+
+def model_warning(model_dir: str | PathLike[str] | None, enabled: bool = True) -> str | None:
+    """Why spoken notes will get no reason with this model directory, or None when fine."""
+    if not enabled:
+        return None
+    if not model_dir:
+        return ("notes.model_dir is empty: spoken notes are detected but their reasons are "
+                "not classified")
+    if not (Path(model_dir) / "model.bin").is_file():
+        return (f"notes.model_dir: no Whisper model at {model_dir}: spoken notes are detected "
+                f"but their reasons are not classified; assemble it with "
+                f"scripts/fetch-whisper-base.sh {model_dir} (docs/install.md)")
+    return None
+
+
 class NoteAnalyzer:
     """Checks resumed clips for spoken notes; holds the Whisper model, loaded once.
 
     Thread-safe: the model is loaded on first use under a lock, and transcriptions are
     serialised by the same lock (one CTranslate2 model, ``cpu_threads`` threads). Create one
-    analyzer per process and share it. Without ``model_dir`` only VAD runs and a note is
-    reported as ``speech_unclassified``.
+    analyzer per process and share it. Without ``model_dir``, or with one that holds no
+    ``model.bin`` (the default path on a dock where the model was not installed; logged),
+    only VAD runs and a note is reported as ``speech_unclassified``.
     """
 
     def __init__(self, model_dir: str | PathLike[str] | None = None,
                  params: NoteParams | None = None,
                  lexicon: reasons_mod.Lexicon | None = None) -> None:
-        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.missing_model: Path | None = None
+        if model_dir and not (Path(model_dir) / "model.bin").is_file():
+            log.warning("%s", model_warning(model_dir))
+            self.missing_model, model_dir = Path(model_dir), None
+        self.model_dir = Path(model_dir) if model_dir else None
         self.params = params or NoteParams()
         self.lexicon = lexicon
         self._model: Any = None
@@ -217,11 +260,15 @@ class NoteAnalyzer:
 
     def transcribe(self, audio: np.ndarray, language: str | None) -> tuple[str, str | None, float]:
         """(text, language, mean token probability) of ``audio`` (16 kHz mono float32)."""
+        hot = None
+        if self.params.hotwords:
+            hot = reasons_mod.hotwords(language, self.lexicon) if language else None
         with self._lock:
             model = self._load_locked()
             segments, info = model.transcribe(
                 audio, language=language, beam_size=self.params.beam_size,
-                vad_filter=False, condition_on_previous_text=False, without_timestamps=True)
+                vad_filter=False, condition_on_previous_text=False, without_timestamps=True,
+                hotwords=hot)
             parts: list[str] = []
             weighted = 0.0
             weight = 0.0
@@ -283,13 +330,18 @@ class NoteAnalyzer:
             log.exception("spoken-note analysis failed")
             return NoteResult(verdict=VERDICT_ERROR, error=f"{type(exc).__name__}: {exc}",
                               language=lang, timings=timings)
-        reason, conf, matched = reasons_mod.classify(text, detected or lang, self.lexicon)
+        found = reasons_mod.analyse(text, detected or lang, self.lexicon)
         text_s = reasons_mod.to_simplified(text, self.lexicon)
+        review = list(found.review)
+        if found.reason and prob < self.params.min_asr_prob:
+            review.append(f"speech recognition unsure (mean token probability {prob:.2f})")
         return NoteResult(
-            verdict=VERDICT_NOTE if reason else VERDICT_NO_REASON,
-            speech_start_s=start, speech_end_s=end, transcript=text_s, reason=reason,
-            confidence=round(conf * prob, 3) if reason else 0.0, language=detected or lang,
-            matched=matched, timings=timings)
+            verdict=VERDICT_NOTE if found.reason else VERDICT_NO_REASON,
+            speech_start_s=start, speech_end_s=end, transcript=text_s, reason=found.reason,
+            confidence=round(found.confidence * prob, 3) if found.reason else 0.0,
+            language=detected or lang, matched=found.matched, heard_as=found.heard_as,
+            review=tuple(review) if found.reason else (), asr_prob=round(prob, 3),
+            timings=timings)
 
 
 def gap_finding(gap: Gap, result: NoteResult) -> dict[str, Any]:
@@ -302,10 +354,12 @@ def gap_finding(gap: Gap, result: NoteResult) -> dict[str, Any]:
         VERDICT_NO_NOTE: "interruption of %.1f s without a spoken note%s",
         VERDICT_ERROR: "interruption of %.1f s; spoken note could not be checked%s",
     }
-    severity = "info" if result.verdict == VERDICT_NOTE else (
+    severity = "info" if not result.needs_review else (
         "error" if result.verdict == VERDICT_NO_NOTE else "warning")
     extra = result.reason if result.verdict == VERDICT_NOTE else (
         f": {result.error}" if result.error else "")
+    if result.verdict == VERDICT_NOTE and result.review:
+        extra = f"{extra} (to review: {'; '.join(result.review)})"
     message = messages.get(result.verdict, "interruption of %.1f s%s") % (gap.length_s, extra)
     kind = "interruption_noted" if result.verdict == VERDICT_NOTE else "interruption_unnoted"
     return Finding(kind=kind, severity=severity, message=message,

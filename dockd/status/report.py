@@ -42,6 +42,10 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
             "SELECT id, safe_name, start_utc, duration_s, state FROM clips WHERE docking_id = ?",
             (d["id"],))}
         cont = json.loads(d["continuity"]) if d.get("continuity") else None
+        notes_by_clip = {  # the note check behind each interruption: why it needs review
+            f["detail"]["gap"]["after_clip"]: f["detail"].get("note", {})
+            for f in (cont.get("findings", []) if cont else [])
+            if f.get("kind", "").startswith("interruption") and "gap" in f.get("detail", {})}
         gaps = []
         for g in state.query("SELECT * FROM gaps WHERE docking_id = ? ORDER BY start",
                              (d["id"],)):
@@ -54,6 +58,8 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
                 "speech_start_s": g["speech_start_s"], "speech_end_s": g["speech_end_s"],
                 "confidence": g["confidence"], "needs_review": bool(g["needs_review"]),
                 "error": g["error"],
+                "review": notes_by_clip.get(g["after_clip"], {}).get("review", []),
+                "heard_as": notes_by_clip.get(g["after_clip"], {}).get("heard_as", []),
             })
         sessions = []
         if cont:
@@ -115,6 +121,8 @@ def render_report(data: dict[str, Any]) -> Group:
                 note += f": {g['reason']}"
             if g["transcript"]:
                 note += f" \u201c{g['transcript']}\u201d"
+            if g.get("review"):
+                note += f" (review: {'; '.join(g['review'])})"
             style = "green" if not g["needs_review"] else "bold red"
             events.append((g["start"], [g["start"][11:19], g["end"][11:19],
                                         human_duration(g["length_s"]),
