@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(p)
     p.set_defaults(func=cmd_keygen)
 
+    from .custody.cli import add_custody_parsers
+    add_custody_parsers(sub, parents=[common])
+
     p = sub.add_parser("config-check", parents=[common],
                        help="check a configuration file; report every problem")
     _json_flag(p)
