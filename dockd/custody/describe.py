@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import html
 import os
-from datetime import datetime
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
