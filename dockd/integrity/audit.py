@@ -105,8 +105,8 @@ def chain_problems(entries: Sequence[Mapping[str, Any]], *, start_prev: str = ""
     report = ChainReport(len(entries))
     pre = f"{where}: " if where else ""
 
-    def bad(eid: Any, msg: str) -> ChainReport:
-        report.problems.append(f"{pre}audit entry {eid}: {msg}")
+    def bad(eid: Any, msg: str, name: str | None = None) -> ChainReport:
+        report.problems.append(f"{pre}audit entry {name or eid}: {msg}")
         report.first_bad = eid if isinstance(eid, int) else None
         return report
 
@@ -126,17 +126,20 @@ def chain_problems(entries: Sequence[Mapping[str, Any]], *, start_prev: str = ""
         if want != e["hash"]:
             return bad(eid, "edited: its content does not match its hash")
         if e["prev_hash"] != prev_hash:
-            if i + 1 < len(entries) and entries[i + 1].get("prev_hash") == prev_hash:
-                return bad(eid, "inserted: the next entry chains to the entry before it")
-            if prev_hash in hashes[i + 1:] or e["prev_hash"] in hashes[i + 1:]:
+            before = hashes[i - 2] if i >= 2 else start_prev
+            if i >= 1 and e["prev_hash"] == before:
+                return bad(entries[i - 1].get("id"), f"inserted: entry {eid} after it chains "
+                                                     "to the entry before it")
+            if e["prev_hash"] in hashes[i + 1:]:
                 return bad(eid, "reordered: it chains to an entry stored after it")
             if eid != prev_id + 1:
-                return bad(eid, f"entries {prev_id + 1}..{eid - 1} removed (chain broken "
-                                f"before entry {eid})")
+                return bad(prev_id + 1, f"removed (entry {eid} chains to something that is "
+                                        "not there)", f"{prev_id + 1}..{eid - 1}")
             return bad(eid, f"does not chain to entry {prev_id} (that entry was replaced or "
                             f"an entry was removed)")
         if eid != prev_id + 1:
-            return bad(eid, f"ids {prev_id + 1}..{eid - 1} missing (removed)")
+            return bad(prev_id + 1, "missing (removed, the ids after it renumbered)",
+                       f"{prev_id + 1}..{eid - 1}")
         prev_hash, prev_id = e["hash"], eid
     return report
 
@@ -148,9 +151,33 @@ def db_entries(state: Any, *, after_id: int = 0) -> list[dict[str, Any]]:
 
 
 def verify_db(state: Any) -> ChainReport:
-    """Check the dock's own audit chain, in the order the database stores it (rowid)."""
+    """Check the dock's own audit chain, in the order the database stores it (rowid), and
+    against the heads it already signed into delivered segments (so removing the newest
+    entries is noticed too)."""
     rows = state.query("SELECT * FROM audit ORDER BY rowid")
-    return chain_problems([{**r, "detail": r["detail"]} for r in rows])
+    report = chain_problems([{**r, "detail": r["detail"]} for r in rows])
+    if report.problems:
+        return report
+    by_id = {r["id"]: r["hash"] for r in rows}
+    try:
+        segs = state.query("SELECT id, first_id, last_id, body FROM audit_segments "
+                           "ORDER BY last_id")
+    except Exception:  # noqa: BLE001 - a database from before segments existed
+        segs = []
+    for seg in segs:
+        head = json.loads(bytes(seg["body"]).split(b"\n", 1)[0])
+        if by_id.get(seg["last_id"]) != head.get("head_hash"):
+            missing = seg["last_id"] if seg["last_id"] not in by_id else None
+            what = (f"removed (signed and delivered in segment {seg['first_id']}-"
+                    f"{seg['last_id']})" if missing else
+                    f"differs from the hash signed in segment {seg['first_id']}-"
+                    f"{seg['last_id']}")
+            first = min((i for i in range(seg["first_id"], seg["last_id"] + 1)
+                         if i not in by_id), default=seg["last_id"])
+            report.problems.append(f"audit entry {first}: {what}")
+            report.first_bad = first
+            break
+    return report
 
 
 def chain_head(state: Any) -> dict[str, Any]:

@@ -106,8 +106,6 @@ def render_report(data: dict[str, Any]) -> Group:
                  f"docked {d['docked_at'][:16]}Z, clock "
                  f"{f'{offset:+.1f} s' if offset is not None else 'unknown'}")
         lab = d.get("labels") or {}
-        if lab.get("docking"):
-            title += f" [{_label_text(lab['docking'])}]"
         if not d["analyzed"]:
             parts.append(Text(f"{title}: timeline not analysed yet ({d['state']})", style="dim"))
             continue
@@ -151,6 +149,8 @@ def render_report(data: dict[str, Any]) -> Group:
         if d["needs_review"]:
             parts.append(Text(f"  {d['needs_review']} gap(s) need the supervisor's review",
                               style="bold red"))
+        if lab.get("docking"):
+            parts.append(Text(f"  labels: {_label_text(lab['docking'])}", style="cyan"))
         for name, cl in sorted((lab.get("clips") or {}).items()):
             parts.append(Text(f"  label {name}: {_label_text(cl)}", style="cyan"))
         other = [f for f in d["findings"] if not f["kind"].startswith("interruption")]
