@@ -74,7 +74,7 @@ def test_label_and_retain_are_chained_signed_revisions_on_the_target(docked):
     manifest = (cfg.targets[0].path / prefix / "manifest.json").read_bytes()
     assert {d["manifest_sha256"] for d in docs} == {manifest_sha256(manifest)}
     assert docs[0]["prev_revision_sha256"] is None
-    for before, after, f in zip(docs, docs[1:], files, strict=False):
+    for after, f in zip(docs[1:], files, strict=False):
         assert after["prev_revision_sha256"] == manifest_sha256(f.read_bytes())
     last = docs[-1]
     assert last["labels"]["docking"] == {"case_no": "A-2026-001", "party": "张三",
