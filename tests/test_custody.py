@@ -405,3 +405,35 @@ def test_config_check_refuses_retention_below_the_legal_minimum(tmp_path):
     assert "retention.standard_days: 200 is shorter than the legal minimum of 1 year" in r.stdout
     conf.write_text("[retention]\nroutine_days = 183\nstandard_days = 365\n")
     assert "routine_days" not in run_dockd("config-check", "--config", str(conf)).stdout
+
+
+@pytest.mark.slow
+def test_package_verifies_in_a_fresh_virtualenv_holding_only_dockd(docked, tmp_path):
+    """The reviewer's machine: a new virtualenv with dockd (no dependencies but the three
+    its verify command imports: cryptography, rich, sqlite-utils), the package and a key."""
+    cfg, _res = docked
+    out = tmp_path / "pkg"
+    assert _export(cfg, out).returncode == 0
+    key = tmp_path / "dock.pub"
+    shutil.copy(cfg.paths.public_key_file, key)
+    venv = tmp_path / "venv"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    for p in ("PIP_INDEX_URL", "PIP_FIND_LINKS", "PIP_CONFIG_FILE", "PIP_EXTRA_INDEX_URL"):
+        if p in os.environ:
+            env[p] = os.environ[p]
+    subprocess.run(["python3", "-m", "venv", str(venv)], check=True, timeout=120, env=env)
+    pip = [str(venv / "bin/python"), "-m", "pip", "install", "-q"]
+    for args in ([*pip, "--no-deps", str(ROOT)], [*pip, "cryptography", "rich", "sqlite-utils"]):
+        r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env,
+                           cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+    cwd = tmp_path / "reviewer"
+    cwd.mkdir()
+    shutil.rmtree(cfg.paths.state_dir.parent)  # nothing of the dock is left
+    r = subprocess.run([str(venv / "bin/dockd"), "verify", str(out), "--pubkey", str(key)],
+                       cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("OK: 1 manifest(s)"), r.stdout + r.stderr
+    (out / "_export/keys.txt").write_text("tampered\n")
+    r = subprocess.run([str(venv / "bin/dockd"), "verify", str(out), "--pubkey", str(key)],
+                       cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "_export/keys.txt: SHA-256 differs" in r.stdout

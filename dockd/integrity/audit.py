@@ -125,6 +125,8 @@ def chain_problems(entries: Sequence[Mapping[str, Any]], *, start_prev: str = ""
             return bad(eid, f"out of order (reordered): follows entry {prev_id}")
         if want != e["hash"]:
             return bad(eid, "edited: its content does not match its hash")
+        if isinstance(e["detail"], str) and _dumps(_detail(e["detail"])) != e["detail"]:
+            return bad(eid, "edited: its detail is not in the form it was hashed in")
         if e["prev_hash"] != prev_hash:
             before = hashes[i - 2] if i >= 2 else start_prev
             if i >= 1 and e["prev_hash"] == before:
