@@ -437,3 +437,20 @@ def test_package_verifies_in_a_fresh_virtualenv_holding_only_dockd(docked, tmp_p
     r = subprocess.run([str(venv / "bin/dockd"), "verify", str(out), "--pubkey", str(key)],
                        cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "_export/keys.txt: SHA-256 differs" in r.stdout
+
+
+def test_verify_and_key_rotation_on_the_dock_are_audited(docked):
+    cfg, _res = docked
+    w = _w(cfg)
+    assert run_dockd("verify", *w, str(cfg.targets[0].path)).returncode == 0
+    old = json.loads(run_dockd("audit", "show", *w, "--json", "--action", "signed").stdout)
+    assert run_dockd("keygen", *w, "--force").returncode == 0
+    entries = json.loads(run_dockd("audit", "show", *w, "--json").stdout)
+    verified = [e for e in entries if e["action"] == "verified"]
+    assert len(verified) == 1 and verified[0]["detail"]["ok"] is True
+    assert verified[0]["actor"] == f"user:{LOGIN}"
+    rotated = [e for e in entries if e["action"] == "key_rotated"]
+    assert len(rotated) == 1
+    assert rotated[0]["detail"]["previous_key_id"] == old[0]["detail"]["key_id"]
+    assert rotated[0]["detail"]["key_id"] != rotated[0]["detail"]["previous_key_id"]
+    assert run_dockd("audit", "verify", *w).returncode == 0

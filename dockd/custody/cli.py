@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,27 @@ def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
         print(f"  description: {res['html']}, {res['pdf']}")
         print(f"  check it with: dockd verify {res['path']} --pubkey {res['pubkey']}")
     return 0
+
+
+def audit_on_dock(cfg: Config, action: str, subject: str, detail: dict[str, Any],
+                  approver: str | None = None) -> bool:
+    """Record a person's command in the dock's audit trail when it runs on the dock (the
+    state database exists and is writable); elsewhere (a reviewer's machine) do nothing."""
+    import logging
+    import sqlite3
+
+    from ..errors import StateError
+    from ..integrity.audit import cli_actor
+    from ..state import State
+
+    db = cfg.paths.database
+    if not db.is_file() or not os.access(db, os.W_OK):
+        return False
+    try:
+        with State(db) as state:
+            state.audit(action, subject, detail, actor=cli_actor(approver))
+    except (OSError, sqlite3.Error, StateError) as exc:
+        logging.getLogger(__name__).warning("could not record %s in the audit trail: %s",
+                                            action, exc)
+        return False
+    return True
