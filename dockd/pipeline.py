@@ -618,7 +618,8 @@ class Pipeline:
             self._manifest_landed(m["id"], m["docking_id"], target.name)
         from .custody.publish import deliver_custody  # revisions and audit trail (R4, R7, R8)
 
-        deliver_custody(self.state, self.cfg, self.targets, self.signer)
+        deliver_custody(self.state, self.cfg, self.targets, self.signer,
+                        ignore_backoff=ignore_backoff)
         return landed
 
     def _concurrency(self, target: str) -> int:

@@ -176,7 +176,7 @@ def _m6_custody(db: sqlite_utils.Database) -> None:
     db["revisions"].create_index(["docking_id", "seq"], unique=True)
     db["revision_deliveries"].create({
         "revision_id": int, "target": str, "state": str, "attempts": int,
-        "last_error": str, "verified_at": str,
+        "last_error": str, "next_try_at": str, "verified_at": str,
     }, pk=("revision_id", "target"), defaults={"attempts": 0})
     db["audit_segments"].create({
         "id": int, "dock_id": str, "first_id": int, "last_id": int, "sha256": str,
@@ -184,7 +184,7 @@ def _m6_custody(db: sqlite_utils.Database) -> None:
     }, pk="id", not_null={"first_id", "last_id", "body", "signature"})
     db["audit_segment_deliveries"].create({
         "segment_id": int, "target": str, "state": str, "attempts": int,
-        "last_error": str, "verified_at": str,
+        "last_error": str, "next_try_at": str, "verified_at": str,
     }, pk=("segment_id", "target"), defaults={"attempts": 0})
 
 

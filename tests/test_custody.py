@@ -181,9 +181,11 @@ def test_revision_waits_for_a_target_that_is_down(docked):
         out = label(state, cfg, signer, [_Down(t) for t in targets], docking_id=1,
                     fields={"case_no": "B-1"}, actor="user:t")
         assert out["delivered"] == 0 and _revs(cfg, res["prefix"]) == []
-        assert state.query_one("SELECT attempts, state FROM revision_deliveries") == {
-            "attempts": 1, "state": "pending"}
-        assert deliver_custody(state, cfg, targets, signer) >= 2  # the revision + a segment
+        row = state.query_one("SELECT attempts, state, next_try_at FROM revision_deliveries")
+        assert (row["attempts"], row["state"]) == (1, "pending")
+        assert row["next_try_at"] > state.now()  # backoff: not before its time
+        assert deliver_custody(state, cfg, targets, signer) == 0
+        assert deliver_custody(state, cfg, targets, signer, ignore_backoff=True) >= 2
         assert state.query_one("SELECT count(*) AS n FROM revision_deliveries WHERE "
                                "state != 'delivered'")["n"] == 0
     finally:

@@ -155,7 +155,7 @@ def label(state: State, cfg: Config, signer: Any, targets: Sequence[StorageTarge
         state.audit("label", f"docking/{docking_id}",
                     {**change, "revision": seq, "revision_sha256": digest}, actor=actor,
                     conn=conn)
-    landed = deliver_custody(state, cfg, targets, signer)
+    landed = deliver_custody(state, cfg, targets, signer, ignore_backoff=True)
     log.info("docking %d labelled (revision %d, %s)", docking_id, seq, dumps(values))
     return {"docking_id": docking_id, "revision": seq, "revision_sha256": digest,
             "labels": labels, "delivered": landed}
@@ -196,7 +196,7 @@ def retain(state: State, cfg: Config, signer: Any, targets: Sequence[StorageTarg
         state.audit("retention_change", f"docking/{docking_id}",
                     {**change, "revision": seq, "revision_sha256": digest}, actor=actor,
                     conn=conn)
-    landed = deliver_custody(state, cfg, targets, signer)
+    landed = deliver_custody(state, cfg, targets, signer, ignore_backoff=True)
     log.info("docking %d: retention of %d clip(s) raised to %s (revision %d)", docking_id,
              len(raised), retention_class, seq)
     return {"docking_id": docking_id, "revision": seq, "revision_sha256": digest,

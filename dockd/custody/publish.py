@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ..config import Config
@@ -31,7 +31,8 @@ from ..errors import DeliveryError
 from ..integrity.audit import AUDIT_DIR, SIG_SUFFIX, build_segment, db_entries, segment_name
 from ..integrity.manifest import sign_manifest
 from ..integrity.revisions import rank, revision_key
-from ..state import State, parse_iso
+from ..lifecycle import retry_delay
+from ..state import State, iso, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +101,18 @@ def _extend_clips(state: State, cfg: Config, target: StorageTarget, docking_id: 
 
 
 def deliver_custody(state: State, cfg: Config, targets: Sequence[StorageTarget],
-                    signer: Any) -> int:
+                    signer: Any, *, ignore_backoff: bool = False) -> int:
     """Deliver pending revisions and audit segments to every target; how many landed.
-    Failures stay pending (retried next round) unless they can never succeed."""
+    Failures stay pending (retried with backoff) unless they can never succeed."""
     landed = 0
     by_name = {t.name: t for t in targets}
+    due = "" if ignore_backoff else "AND (rd.next_try_at IS NULL OR rd.next_try_at <= :now)"
+    now = state.now()
     for r in state.query(
             "SELECT r.id, r.docking_id, r.prefix, r.seq, r.kind, r.document, r.signature, "
             "r.key_id, rd.target FROM revision_deliveries rd JOIN revisions r "
-            "ON r.id = rd.revision_id WHERE rd.state = 'pending' ORDER BY r.docking_id, r.seq"):
+            f"ON r.id = rd.revision_id WHERE rd.state = 'pending' {due} "
+            "ORDER BY r.docking_id, r.seq", {"now": now}):
         target = by_name.get(r["target"])
         if target is None:
             continue
@@ -120,7 +124,7 @@ def deliver_custody(state: State, cfg: Config, targets: Sequence[StorageTarget],
             target.put_bytes(bytes(r["document"]), key, retention=retention)
             target.put_bytes(bytes(r["signature"]), key + SIG_SUFFIX, retention=retention)
         except (DeliveryError, OSError) as exc:
-            _failed(state, "revision_deliveries", "revision_id", r["id"], target, exc)
+            _failed(state, cfg, "revision_deliveries", "revision_id", r["id"], target, exc)
             continue
         with state.tx() as conn:
             conn.execute("UPDATE revision_deliveries SET state = 'delivered', verified_at = ?, "
@@ -134,7 +138,8 @@ def deliver_custody(state: State, cfg: Config, targets: Sequence[StorageTarget],
     for s in state.query(
             "SELECT s.id, s.dock_id, s.first_id, s.last_id, s.body, s.signature, sd.target "
             "FROM audit_segment_deliveries sd JOIN audit_segments s ON s.id = sd.segment_id "
-            "WHERE sd.state = 'pending' ORDER BY s.id"):
+            f"WHERE sd.state = 'pending' {due.replace('rd.', 'sd.')} ORDER BY s.id",
+            {"now": now}):
         target = by_name.get(s["target"])
         if target is None:
             continue
@@ -145,7 +150,8 @@ def deliver_custody(state: State, cfg: Config, targets: Sequence[StorageTarget],
             target.put_bytes(bytes(s["body"]), key, retention=retention)
             target.put_bytes(bytes(s["signature"]), key + SIG_SUFFIX, retention=retention)
         except (DeliveryError, OSError) as exc:
-            _failed(state, "audit_segment_deliveries", "segment_id", s["id"], target, exc)
+            _failed(state, cfg, "audit_segment_deliveries", "segment_id", s["id"], target,
+                    exc)
             continue
         with state.tx() as conn:
             conn.execute("UPDATE audit_segment_deliveries SET state = 'delivered', "
@@ -155,15 +161,21 @@ def deliver_custody(state: State, cfg: Config, targets: Sequence[StorageTarget],
     return landed
 
 
-def _failed(state: State, table: str, idcol: str, ident: int, target: StorageTarget,
-            exc: BaseException) -> None:
+def _failed(state: State, cfg: Config, table: str, idcol: str, ident: int,
+            target: StorageTarget, exc: BaseException) -> None:
     retry = getattr(exc, "retry", True)
     log.warning("%s: custody document %s %d not delivered%s: %s", target.name, table, ident,
                 "" if retry else " (permanent)", exc)
     with state.tx() as conn:
-        conn.execute(f"UPDATE {table} SET attempts = attempts + 1, last_error = ?, state = ? "
-                     f"WHERE {idcol} = ? AND target = ?",
-                     (str(exc), "pending" if retry else "failed", ident, target.name))
+        row = conn.execute(f"SELECT attempts FROM {table} WHERE {idcol} = ? AND target = ?",
+                           (ident, target.name)).fetchone()
+        attempts = (row[0] if row else 0) + 1
+        delay = retry_delay(attempts, cfg.delivery.retry_seconds)
+        next_try = datetime.fromtimestamp(state.clock().timestamp() + delay, tz=UTC)
+        conn.execute(f"UPDATE {table} SET attempts = ?, last_error = ?, state = ?, "
+                     f"next_try_at = ? WHERE {idcol} = ? AND target = ?",
+                     (attempts, str(exc), "pending" if retry else "failed", iso(next_try),
+                      ident, target.name))
         if not retry:
             state.audit("delivery_failed", f"{table}/{ident}",
                         {"target": target.name, "error": str(exc)}, conn=conn)
