@@ -316,6 +316,18 @@ def test_export_package_verifies_on_a_clean_machine_and_is_audited(docked, tmp_p
                  "A-2026-001", "张三", "李四", manifest["recorder"]["officer_name"],
                  *(c["sha256"] for c in manifest["clips"])):
         assert text in html, text
+    # who exported docking 1: the export entry shows under the docking's subject
+    w_ = _w(cfg)
+    hist = json.loads(run_dockd("audit", "show", *w_, "--json", "--subject", "docking/1").stdout)
+    assert "export" in {e["action"] for e in hist}
+    assert json.loads(run_dockd("audit", "show", *w_, "--json", "--subject",
+                                "docking/11").stdout) == []
+    assert {e["action"] for e in json.loads(run_dockd(
+        "audit", "show", *w_, "--json", "--subject", "export/").stdout)} == {"export"}
+    # the package's own audit slice can be read and checked
+    shown = json.loads(run_dockd("audit", "show", *w_, str(out), "--json").stdout)
+    assert [e["hash"] for e in shown] == [e["hash"] for e in slice_]
+    assert run_dockd("audit", "verify", *w_, str(out)).returncode == 0
     pdf = (out / "_export/evidence.pdf").read_bytes()
     assert pdf.startswith(b"%PDF-") and b"WenQuanYi" in pdf and pdf.rstrip().endswith(b"%%EOF")
 

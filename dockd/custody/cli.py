@@ -88,6 +88,10 @@ def _state(cfg: Config) -> Any:
     return open_readonly(cfg.paths.database)
 
 
+def _slice(path: Path) -> Path:
+    return path / "_export" / "audit-slice.jsonl"
+
+
 def _segments_of(path: Path) -> list[Path]:
     from ..integrity.audit import AUDIT_DIR
 
@@ -98,7 +102,10 @@ def _segments_of(path: Path) -> list[Path]:
 def cmd_audit_show(cfg: Config, args: argparse.Namespace) -> int:
     from ..integrity.audit import db_entries, entries_of_segments, filter_entries
 
-    if args.path is not None:
+    if args.path is not None and _slice(args.path).is_file():
+        entries = [json.loads(line) for line in
+                   _slice(args.path).read_text(encoding="utf-8").splitlines()]
+    elif args.path is not None:
         entries = entries_of_segments(_segments_of(args.path))
     else:
         with _state(cfg) as state:
@@ -119,7 +126,13 @@ def cmd_audit_show(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(cfg: Config, args: argparse.Namespace) -> int:
-    from ..integrity.audit import AUDIT_DIR, chain_head, verify_db, verify_segments
+    from ..integrity.audit import (
+        AUDIT_DIR,
+        ChainReport,
+        chain_head,
+        verify_db,
+        verify_segments,
+    )
 
     if args.path is None:
         with _state(cfg) as state:
@@ -127,6 +140,12 @@ def cmd_audit_verify(cfg: Config, args: argparse.Namespace) -> int:
             head = chain_head(state)
         where = str(cfg.paths.database)
         heads = {cfg.dock.id: head}
+    elif _slice(args.path).is_file() and not (args.path / AUDIT_DIR).is_dir():
+        from ..integrity.custody_verify import check_slice
+
+        report = ChainReport(len(_slice(args.path).read_bytes().splitlines()))
+        check_slice(_slice(args.path), "_export/audit-slice.jsonl", report.problems)
+        where, heads = f"{args.path} (audit slice of an export; see dockd verify)", {}
     else:
         keys = _trusted_keys(cfg, args.pubkey)
         audit_dir = args.path / AUDIT_DIR if (args.path / AUDIT_DIR).is_dir() else args.path

@@ -192,11 +192,12 @@ def chain_head(state: Any) -> dict[str, Any]:
 def filter_entries(entries: Iterable[Mapping[str, Any]], *, subject: str | None = None,
                    action: str | None = None, actor: str | None = None,
                    since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-    """Entries matching every given filter (subject: exact or prefix ending in ``/``, or
-    a substring; actor: substring; since/until: ISO times compared as UTC strings)."""
+    """Entries matching every given filter. subject: exact (``docking/12`` also matches
+    exports that include docking 12), or every subject under a prefix ending in ``/``;
+    actor: substring; since/until: ISO times (UTC), compared as strings."""
     out = []
     for e in entries:
-        if subject and not (e["subject"] == subject or subject in e["subject"]):
+        if subject and not _subject_matches(e, subject):
             continue
         if action and e["action"] != action:
             continue
@@ -208,6 +209,18 @@ def filter_entries(entries: Iterable[Mapping[str, Any]], *, subject: str | None 
             continue
         out.append(dict(e))
     return out
+
+
+def _subject_matches(e: Mapping[str, Any], subject: str) -> bool:
+    if subject.endswith("/"):
+        return str(e["subject"]).startswith(subject)
+    if e["subject"] == subject:
+        return True
+    kind, _, ident = subject.partition("/")
+    detail = e.get("detail")
+    if kind == "docking" and ident.isdigit() and isinstance(detail, dict):
+        return int(ident) in (detail.get("dockings") or [])
+    return False
 
 
 # --------------------------------------------------------------------------- segments

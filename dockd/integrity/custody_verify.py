@@ -118,11 +118,11 @@ def check_package(root: Path, keys: Mapping[str, Ed25519PublicKey], problems: li
             warnings.append(f"{len(problems) - len(kept)} clip(s) of the exported manifests "
                             "were not approved for export (withheld) and are absent")
         problems[:] = kept
-    _check_slice(root / EXPORT_DIR / "audit-slice.jsonl", f"{edir}audit-slice.jsonl",
+    check_slice(root / EXPORT_DIR / "audit-slice.jsonl", f"{edir}audit-slice.jsonl",
                  problems)
 
 
-def _check_slice(p: Path, where: str, problems: list[str]) -> None:
+def check_slice(p: Path, where: str, problems: list[str]) -> None:
     try:
         lines = _read(p).decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
