@@ -468,3 +468,26 @@ def test_verify_and_key_rotation_on_the_dock_are_audited(docked):
     assert rotated[0]["detail"]["previous_key_id"] == old[0]["detail"]["key_id"]
     assert rotated[0]["detail"]["key_id"] != rotated[0]["detail"]["previous_key_id"]
     assert run_dockd("audit", "verify", *w).returncode == 0
+
+
+def test_fleet_view_lists_labelled_dockings(docked):
+    from datetime import UTC, datetime
+
+    import jsonschema
+
+    from dockd.status.web_data import fleet_data
+    from dockd.status.web_openapi import response_schema
+
+    cfg, res = docked
+    with State(cfg.paths.database) as st:
+        assert fleet_data(st, cfg, datetime.now(UTC))["cases"] == []
+    run_dockd("label", *_w(cfg), "--docking", "1", "--case-no", "A-9", "--party", "王五",
+              check=True)
+    with State(cfg.paths.database) as st:
+        data = fleet_data(st, cfg, datetime.now(UTC))
+    assert data["cases"] == [{
+        "docking_id": 1, "serial": data["cases"][0]["serial"], "officer_no": "012345",
+        "officer_name": data["cases"][0]["officer_name"], "docked_at": data["cases"][0][
+            "docked_at"], "case_no": "A-9", "party": "王五", "handler": None, "note": None,
+        "clips_labelled": 0}]
+    jsonschema.validate(json.loads(json.dumps(data)), response_schema("/api/recorders"))

@@ -251,7 +251,6 @@ def _pending(state: Any) -> int:
 
 
 def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
-    from ..errors import DockdError
     from ..integrity.audit import cli_actor
 
     missing = [f"--{n}" for n in ("requester", "approver", "reason")
@@ -269,8 +268,6 @@ def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
                              requester=args.requester.strip(), approver=args.approver.strip(),
                              reason=args.reason.strip(), place=args.place,
                              actor=cli_actor(args.approver.strip()))
-    except DockdError:
-        raise
     finally:
         _close(state, targets)
     if args.json:

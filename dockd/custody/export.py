@@ -219,16 +219,12 @@ def _chunks(src: Any, key: str) -> Any:
         path = src
     elif hasattr(src, "root"):  # a local directory target
         path = Path(src.root) / key
-    elif hasattr(src, "client") and hasattr(src, "full_key"):  # S3
-        resp = src.client.get_object(Bucket=src.bucket, Key=src.full_key(key))
-        body = resp["Body"]
-        try:
-            yield from body.iter_chunks(_CHUNK)
-        finally:
-            body.close()
+    elif hasattr(src, "read_chunks"):  # S3
+        yield from src.read_chunks(key)
         return
     else:
-        raise DockdError(f"cannot read back from {src.describe()}")
+        raise DockdError(f"cannot read back from {src.describe()} (exports read from "
+                         "staging, local and S3 targets)")
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -250,7 +246,7 @@ def _write_keys(out: Path, key_ids: set[str], signer: Any,
             try:
                 _copy_from(t, key_path(kid), dest)
                 pem = dest.read_bytes()
-            except (OSError, DockdError, Exception):  # noqa: BLE001 - any source may fail
+            except (OSError, DockdError):
                 continue
         if pem is None:
             raise DockdError(f"public key {kid} (it signed exported documents) is neither "
