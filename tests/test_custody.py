@@ -330,6 +330,13 @@ def test_export_package_verifies_on_a_clean_machine_and_is_audited(docked, tmp_p
     assert run_dockd("audit", "verify", *w_, str(out)).returncode == 0
     pdf = (out / "_export/evidence.pdf").read_bytes()
     assert pdf.startswith(b"%PDF-") and b"WenQuanYi" in pdf and pdf.rstrip().endswith(b"%%EOF")
+    import pypdf
+
+    text = "".join(p.extract_text() for p in pypdf.PdfReader(out / "_export/evidence.pdf").pages)
+    text = re.sub(r"\s+", " ", text)
+    for needle in ("制作人 Maker", "提取人 Extractor", "批准人 Approver: 赵六", "A-2026-001",
+                   "办案人 Case handler: 李四", "某某派出所", manifest["clips"][0]["sha256"]):
+        assert needle in text, needle
 
     # a clean machine: only the package and the trusted key, unrelated cwd, no dock state
     key = tmp_path / "trusted.pub"

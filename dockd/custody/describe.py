@@ -57,7 +57,8 @@ def _sections(state: State, doc: dict[str, Any],
             ("提取人 Extractor", f"dockd docking station {m['dock']} (automatic, port "
                                  f"{m['port']}); copy by {doc['exported_by']}"),
             ("提取时间 Extraction time (UTC)", m["docking"]["docked_at"]),
-            ("提取地点 Extraction place", f"{doc['place']} / dock {m['dock']}"),
+            ("提取地点 Extraction place", doc["place"] if doc["place"] == m["dock"]
+             else f"{doc['place']} (dock {m['dock']})"),
             ("记录仪时钟偏差 Recorder clock offset",
              f"{m['health'].get('clock_offset_s')} s"),
             ("清单哈希 Manifest SHA-256", d["manifest_sha256"]),
@@ -86,9 +87,9 @@ def _sections(state: State, doc: dict[str, Any],
             if isinstance(f, dict) and not str(f.get("kind", "")).startswith("interruption"):
                 rows.append((f"发现 Finding {f.get('kind')}", str(f.get("message", ""))))
         out.append((f"调取记录 Docking {d['id']} ({d['mprefix']})", rows))
-    files = [(f"{c['prefix']}/{c['name']}", f"{c['size']} B  SHA-256 {c['sha256']}")
+    files = [(c["name"], f"{c['size']} B, docking {c['docking']}, SHA-256 {c['sha256']}")
              for c in doc["clips"]]
-    files += [(f"{c['prefix']}/{c['name']}", "未导出 not exported (withheld)  SHA-256 "
+    files += [(c["name"], f"未导出 not exported (withheld), docking {c['docking']}, SHA-256 "
                f"{c['sha256']}") for c in doc["withheld"]]
     out.append(("文件清单 Files", files))
     out.append(("公钥 Public keys", [(k["key_id"], f"SHA-256 {k['fingerprint_sha256']}")
@@ -102,7 +103,7 @@ def describe_html(state: State, doc: dict[str, Any], dockings: Sequence[dict[str
              "<style>body{font-family:'WenQuanYi Micro Hei',sans-serif;margin:2em}"
              "td{vertical-align:top;padding:2px 8px;border-bottom:1px solid #ddd}"
              "td:first-child{white-space:nowrap;font-weight:bold}"
-             "code{font-size:90%}</style></head><body>",
+             "code{font-size:90%;word-break:break-all}</style></head><body>",
              "<h1>执法记录仪视音频证据说明<br>Body-worn recorder evidence description</h1>"]
     for heading, rows in _sections(state, doc, dockings):
         parts.append(f"<h2>{html.escape(heading)}</h2><table>")
