@@ -498,3 +498,22 @@ def test_fleet_view_lists_labelled_dockings(docked):
             "docked_at"], "case_no": "A-9", "party": "王五", "handler": None, "note": None,
         "clips_labelled": 0}]
     jsonschema.validate(json.loads(json.dumps(data)), response_schema("/api/recorders"))
+
+
+def test_deleting_the_newest_revision_is_caught_by_the_audit_trail(docked):
+    """An insider removes the last label revision (and its signature) from the target: the
+    revision chain alone still looks whole, the delivered audit trail gives it away."""
+    cfg, res = docked
+    w = _w(cfg)
+    run_dockd("label", *w, "--docking", "1", "--case-no", "A-1", check=True)
+    run_dockd("retain", *w, "--docking", "1", "--class", "evidence", check=True)
+    root = cfg.targets[0].path
+    assert verify_path(root, _key(cfg)).ok
+    newest = _revs(cfg, res["prefix"])[-1]
+    newest.unlink()
+    newest.with_name(newest.name + ".sig").unlink()
+    report = verify_path(root, _key(cfg))
+    assert not report.ok
+    rel = f"{REVISIONS_DIR}/{res['prefix']}/000002.json"
+    assert any(p.startswith(f"{rel}: missing, but audit entry") and "retention_change" in p
+               for p in report.problems), report.problems

@@ -153,8 +153,8 @@ def label(state: State, cfg: Config, signer: Any, targets: Sequence[StorageTarge
         seq, digest = _new_revision(state, cfg, signer, targets, conn, docking, kind="label",
                                     actor=actor, change=change, labels=labels)
         state.audit("label", f"docking/{docking_id}",
-                    {**change, "revision": seq, "revision_sha256": digest}, actor=actor,
-                    conn=conn)
+                    {**change, "revision": seq, "revision_sha256": digest,
+                     "prefix": docking["prefix"]}, actor=actor, conn=conn)
     landed = deliver_custody(state, cfg, targets, signer, ignore_backoff=True)
     log.info("docking %d labelled (revision %d, %s)", docking_id, seq, dumps(values))
     return {"docking_id": docking_id, "revision": seq, "revision_sha256": digest,
@@ -194,8 +194,8 @@ def retain(state: State, cfg: Config, signer: Any, targets: Sequence[StorageTarg
                                     actor=actor, change=change,
                                     labels=current_labels(state, docking_id))
         state.audit("retention_change", f"docking/{docking_id}",
-                    {**change, "revision": seq, "revision_sha256": digest}, actor=actor,
-                    conn=conn)
+                    {**change, "revision": seq, "revision_sha256": digest,
+                     "prefix": docking["prefix"]}, actor=actor, conn=conn)
     landed = deliver_custody(state, cfg, targets, signer, ignore_backoff=True)
     log.info("docking %d: retention of %d clip(s) raised to %s (revision %d)", docking_id,
              len(raised), retention_class, seq)

@@ -272,11 +272,13 @@ def parse_segment(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def verify_segments(audit_dir: Path, keys: Mapping[str, Ed25519PublicKey], *,
-                    rel: str = AUDIT_DIR) -> tuple[ChainReport, dict[str, Any]]:
+                    rel: str = AUDIT_DIR, collect: list[dict[str, Any]] | None = None
+                    ) -> tuple[ChainReport, dict[str, Any]]:
     """Verify every dock's delivered trail under ``audit_dir`` (``<root>/_audit``).
 
     Returns the report (problems name the segment file and the entry) and the verified
-    heads per dock ``{dock: {"id", "hash"}}``.
+    heads per dock ``{dock: {"id", "hash"}}``; entries of segments that verified are
+    appended to ``collect`` when given.
     """
     report = ChainReport(0)
     heads: dict[str, Any] = {}
@@ -328,6 +330,8 @@ def verify_segments(audit_dir: Path, keys: Mapping[str, Ed25519PublicKey], *,
                 break
             prev_hash, next_id = entries[-1]["hash"], last + 1
             heads[dock_dir.name] = {"id": last, "hash": prev_hash}
+            if collect is not None:
+                collect.extend(entries)
     return report, heads
 
 

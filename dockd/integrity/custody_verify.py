@@ -19,12 +19,13 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .audit import AUDIT_DIR, chain_problems, entry_hash, verify_segments
-from .revisions import REVISIONS_DIR, verify_revisions
+from .revisions import REVISIONS_DIR, revision_key, verify_revisions
 
 EXPORT_DIR = "_export"
 SUMS_NAME = "SHA256SUMS"
@@ -38,8 +39,10 @@ def check_custody(root: Path | None, path: Path, keys: Mapping[str, Ed25519Publi
         return
     if path == root:
         verify_revisions(root, keys, problems, warnings)
-        report, _heads = verify_segments(root / AUDIT_DIR, keys)
+        entries: list[dict[str, Any]] = []
+        report, _heads = verify_segments(root / AUDIT_DIR, keys, collect=entries)
         problems.extend(report.problems)
+        check_revisions_against_trail(root, entries, problems)
         if (root / EXPORT_DIR).exists():
             check_package(root, keys, problems, warnings)
     elif path.is_dir():
@@ -49,6 +52,31 @@ def check_custody(root: Path | None, path: Path, keys: Mapping[str, Ed25519Publi
             return
         if not prefix.startswith("_"):
             verify_revisions(root, keys, problems, warnings, only_prefix=prefix)
+
+
+def check_revisions_against_trail(root: Path, entries: list[dict[str, Any]],
+                                  problems: list[str]) -> None:
+    """Every revision the (verified) audit trail says was made must be on the target with
+    the hash the trail recorded: deleting the newest revision is noticed, too."""
+    for e in entries:
+        d = e.get("detail")
+        if e.get("action") not in ("label", "retention_change") or not isinstance(d, dict):
+            continue
+        prefix, seq, sha = d.get("prefix"), d.get("revision"), d.get("revision_sha256")
+        if not (isinstance(prefix, str) and isinstance(seq, int) and isinstance(sha, str)):
+            continue
+        rel = revision_key(prefix, seq)
+        try:
+            data = _read(root / rel)
+        except FileNotFoundError:
+            problems.append(f"{rel}: missing, but audit entry {e['id']} records it "
+                            f"({e['action']} by {e['actor']})")
+            continue
+        except OSError as exc:
+            problems.append(f"{rel}: cannot read ({exc.strerror or exc})")
+            continue
+        if hashlib.sha256(data).hexdigest() != sha:
+            problems.append(f"{rel}: not the revision audit entry {e['id']} recorded")
 
 
 def _read(p: Path) -> bytes:
