@@ -517,3 +517,31 @@ def test_deleting_the_newest_revision_is_caught_by_the_audit_trail(docked):
     rel = f"{REVISIONS_DIR}/{res['prefix']}/000002.json"
     assert any(p.startswith(f"{rel}: missing, but audit entry") and "retention_change" in p
                for p in report.problems), report.problems
+
+
+def test_a_consistently_rewritten_database_trail_is_caught_against_the_target(docked):
+    """An insider rewrites entry 2 and recomputes every later hash (and drops the signed
+    segment records): the chain is whole again, the copy on the target is not fooled."""
+    from dockd.integrity.audit import entry_hash
+
+    cfg, _res = docked
+    w = _w(cfg)
+    conn = sqlite3.connect(cfg.paths.database)
+    with conn:
+        rows = conn.execute("SELECT id, ts, actor, action, subject, detail FROM audit "
+                            "ORDER BY id").fetchall()
+        prev = ""
+        for i, (eid, ts, actor, action, subject, detail) in enumerate(rows):
+            if i == 1:
+                detail = json.dumps({"clips": 0}, sort_keys=True)
+            h = entry_hash(ts, actor, action, subject, json.loads(detail), prev)
+            conn.execute("UPDATE audit SET detail = ?, prev_hash = ?, hash = ? WHERE id = ?",
+                         (detail, prev, h, eid))
+            prev = h
+        conn.execute("DELETE FROM audit_segment_deliveries")
+        conn.execute("DELETE FROM audit_segments")
+    conn.close()
+    assert run_dockd("audit", "verify", *w).returncode == 0  # the chain alone looks fine
+    r = run_dockd("audit", "verify", *w, "--against", str(cfg.targets[0].path))
+    assert r.returncode == 1
+    assert f"audit entry {rows[1][0]}: differs from the signed, delivered copy" in r.stdout

@@ -39,6 +39,9 @@ def add_custody_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> Non
                         "package) instead of the dock's database")
     v.add_argument("--pubkey", type=Path, action="append", default=[],
                    help="trusted public key for a delivered copy (repeatable)")
+    v.add_argument("--against", type=Path, metavar="TARGET",
+                   help="also compare the dock's entries with the signed copy delivered to "
+                        "TARGET (a target root)")
     v.add_argument("--json", action="store_true", help="print machine-readable JSON")
     v.set_defaults(func=cmd_audit_verify)
 
@@ -130,6 +133,8 @@ def cmd_audit_verify(cfg: Config, args: argparse.Namespace) -> int:
         AUDIT_DIR,
         ChainReport,
         chain_head,
+        compare_with_delivered,
+        db_entries,
         verify_db,
         verify_segments,
     )
@@ -138,8 +143,19 @@ def cmd_audit_verify(cfg: Config, args: argparse.Namespace) -> int:
         with _state(cfg) as state:
             report = verify_db(state)
             head = chain_head(state)
+            mine = db_entries(state)
         where = str(cfg.paths.database)
         heads = {cfg.dock.id: head}
+        if args.against is not None and report.ok:
+            delivered: list[dict[str, Any]] = []
+            copy, _ = verify_segments(args.against / AUDIT_DIR,
+                                      _trusted_keys(cfg, args.pubkey), collect=delivered)
+            report.problems.extend(copy.problems)
+            if not delivered and not copy.problems:
+                report.problems.append(f"{args.against}: no delivered audit trail")
+            cmp = compare_with_delivered(mine, delivered)
+            report.problems.extend(cmp.problems)
+            report.first_bad = cmp.first_bad
     elif _slice(args.path).is_file() and not (args.path / AUDIT_DIR).is_dir():
         from ..integrity.custody_verify import check_slice
 

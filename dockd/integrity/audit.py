@@ -182,6 +182,24 @@ def verify_db(state: Any) -> ChainReport:
     return report
 
 
+def compare_with_delivered(db_entries_: Sequence[Mapping[str, Any]],
+                           delivered: Sequence[Mapping[str, Any]]) -> ChainReport:
+    """The dock's entries against a verified delivered copy: an entry the copy holds must be
+    in the database with the same hash (a database rewritten consistently from some entry
+    on, hashes recomputed, is caught here)."""
+    report = ChainReport(len(delivered))
+    mine = {int(e["id"]): e["hash"] for e in db_entries_}
+    for e in delivered:
+        got = mine.get(int(e["id"]))
+        if got != e["hash"]:
+            report.problems.append(
+                f"audit entry {e['id']}: " + ("missing from the database" if got is None else
+                                              "differs from the signed, delivered copy"))
+            report.first_bad = int(e["id"])
+            break
+    return report
+
+
 def chain_head(state: Any) -> dict[str, Any]:
     """The newest entry: ``{"id": N, "hash": hex}`` (``{"id": 0, "hash": ""}`` when empty).
     This is what checkpoints sign to commit to the whole trail."""
