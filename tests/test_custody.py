@@ -545,3 +545,18 @@ def test_a_consistently_rewritten_database_trail_is_caught_against_the_target(do
     r = run_dockd("audit", "verify", *w, "--against", str(cfg.targets[0].path))
     assert r.returncode == 1
     assert f"audit entry {rows[1][0]}: differs from the signed, delivered copy" in r.stdout
+
+
+def test_export_carries_timestamp_tokens_and_key_records_from_the_target(docked, tmp_path):
+    cfg, res = docked
+    root = cfg.targets[0].path
+    (root / res["prefix"] / "manifest.json.tsr").write_bytes(b"token bytes")
+    (root / "_keys" / "ed25519_x.rec").write_bytes(b"key record")
+    (root / res["prefix"] / "planted.txt").write_bytes(b"not evidence")
+    out = tmp_path / "pkg"
+    assert _export(cfg, out).returncode == 0
+    assert (out / res["prefix"] / "manifest.json.tsr").read_bytes() == b"token bytes"
+    assert (out / "_keys/ed25519_x.rec").read_bytes() == b"key record"
+    assert not (out / res["prefix"] / "planted.txt").exists()
+    sums = (out / "_export/SHA256SUMS").read_text()
+    assert f"{res['prefix']}/manifest.json.tsr\n" in sums and "_keys/ed25519_x.rec\n" in sums

@@ -147,6 +147,7 @@ def _write(state: State, cfg: Config, signer: Any, targets: Sequence[StorageTarg
             dest.write_bytes(bytes(r["document"]))
             dest.with_name(dest.name + ".sig").write_bytes(bytes(r["signature"]))
             key_ids.add(r["key_id"])
+    _copy_sidecars(out, [d["mprefix"] for d in dockings], targets)
     keys = _write_keys(out, key_ids, signer, targets)
     edir = out / EXPORT_DIR
     edir.mkdir()
@@ -231,12 +232,38 @@ def _chunks(src: Any, key: str) -> Any:
             yield chunk
 
 
+SIDECAR_SUFFIXES = (".tsr",)
+"""Signed companions of a manifest kept beside it on a target (RFC 3161 tokens)."""
+
+
+def _copy_sidecars(out: Path, prefixes: Sequence[str],
+                   targets: Sequence[StorageTarget]) -> None:
+    """Timestamp tokens beside the exported manifests and the dock's key records
+    (``_keys/*.rec``), where a local target holds them: the package then carries its
+    trusted time and key history too."""
+    local = [Path(t.root) for t in targets if hasattr(t, "root")]
+    for root in local[:1]:
+        for prefix in prefixes:
+            src = root / prefix
+            if not src.is_dir():
+                continue
+            for f in sorted(src.iterdir()):
+                if f.name.endswith(SIDECAR_SUFFIXES) and f.is_file() and not f.is_symlink():
+                    shutil.copyfile(f, out / prefix / f.name)
+        keys_dir = root / KEYS_DIR
+        if keys_dir.is_dir():
+            (out / KEYS_DIR).mkdir(exist_ok=True)
+            for f in sorted(keys_dir.glob("*.rec")):
+                if f.is_file() and not f.is_symlink():
+                    shutil.copyfile(f, out / KEYS_DIR / f.name)
+
+
 def _write_keys(out: Path, key_ids: set[str], signer: Any,
                 targets: Sequence[StorageTarget]) -> list[dict[str, str]]:
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     keys = []
-    (out / KEYS_DIR).mkdir()
+    (out / KEYS_DIR).mkdir(exist_ok=True)
     for kid in sorted(key_ids):
         pem = signer.public_pem if kid == signer.key_id else None
         for t in targets:
