@@ -109,7 +109,13 @@ def cmd_audit_show(cfg: Config, args: argparse.Namespace) -> int:
         entries = [json.loads(line) for line in
                    _slice(args.path).read_text(encoding="utf-8").splitlines()]
     elif args.path is not None:
-        entries = entries_of_segments(_segments_of(args.path))
+        files = _segments_of(args.path)
+        if not files:
+            from ..errors import VerifyError
+
+            raise VerifyError(f"{args.path}: no delivered audit trail (_audit/) or export "
+                              "audit slice here")
+        entries = entries_of_segments(files)
     else:
         with _state(cfg) as state:
             entries = db_entries(state)

@@ -179,3 +179,10 @@ def _failed(state: State, cfg: Config, table: str, idcol: str, ident: int,
         if not retry:
             state.audit("delivery_failed", f"{table}/{ident}",
                         {"target": target.name, "error": str(exc)}, conn=conn)
+    if not retry:
+        from ..alerts import raise_alert
+
+        raise_alert(state, level="alarm", kind="delivery_failed", subject=f"target/{target.name}",
+                    message=f"{target.describe()}: custody document ({table} {ident}) "
+                            f"cannot be delivered, not retrying: {exc}",
+                    command=cfg.delivery.alert_command)
