@@ -560,3 +560,18 @@ def test_export_carries_timestamp_tokens_and_key_records_from_the_target(docked,
     assert not (out / res["prefix"] / "planted.txt").exists()
     sums = (out / "_export/SHA256SUMS").read_text()
     assert f"{res['prefix']}/manifest.json.tsr\n" in sums and "_keys/ed25519_x.rec\n" in sums
+
+
+def test_export_refuses_control_characters_and_audit_show_never_prints_them(docked, tmp_path):
+    cfg, _res = docked
+    out = tmp_path / "pkg"
+    r = run_dockd("export", *_w(cfg), "--docking", "1", "--out", str(out), "--requester",
+                  "x\x1b[2J", "--approver", "a", "--reason", "r")
+    assert r.returncode == 2 and "--requester: control characters" in r.stderr
+    assert not out.exists()
+    r = run_dockd("label", *_w(cfg), "--docking", "1", "--case-no", "A\u009b31m")
+    assert r.returncode == 1 and "control characters" in r.stderr
+    with State(cfg.paths.database) as st:  # e.g. a hostile recorder's serial in a detail
+        st.audit("docked", "docking/1", {"serial": "A\u009b31m"})
+    shown = run_dockd("audit", "show", *_w(cfg)).stdout
+    assert "\u009b" not in shown and "\\u009b" in shown

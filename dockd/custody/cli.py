@@ -126,10 +126,12 @@ def cmd_audit_show(cfg: Config, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    for e in rows:
+    from ..integrity.manifest import printable_path as safe
+
+    for e in rows:  # names and notes come from people: never print control characters raw
         detail = json.dumps(e["detail"], ensure_ascii=False, sort_keys=True)
-        print(f"{e['id']:>6} {e['ts'][:19]}Z {e['action']:<18} {e['subject']:<16} "
-              f"{e['actor']}  {detail}")
+        print(safe(f"{e['id']:>6} {e['ts'][:19]}Z {e['action']:<18} {e['subject']:<16} "
+                   f"{e['actor']}  {detail}"))
     print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
     return 0
 
@@ -245,6 +247,11 @@ def cmd_retain(cfg: Config, args: argparse.Namespace) -> int:
     from ..integrity.audit import cli_actor
     from .labels import retain
 
+    if args.approver is not None and not (args.approver.strip()
+                                          and _plain_text(args.approver)):
+        print("dockd: retain refused: --approver: empty, control characters or longer than "
+              "400 characters", file=sys.stderr)
+        return 2
     state, signer, targets = _open_rw(cfg)
     try:
         res = retain(state, cfg, signer, targets, docking_id=args.docking, clips=args.clip,
@@ -265,6 +272,10 @@ def cmd_retain(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _plain_text(value: str) -> bool:
+    return len(value) <= 400 and value.isprintable()
+
+
 def _pending(state: Any) -> int:
     row = state.query_one("SELECT (SELECT count(*) FROM revision_deliveries WHERE state != "
                           "'delivered') + (SELECT count(*) FROM audit_segment_deliveries WHERE "
@@ -277,6 +288,12 @@ def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
 
     missing = [f"--{n}" for n in ("requester", "approver", "reason")
                if not (getattr(args, n) or "").strip()]
+    bad = [f"--{n}" for n in ("requester", "approver", "reason", "place")
+           if not _plain_text(getattr(args, n) or "")]
+    if bad:
+        print(f"dockd: export refused: {', '.join(bad)}: control characters or longer than "
+              "400 characters", file=sys.stderr)
+        return 2
     if missing:
         print(f"dockd: export refused: {', '.join(missing)} required (R8: copying archived "
               "footage needs a named requester, an approver and a reason)", file=sys.stderr)

@@ -16,7 +16,6 @@ revision is then delivered at once where the targets allow (see ``custody.publis
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,7 +36,6 @@ from .publish import clip_retention, deliver_custody
 log = logging.getLogger(__name__)
 
 MAX_LABEL = 400
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def check_label_fields(fields: Mapping[str, str | None]) -> dict[str, str]:
@@ -49,7 +47,7 @@ def check_label_fields(fields: Mapping[str, str | None]) -> dict[str, str]:
         if v is None:
             continue
         v = v.strip()
-        if _CONTROL.search(v) or len(v) > MAX_LABEL:
+        if not v.isprintable() or len(v) > MAX_LABEL:
             raise DockdError(f"label {k}: control characters or longer than {MAX_LABEL}")
         out[k] = v
     if not out:
@@ -165,6 +163,8 @@ def retain(state: State, cfg: Config, signer: Any, targets: Sequence[StorageTarg
            docking_id: int, clips: Sequence[str] = (), retention_class: str, actor: str,
            reason: str = "") -> dict[str, Any]:
     """Raise the retention class of the docking's clips (all, or the named ones)."""
+    if not reason.isprintable() or len(reason) > MAX_LABEL:
+        raise DockdError(f"reason: control characters or longer than {MAX_LABEL}")
     if retention_class not in RETENTION_ORDER:
         raise DockdError(f"unknown retention class {retention_class!r} "
                          f"(known: {', '.join(RETENTION_ORDER)})")

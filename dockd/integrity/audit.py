@@ -43,6 +43,7 @@ SEGMENT_FORMAT = "dockd-audit-segment/1"
 SEGMENT_SUFFIX = ".jsonl"
 SIG_SUFFIX = ".sig"
 _SEGMENT_RE = re.compile(r"(\d{10})-(\d{10})\.jsonl")
+_LOGIN_RE = re.compile(r"[A-Za-z0-9._-][A-Za-z0-9._$-]{0,63}")
 ENTRY_FIELDS = ("id", "ts", "actor", "action", "subject", "detail", "prev_hash", "hash")
 
 
@@ -75,8 +76,8 @@ def cli_actor(approver: str | None = None) -> str:
     except KeyError:
         login = f"uid{uid}"
     actor = f"user:{login}"
-    sudo = os.environ.get("SUDO_USER")
-    if sudo and sudo != login:
+    sudo = os.environ.get("SUDO_USER", "")
+    if uid == 0 and sudo and sudo != login and _LOGIN_RE.fullmatch(sudo):
         actor += f" via sudo from {sudo}"
     if approver:
         actor += f"; approver:{approver}"
