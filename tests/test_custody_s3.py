@@ -55,11 +55,16 @@ def test_label_and_retention_reach_s3_with_object_lock(workdir, make_recorder, m
             assert head["ObjectLockMode"] == "COMPLIANCE"
             assert 3645 < _days(head) < 3655
             assert head.get("ObjectLockLegalHoldStatus") != "ON"
+        m_head = s3.head_object(Bucket=bucket, Key=f"{prefix}/manifest.json")
+        assert m_head["ObjectLockMode"] == "COMPLIANCE" and 3645 < _days(m_head) < 3655
         one = clips[0].rsplit("/", 1)[1]
         retain(state, cfg, signer, targets, docking_id=1, clips=[one],
                retention_class="permanent", actor="user:t; approver:a")
         assert s3.get_object_legal_hold(Bucket=bucket, Key=clips[0])["LegalHold"][
             "Status"] == "ON"
+        for doc in ("manifest.json", "manifest.json.sig"):  # kept as long as its clips
+            assert s3.get_object_legal_hold(Bucket=bucket, Key=f"{prefix}/{doc}")[
+                "LegalHold"]["Status"] == "ON"
         assert s3.head_object(Bucket=bucket, Key=clips[1]).get(
             "ObjectLockLegalHoldStatus") != "ON"
 

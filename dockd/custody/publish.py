@@ -25,7 +25,7 @@ from typing import Any
 
 from ..config import Config
 from ..delivery.base import Retention, StorageTarget
-from ..delivery.layout import key_path, sanitize_component
+from ..delivery.layout import MANIFEST_NAME, SIGNATURE_NAME, key_path, sanitize_component
 from ..delivery.targets import retention_for
 from ..errors import DeliveryError
 from ..integrity.audit import AUDIT_DIR, SIG_SUFFIX, build_segment, db_entries, segment_name
@@ -97,6 +97,13 @@ def _extend_clips(state: State, cfg: Config, target: StorageTarget, docking_id: 
         (docking_id, target.name))
     for r in rows:
         extend(r["key"], clip_retention(cfg, r["retention_class"], r["docked_at"]))
+    m = state.query_one("SELECT m.prefix FROM manifests m JOIN manifest_deliveries md ON "
+                        "md.manifest_id = m.id WHERE m.docking_id = ? AND md.target = ? AND "
+                        "md.state = 'delivered'", (docking_id, target.name))
+    if m is not None:  # the manifest and its signature are kept as long as the clips
+        ret = _docking_retention(state, cfg, docking_id)
+        extend(f"{m['prefix']}/{MANIFEST_NAME}", ret)
+        extend(f"{m['prefix']}/{SIGNATURE_NAME}", ret)
     return len(rows)
 
 
