@@ -140,3 +140,28 @@ def test_a_removed_newest_entry_is_named_against_the_signed_segments(audit_db, t
         report = verify_db(s)
     assert not report.ok and report.first_bad == last
     assert f"audit entry {last}: removed (signed and delivered in segment" in report.problems[0]
+
+
+def test_a_long_backlog_is_cut_into_bounded_segments_that_join(tmp_path, monkeypatch):
+    from dockd.custody import publish
+    from dockd.delivery.local import LocalTarget
+    from dockd.integrity.audit import verify_segments
+
+    monkeypatch.setattr(publish, "SEGMENT_MAX_ENTRIES", 4)
+    cfg = for_workdir(tmp_path / "w")
+    generate_key(cfg.paths.key_file, cfg.paths.public_key_file)
+    target = LocalTarget("primary", tmp_path / "t")
+    with State(cfg.paths.database) as st:
+        for i in range(10):
+            st.audit("label", f"docking/{i}", {"i": i})
+        assert publish.deliver_custody(st, cfg, [target], load_signer(cfg)) == 3
+    names = sorted(p.name for p in (tmp_path / "t/_audit/dock-01").glob("*.jsonl"))
+    assert names == ["0000000001-0000000004.jsonl", "0000000005-0000000008.jsonl",
+                     "0000000009-0000000010.jsonl"]
+    k = load_public_key(cfg.paths.public_key_file)
+    report, heads = verify_segments(tmp_path / "t/_audit", {key_id(k): k})
+    assert report.ok and report.entries == 10 and heads["dock-01"]["id"] == 10
+    (tmp_path / "t/_audit/dock-01" / names[1]).unlink()
+    report, _ = verify_segments(tmp_path / "t/_audit", {key_id(k): k})
+    assert report.problems[0] == ("_audit/dock-01: audit entries 5..8 missing (a segment was "
+                                  "removed)")

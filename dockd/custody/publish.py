@@ -37,6 +37,10 @@ from ..state import State, iso, parse_iso
 log = logging.getLogger(__name__)
 
 
+SEGMENT_MAX_ENTRIES = 5000
+"""A segment holds at most this many entries (a long backlog becomes several)."""
+
+
 def segment_key(dock_id: str, first: int, last: int) -> str:
     return f"{AUDIT_DIR}/{sanitize_component(dock_id)}/{segment_name(first, last)}"
 
@@ -47,7 +51,7 @@ def cut_segment(state: State, dock_id: str, signer: Any,
     with state.tx() as conn:
         row = conn.execute("SELECT max(last_id) FROM audit_segments").fetchone()
         last = int(row[0] or 0)
-        entries = db_entries(state, after_id=last)
+        entries = db_entries(state, after_id=last, limit=SEGMENT_MAX_ENTRIES)
         if not entries:
             return None
         body = build_segment(dock_id, entries)
@@ -141,7 +145,8 @@ def deliver_custody(state: State, cfg: Config, targets: Sequence[StorageTarget],
                         {"target": target.name, "revision": r["seq"], "kind": r["kind"],
                          "key": key, "retention_applied_to": extended}, conn=conn)
         landed += 1
-    cut_segment(state, cfg.dock.id, signer, targets)
+    while cut_segment(state, cfg.dock.id, signer, targets) is not None:
+        pass
     for s in state.query(
             "SELECT s.id, s.dock_id, s.first_id, s.last_id, s.body, s.signature, sd.target "
             "FROM audit_segment_deliveries sd JOIN audit_segments s ON s.id = sd.segment_id "

@@ -147,9 +147,10 @@ def chain_problems(entries: Sequence[Mapping[str, Any]], *, start_prev: str = ""
     return report
 
 
-def db_entries(state: Any, *, after_id: int = 0) -> list[dict[str, Any]]:
-    """Audit rows of a ``State`` in id order (detail parsed)."""
-    rows = state.query("SELECT * FROM audit WHERE id > ? ORDER BY id", (after_id,))
+def db_entries(state: Any, *, after_id: int = 0, limit: int = -1) -> list[dict[str, Any]]:
+    """Audit rows of a ``State`` in id order (detail parsed), at most ``limit``."""
+    rows = state.query("SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+                       (after_id, limit))
     return [{**r, "detail": _detail(r["detail"])} for r in rows]
 
 
