@@ -165,3 +165,26 @@ def test_a_long_backlog_is_cut_into_bounded_segments_that_join(tmp_path, monkeyp
     report, _ = verify_segments(tmp_path / "t/_audit", {key_id(k): k})
     assert report.problems[0] == ("_audit/dock-01: audit entries 5..8 missing (a segment was "
                                   "removed)")
+
+
+def test_the_daemon_cuts_audit_segments_at_most_once_a_minute(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from dockd.custody import publish
+    from dockd.delivery.local import LocalTarget
+
+    now = [datetime(2026, 11, 30, 8, 0, tzinfo=UTC)]
+    cfg = for_workdir(tmp_path / "w")
+    generate_key(cfg.paths.key_file, cfg.paths.public_key_file)
+    target, signer = LocalTarget("primary", tmp_path / "t"), load_signer(cfg)
+    with State(cfg.paths.database, clock=lambda: now[0]) as st:
+        st.audit("docked", "docking/1", {})
+        assert publish.deliver_custody(st, cfg, [target], signer) == 1  # the first: at once
+        st.audit("signed", "docking/1", {})
+        now[0] += timedelta(seconds=30)
+        assert publish.deliver_custody(st, cfg, [target], signer) == 0  # not yet
+        now[0] += timedelta(seconds=31)
+        assert publish.deliver_custody(st, cfg, [target], signer) == 1
+        st.audit("delivered", "docking/1", {})
+        assert publish.deliver_custody(st, cfg, [target], signer, ignore_backoff=True) == 1
+    assert len(list((tmp_path / "t/_audit/dock-01").glob("*.jsonl"))) == 3

@@ -41,6 +41,17 @@ SEGMENT_MAX_ENTRIES = 5000
 """A segment holds at most this many entries (a long backlog becomes several)."""
 
 
+SEGMENT_INTERVAL_S = 60.0
+"""The daemon cuts a new audit segment at most this often (commands run by a person, and
+``dockd ingest``, cut one at once)."""
+
+
+def _segment_due(state: State) -> bool:
+    row = state.query_one("SELECT max(created_at) AS t FROM audit_segments")
+    last = parse_iso(row["t"]) if row else None
+    return last is None or (state.clock() - last).total_seconds() >= SEGMENT_INTERVAL_S
+
+
 def segment_key(dock_id: str, first: int, last: int) -> str:
     return f"{AUDIT_DIR}/{sanitize_component(dock_id)}/{segment_name(first, last)}"
 
@@ -145,8 +156,9 @@ def deliver_custody(state: State, cfg: Config, targets: Sequence[StorageTarget],
                         {"target": target.name, "revision": r["seq"], "kind": r["kind"],
                          "key": key, "retention_applied_to": extended}, conn=conn)
         landed += 1
-    while cut_segment(state, cfg.dock.id, signer, targets) is not None:
-        pass
+    if ignore_backoff or _segment_due(state):
+        while cut_segment(state, cfg.dock.id, signer, targets) is not None:
+            pass
     for s in state.query(
             "SELECT s.id, s.dock_id, s.first_id, s.last_id, s.body, s.signature, sd.target "
             "FROM audit_segment_deliveries sd JOIN audit_segments s ON s.id = sd.segment_id "
