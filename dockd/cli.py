@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(p)
     p.set_defaults(func=cmd_keygen)
 
+    from .custody.cli import add_custody_parsers
+    add_custody_parsers(sub, parents=[common])
+
     p = sub.add_parser("config-check", parents=[common],
                        help="check a configuration file; report every problem")
     _json_flag(p)
@@ -236,6 +239,11 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
         k = load_public_key(p)
         keys[key_id(k)] = k
     report = verify_path(args.path, keys or None)
+    from .custody.cli import audit_on_dock
+
+    audit_on_dock(cfg, "verified", f"path/{Path(args.path).absolute()}",
+                  {"ok": report.ok, "manifests": report.manifests, "files": report.files,
+                   "problems": len(report.problems), "keys": sorted(keys)})
     if args.json:
         _print_json({"ok": report.ok, "manifests": report.manifests, "files": report.files,
                      "problems": report.problems, "warnings": report.warnings})
@@ -247,7 +255,20 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_keygen(cfg: Config, args: argparse.Namespace) -> int:
     from .integrity.keys import generate_key
 
+    old_kid = None
+    if args.force and cfg.paths.public_key_file.exists():
+        from .errors import SigningError
+        from .integrity.keys import key_id, load_public_key
+
+        try:
+            old_kid = key_id(load_public_key(cfg.paths.public_key_file))
+        except SigningError:
+            old_kid = "unreadable"
     kid = generate_key(cfg.paths.key_file, cfg.paths.public_key_file, overwrite=args.force)
+    from .custody.cli import audit_on_dock
+
+    audit_on_dock(cfg, "key_rotated" if old_kid else "key_created", f"key/{kid}",
+                  {"key_id": kid, "previous_key_id": old_kid})
     if args.json:
         _print_json({"key_id": kid, "private_key": str(cfg.paths.key_file),
                      "public_key": str(cfg.paths.public_key_file)})

@@ -138,6 +138,10 @@ class RetentionConfig:
 
 
 RETENTION_CLASSES = ("routine", "standard", "evidence", "permanent")
+MIN_ROUTINE_DAYS = 183
+"""R7: routine footage is kept at least 6 months."""
+MIN_STANDARD_DAYS = 365
+"""R7: ordinary footage is kept at least 1 year (1-2 years by the rules)."""
 TARGET_KINDS = ("local", "s3", "sftp")
 
 
@@ -430,6 +434,12 @@ def _semantic_checks(cfg: Config) -> list[str]:
     r = cfg.retention
     if not 0 < r.routine_days <= r.standard_days <= r.evidence_days:
         problems.append("retention: need 0 < routine_days <= standard_days <= evidence_days")
+    if r.routine_days < MIN_ROUTINE_DAYS:
+        problems.append(f"retention.routine_days: {r.routine_days} is shorter than the legal "
+                        f"minimum of 6 months ({MIN_ROUTINE_DAYS} days, R7)")
+    if r.standard_days < MIN_STANDARD_DAYS:
+        problems.append(f"retention.standard_days: {r.standard_days} is shorter than the legal "
+                        f"minimum of 1 year ({MIN_STANDARD_DAYS} days, R7)")
     for i, t in enumerate(cfg.targets):
         where = f"targets[{i}]"
         if t.kind not in TARGET_KINDS:

@@ -343,6 +343,9 @@ class Pipeline:
             cur = conn.execute("SELECT state FROM dockings WHERE id = ?", (docking_id,)).fetchone()
             if left == 0 and cur["state"] == "offloading":
                 self.state._advance_docking(conn, docking_id, "offloading", "offloaded", {})
+            self.state.audit("copied", f"docking/{docking_id}",
+                             {"clips": out.copied, "bytes": copied_bytes, "left": left,
+                              "skipped_known": out.skipped_known}, conn=conn)
         if left == 0:
             set_clock_after_offload(self.state, self.cfg, docking_id, root,
                                     self.profile(d["profile"]),
@@ -459,6 +462,10 @@ class Pipeline:
                              tuple(r.values()))
             conn.execute("UPDATE dockings SET continuity = ? WHERE id = ?",
                          (dumps(doc), docking_id))
+            self.state.audit("findings", f"docking/{docking_id}",
+                             {"kinds": sorted({str(f.get("kind")) for f in findings}),
+                              "count": len(findings),
+                              "needs_review": sum(r["needs_review"] for r in rows)}, conn=conn)
         unnoted = sum(r["needs_review"] for r in rows if r["kind"] != "session_break")
         log.info("port %s serial %s: docking %d timeline: %d session(s), %d interruption(s), "
                  "%d need review", d["port"], d["serial"], docking_id,
@@ -609,6 +616,10 @@ class Pipeline:
                 continue
             landed += 1
             self._manifest_landed(m["id"], m["docking_id"], target.name)
+        from .custody.publish import deliver_custody  # revisions and audit trail (R4, R7, R8)
+
+        deliver_custody(self.state, self.cfg, self.targets, self.signer,
+                        ignore_backoff=ignore_backoff)
         return landed
 
     def _concurrency(self, target: str) -> int:
@@ -687,6 +698,8 @@ class Pipeline:
             conn.execute("UPDATE manifest_deliveries SET state = 'delivered', verified_at = ?, "
                          "last_error = NULL WHERE manifest_id = ? AND target = ?",
                          (self.state.now(), manifest_id, target))
+            self.state.audit("delivered_to", f"docking/{docking_id}",
+                             {"target": target, "manifest_id": manifest_id}, conn=conn)
             have = {r["target"] for r in conn.execute(
                 "SELECT target FROM manifest_deliveries WHERE manifest_id = ? AND "
                 "state = 'delivered'", (manifest_id,))}

@@ -164,8 +164,32 @@ def _m5_health(db: sqlite_utils.Database) -> None:
         "FROM dockings WHERE json_valid(snapshot) ORDER BY id")
 
 
+def _m6_custody(db: sqlite_utils.Database) -> None:
+    """Signed manifest revisions (labels R4, retention R7) and delivered audit segments (R8),
+    each with its per-target delivery state."""
+    db["revisions"].create({
+        "id": int, "docking_id": int, "seq": int, "sha256": str, "prev_sha256": str,
+        "manifest_sha256": str, "key_id": str, "prefix": str, "kind": str, "actor": str,
+        "created_at": str, "document": bytes, "signature": bytes,
+    }, pk="id", not_null={"docking_id", "seq", "sha256", "document", "signature"},
+        foreign_keys=[("docking_id", "dockings", "id")])
+    db["revisions"].create_index(["docking_id", "seq"], unique=True)
+    db["revision_deliveries"].create({
+        "revision_id": int, "target": str, "state": str, "attempts": int,
+        "last_error": str, "next_try_at": str, "verified_at": str,
+    }, pk=("revision_id", "target"), defaults={"attempts": 0})
+    db["audit_segments"].create({
+        "id": int, "dock_id": str, "first_id": int, "last_id": int, "sha256": str,
+        "created_at": str, "body": bytes, "signature": bytes,
+    }, pk="id", not_null={"first_id", "last_id", "body", "signature"})
+    db["audit_segment_deliveries"].create({
+        "segment_id": int, "target": str, "state": str, "attempts": int,
+        "last_error": str, "next_try_at": str, "verified_at": str,
+    }, pk=("segment_id", "target"), defaults={"attempts": 0})
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_continuity, _m3_retention, _m4_queue, _m5_health,
+    _m1_initial, _m2_continuity, _m3_retention, _m4_queue, _m5_health, _m6_custody,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

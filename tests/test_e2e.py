@@ -26,7 +26,9 @@ BIG = 48 * 1024 * 1024  # per recorder: enough that copying takes a measurable w
 
 
 def target_files(target: Path) -> list[Path]:
-    return sorted(p for p in target.rglob("*") if p.is_file() and "_keys" not in p.parts
+    """Delivered clips: not the keys, revisions or audit trail (top-level ``_`` folders)."""
+    return sorted(p for p in target.rglob("*") if p.is_file()
+                  and not p.relative_to(target).parts[0].startswith("_")
                   and p.name not in ("manifest.json", "manifest.json.sig"))
 
 

@@ -173,3 +173,29 @@ def test_misbehaving_exiftool_does_not_block(clips: dict[str, Path], tmp_path: P
 ])
 def test_parse_time(text: str | None, expected: datetime | None) -> None:
     assert parse_time(text) == expected
+
+
+def test_exiftool_whose_terminate_times_out_is_discarded_cleanly(monkeypatch):
+    """A terminate that times out (a loaded machine) must not leave pyexiftool thinking the
+    process still runs: its __del__ then crashed on the discarded process at some later,
+    unrelated point of the test run."""
+    import gc
+    import subprocess
+    import sys
+
+    from dockd.config import ToolsConfig
+    from dockd.ingest.probe import Prober
+
+    caught = []
+    monkeypatch.setattr(sys, "unraisablehook", caught.append)
+    prober = Prober(ToolsConfig())
+    et = prober._exiftool()
+
+    def slow(**_kw):
+        raise subprocess.TimeoutExpired("exiftool", 5)
+
+    et.terminate = slow
+    prober.close()
+    del et
+    gc.collect()
+    assert caught == []

@@ -51,7 +51,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -316,6 +316,17 @@ class S3Target:
             raise DeliveryError(f"{self.name}: cannot extend retention of missing {key}",
                                 retry=False)
         self._ensure_retention(key, full, retention)
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        """The stored object's bytes, streamed (exports read evidence back this way)."""
+        resp = self._call("read", key, "get_object", Key=self.full_key(key))
+        body = resp["Body"]
+        try:
+            yield from body.iter_chunks(CHUNK_SIZE)
+        except Exception as exc:
+            raise translate_error(exc, self.name, key, "read") from exc
+        finally:
+            body.close()
 
     def pace(self, nbytes: int) -> None:
         """Wait as long as the bandwidth cap requires before sending ``nbytes``."""

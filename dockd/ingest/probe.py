@@ -203,6 +203,7 @@ class Prober:
                         pass
             proc.wait()
         et._process = None  # nothing left for pyexiftool's __del__ to do
+        et._running = False  # (a terminate that timed out left it set: __del__ then crashed)
 
     def close(self) -> None:
         """Stop the exiftool process (if started)."""

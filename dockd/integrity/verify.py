@@ -42,6 +42,7 @@ from ..delivery.layout import (
 )
 from ..errors import SigningError, VerifyError
 from ..model import RecorderIdentity
+from .custody_verify import CUSTODY_DIRS, check_custody
 from .keys import key_id, load_public_key
 from .manifest import check_signature, manifest_sha256, parse_manifest, parse_signature
 
@@ -123,6 +124,7 @@ def verify_path(
             links.append(link)
     if only is None:
         _check_chain(links, path, problems, warnings)
+        check_custody(root, path, keys, problems, warnings)
     report = VerifyReport(not problems, len(dirs), files, problems, warnings)
     log.info("verified %s: %d manifest(s), %d file(s), %d problem(s), %d warning(s)",
              path, report.manifests, report.files, len(problems), len(warnings))
@@ -178,6 +180,8 @@ def _walk(path: Path, root: Path | None, problems: list[str],
         dirnames.sort()
         if d == root and KEYS_DIR in dirnames:
             dirnames.remove(KEYS_DIR)
+        if d == root:  # revisions, audit trail, export papers: checked by check_custody
+            dirnames[:] = [n for n in dirnames if n not in CUSTODY_DIRS]
         if d == root and QUARANTINE_DIR in dirnames:
             dirnames.remove(QUARANTINE_DIR)
             held = sum(len(fs) for _, _, fs in os.walk(d / QUARANTINE_DIR))

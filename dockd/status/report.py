@@ -4,6 +4,7 @@ found at every resumption (R2), for supervisors' review (R11). Read-only over th
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
 
 from rich.console import Group
@@ -79,8 +80,27 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
             "sessions": sessions, "gaps": gaps,
             "needs_review": sum(g["needs_review"] for g in gaps),
             "findings": cont.get("findings", []) if cont else [],
+            "labels": _labels(state, d["id"]),
         })
     return {"dockings": out}
+
+
+def _labels(state: State, docking_id: int) -> dict[str, Any]:
+    """Case labels (R4) from the docking's newest signed revision."""
+    from ..integrity.revisions import latest_labels, parse_revision
+
+    try:
+        row = state.query_one("SELECT document FROM revisions WHERE docking_id = ? "
+                              "ORDER BY seq DESC LIMIT 1", (docking_id,))
+    except sqlite3.OperationalError:
+        return latest_labels(None)
+    return latest_labels(parse_revision(bytes(row["document"])) if row else None)
+
+
+def _label_text(labels: dict[str, Any]) -> str:
+    names = {"case_no": "case", "party": "party", "handler": "handler", "note": "note"}
+    parts = [f"{names[k]} {v}" for k, v in labels.items() if k in names and v]
+    return ", ".join(parts)
 
 
 def render_report(data: dict[str, Any]) -> Group:
@@ -91,6 +111,7 @@ def render_report(data: dict[str, Any]) -> Group:
         title = (f"docking {d['docking_id']}: recorder {d['serial']} ({officer}), {d['port']}, "
                  f"docked {d['docked_at'][:16]}Z, clock "
                  f"{f'{offset:+.1f} s' if offset is not None else 'unknown'}")
+        lab = d.get("labels") or {}
         if not d["analyzed"]:
             parts.append(Text(f"{title}: timeline not analysed yet ({d['state']})", style="dim"))
             continue
@@ -136,6 +157,10 @@ def render_report(data: dict[str, Any]) -> Group:
         if d["needs_review"]:
             parts.append(Text(f"  {d['needs_review']} gap(s) need the supervisor's review",
                               style="bold red"))
+        if lab.get("docking"):
+            parts.append(Text(f"  labels: {_label_text(lab['docking'])}", style="cyan"))
+        for name, cl in sorted((lab.get("clips") or {}).items()):
+            parts.append(Text(f"  label {name}: {_label_text(cl)}", style="cyan"))
         other = [f for f in d["findings"] if not f["kind"].startswith("interruption")]
         for f in other:
             parts.append(Text(f"  finding: {f['kind']}: {f['message']}", style="yellow"))

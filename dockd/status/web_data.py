@@ -231,7 +231,35 @@ def fleet_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
                        "charging_minutes": h.charging_minutes},
         "unfit": sum(1 for r in recs if r["fit"] is False),
         "recorders": recs,
+        "cases": labelled_dockings(state),
     }
+
+
+def labelled_dockings(state: State, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest dockings with case labels (R4), as their newest revision states them."""
+    from ..integrity.revisions import latest_labels, parse_revision
+
+    try:
+        rows = state.query(
+            "SELECT r.docking_id, r.document, d.serial, d.docked_at, c.officer_no, "
+            "c.officer_name FROM revisions r JOIN dockings d ON d.id = r.docking_id "
+            "LEFT JOIN recorders c ON c.serial = d.serial WHERE r.seq = (SELECT max(seq) FROM "
+            "revisions WHERE docking_id = r.docking_id) ORDER BY r.docking_id DESC LIMIT ?",
+            (limit,))
+    except sqlite3.OperationalError:  # a database from before revisions existed
+        return []
+    out = []
+    for r in rows:
+        labels = latest_labels(parse_revision(bytes(r["document"])))
+        d = labels["docking"]
+        if not d and not labels["clips"]:
+            continue
+        out.append({"docking_id": r["docking_id"], "serial": r["serial"],
+                    "officer_no": r["officer_no"], "officer_name": r["officer_name"],
+                    "docked_at": r["docked_at"], "case_no": d.get("case_no"),
+                    "party": d.get("party"), "handler": d.get("handler"),
+                    "note": d.get("note"), "clips_labelled": len(labels["clips"])})
+    return out
 
 
 # --------------------------------------------------------------------------- ports (kiosk)

@@ -111,6 +111,10 @@ def _schemas() -> dict[str, S]:
             description="`fit` null: not enough readings to decide (`label` fit? or unknown)."),
         "Recorders": _obj({
             "generated_at": STR, "unfit": INT, "recorders": _arr(_ref("Recorder")),
+            "cases": _arr(_obj({
+                "docking_id": INT, "serial": STR, "officer_no": NSTR, "officer_name": NSTR,
+                "docked_at": STR, "case_no": NSTR, "party": NSTR, "handler": NSTR,
+                "note": NSTR, "clips_labelled": INT})),
             "thresholds": _obj({"min_battery_percent": NUM, "min_free_percent": NUM,
                                 "max_clock_offset_s": NUM, "charging_minutes": NUM})},
             description="The fleet: recorders not fit for the next shift first (R9)."),

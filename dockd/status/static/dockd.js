@@ -182,6 +182,16 @@
       parts.push(table(["col.status", "col.recorder", "col.officer", "col.unit",
                         "col.battery", "col.storage", "col.clock", "col.firmware",
                         "col.last_seen", "col.reasons"], rows));
+      if ((data.cases || []).length) {
+        parts.push(el("h2", null, t("fleet.cases")));
+        parts.push(table(["col.docking", "col.recorder", "col.officer", "col.case_no",
+                          "col.party", "col.handler", "col.note"],
+          data.cases.map(function (c) {
+            return row([String(c.docking_id), c.serial,
+              [c.officer_no, c.officer_name].filter(Boolean).join(" "), c.case_no || "–",
+              c.party || "–", c.handler || "–", c.note || "–"], "");
+          })));
+      }
       main.replaceChildren.apply(main, parts);
     });
   }
