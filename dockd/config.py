@@ -136,6 +136,21 @@ class RetentionConfig:
     evidence_days: int = 3650
 
 
+@dataclass(frozen=True)
+class IntegrityConfig:
+    tsa_url: str = ""
+    """RFC 3161 Time-Stamp Authority URL; "" = no trusted timestamps (verify says so)."""
+    tsa_timeout_seconds: float = 10.0
+    checkpoint_minutes: float = 60.0
+    """Publish a signed checkpoint to every target at least this often (and after dockings)."""
+    checkpoint_max_age_hours: float = 2.0
+    """``dockd verify`` fails when a dock's newest checkpoint is older (0 = only report)."""
+    audit_minutes: float = 60.0
+    """Target audit: compare every target's listing with what was delivered this often."""
+    audit_rehash_per_pass: int = 20
+    """Delivered objects re-read (SHA-256) per audit pass, oldest-checked first."""
+
+
 RETENTION_CLASSES = ("routine", "standard", "evidence", "permanent")
 TARGET_KINDS = ("local", "s3", "sftp")
 
@@ -274,6 +289,7 @@ class Config:
     continuity: ContinuityConfig = field(default_factory=ContinuityConfig)
     notes: NotesConfig = field(default_factory=NotesConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     allow: tuple[AllowConfig, ...] = ()
     port_map: tuple[PortMapConfig, ...] = ()

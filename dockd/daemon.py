@@ -41,6 +41,10 @@ def load_signer(cfg: Config) -> Signer:
     except FileNotFoundError as exc:
         raise SigningError(f"no signing key at {cfg.paths.key_file}: run `dockd keygen` "
                            "first") from exc
+    from .integrity.keyhistory import ensure_genesis
+    from .state import utcnow
+
+    ensure_genesis(cfg.dock.id, key, cfg.paths.public_key_file, utcnow())
     return Signer(private_key=key, key_id=key_id(key.public_key()),
                   public_pem=public_key_pem(key))
 
@@ -328,6 +332,7 @@ class Daemon:
 
     def _deliver_loop(self) -> None:
         last_resume = last_check = last_reread = time.monotonic()
+        last_checkpoint = last_audit = -float("inf")  # both run once at start-up
         while not self.stop_event.is_set():
             self.work_event.clear()
             try:
@@ -339,6 +344,13 @@ class Daemon:
                 if time.monotonic() - last_reread > self.cfg.health.reread_minutes * 60:
                     last_reread = time.monotonic()
                     self._reread_docked()
+                if time.monotonic() - last_checkpoint > self.cfg.integrity.checkpoint_minutes * 60:
+                    last_checkpoint = time.monotonic()
+                    self.pipeline.publish_checkpoints()
+                if time.monotonic() - last_audit > self.cfg.integrity.audit_minutes * 60:
+                    last_audit = time.monotonic()
+                    from .delivery.target_audit import audit_targets
+                    audit_targets(self.state, self.cfg, self.pipeline.targets)
                 if time.monotonic() - last_check > self.check_interval:
                     last_check = time.monotonic()
                     check_deadlines(self.state, self.cfg, self.state.clock())

@@ -65,7 +65,8 @@ class KeyRecord:
 
 @dataclass(frozen=True)
 class TrustedKey:
-    key: Ed25519PublicKey
+    key: Ed25519PublicKey | None
+    """None only for a trust-file entry before its key is found (pinned by fingerprint)."""
     dock: str | None
     """The dock this key belongs to; None when the reviewer gave a bare key that no record
     on the target binds (it is then accepted for one dock only: the first it signs for)."""
