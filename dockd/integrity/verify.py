@@ -135,6 +135,8 @@ class VerifyContext:
             self.problems.append(f"{where}: signed by {kid}, which is not a trusted key"
                                  f"{found}")
             return None
+        if dock is None:  # unreadable document: the signature check names what is wrong
+            return tk.key
         owner = tk.dock or self.bound.setdefault(kid, str(dock))
         if owner != dock:
             self.problems.append(f"{where}: claims dock {dock} but is signed by {kid}, a key "
