@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..delivery.layout import (
@@ -62,6 +63,7 @@ from .tsa import check_token
 log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
+_PEM = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 TOKEN_NAME = MANIFEST_NAME + ".tsr"
 """The RFC 3161 token of a docking's manifest, beside it."""
 
@@ -325,6 +327,9 @@ def _load_keys(ctx: VerifyContext) -> None:
                 kid = key_id(k)
                 if key_path(kid) != where:
                     ctx.problems.append(f"{where}: file name does not match its key id {kid}")
+                elif f.read_bytes() != k.public_bytes(*_PEM):
+                    ctx.problems.append(f"{where}: not the PEM dockd wrote for key {kid} "
+                                        "(altered)")
                 ctx.found_keys[kid] = k
             elif name.endswith(RECORD_SUFFIX):
                 try:
