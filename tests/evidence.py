@@ -52,9 +52,12 @@ class Dock:
     prefixes: list[str] = field(default_factory=list)
     manifests: list[bytes] = field(default_factory=list)
     docking_id: int = 0
+    record: bool = True
+    """Publish the key's genesis record (a key record binds the key to ``dock_id``)."""
 
     def __post_init__(self) -> None:
-        self.publish_record(make_record(self.dock_id, self.key, T0))
+        if self.record:
+            self.publish_record(make_record(self.dock_id, self.key, T0))
 
     @property
     def root(self) -> Path:
