@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -108,8 +108,7 @@ def _unb64(text: Any, what: str) -> bytes:
     return raw
 
 
-def parse_record(data: bytes, prev_keys: Mapping[str, Ed25519PublicKey] | None = None
-                 ) -> KeyRecord:
+def parse_record(data: bytes) -> KeyRecord:
     """Decode a key record and check its self-signature (``VerifyError`` if anything is off).
 
     The previous key's signature is checked by ``check_rotation`` once that key is known.
@@ -129,8 +128,9 @@ def parse_record(data: bytes, prev_keys: Mapping[str, Ed25519PublicKey] | None =
         raise VerifyError("malformed key record: prev_key_id")
     try:
         pub = serialization.load_pem_public_key(rec["public_key"].encode("ascii"))
-    except (ValueError, TypeError, UnicodeEncodeError):
-        raise VerifyError("malformed key record: public_key is not a PEM key") from None
+    except (ValueError, TypeError, UnicodeEncodeError, UnsupportedAlgorithm):
+        raise VerifyError("malformed key record: public_key is not an Ed25519 PEM key"
+                          ) from None
     if not isinstance(pub, Ed25519PublicKey):
         raise VerifyError("malformed key record: public_key is not Ed25519")
     if key_id(pub) != rec["key_id"]:
