@@ -91,6 +91,13 @@ def load_tsa_certs(paths: Sequence[Path]) -> list[x509.Certificate]:
 def check_token(token: bytes, data: bytes, roots: Sequence[x509.Certificate]) -> TokenInfo:
     """``VerifyError`` unless ``token`` time-stamps SHA-256(``data``) and is signed by a TSA
     that chains to one of ``roots``; otherwise the time the TSA vouches for."""
+    try:
+        return _check_token(token, data, roots)
+    except (ValueError, TypeError, AttributeError) as exc:  # the parser is lazy
+        raise VerifyError(f"timestamp token is malformed ({str(exc)[:120]})") from None
+
+
+def _check_token(token: bytes, data: bytes, roots: Sequence[x509.Certificate]) -> TokenInfo:
     from rfc3161_client import VerificationError, VerifierBuilder, decode_timestamp_response
 
     try:
