@@ -72,9 +72,19 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
             "analyzed": cont is not None,
             "sessions": sessions, "gaps": gaps,
             "needs_review": sum(g["needs_review"] for g in gaps),
-            "findings": cont.get("findings", []) if cont else [],
+            "findings": [*_identity(d), *(cont.get("findings", []) if cont else [])],
         })
     return {"dockings": out}
+
+
+def _identity(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """The docking's identity-binding findings (USB serial vs device-info serial, R6)."""
+    try:
+        found = json.loads(d.get("findings") or "[]")
+    except ValueError:
+        return []
+    return [f for f in found if isinstance(f, dict) and
+            str(f.get("kind", "")).startswith("identity_")]
 
 
 def render_report(data: dict[str, Any]) -> Group:
