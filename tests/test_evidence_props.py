@@ -4,6 +4,7 @@ file. Other parts extend ``FILE_KINDS`` with the files they add (revisions, audi
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -81,7 +82,7 @@ def test_base_tree_verifies_and_has_every_kind(base_tree: Path, tsa: LoopbackTSA
     assert all(any(m(f) for m in FILE_KINDS.values()) for f in files)
 
 
-@settings(max_examples=120, deadline=None,
+@settings(max_examples=int(os.environ.get("DOCKD_PROP_EXAMPLES", "120")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_single_byte_change_is_detected_and_named(base_tree: Path, tsa: LoopbackTSA,

@@ -213,3 +213,37 @@ def test_unreadable_docking_folder_is_a_problem(tree: Delivered) -> None:
 def test_nonexistent_path(tmp_path: Path) -> None:
     r = verify_path(tmp_path / "nope", KEYS)
     assert not r.ok and r.problems == [f"{tmp_path / 'nope'}: does not exist"]
+
+
+def test_manifests_from_before_sequence_numbers_are_warned_not_failed(tmp_path: Path) -> None:
+    """An upgraded dock: its first manifests have no ``seq`` (older format); the migration
+    numbered them, so the chain continues at 3 and only real holes fail."""
+    import json
+
+    from dockd.delivery.layout import MANIFEST_NAME, SIGNATURE_NAME
+    from dockd.integrity.manifest import canonical_bytes, sign_manifest
+
+    dock = Dock(make_target(tmp_path / "target"), key=KEY)
+    for _ in range(3):
+        dock.dock({f"c{dock.seq}.mp4": b"x" * (dock.seq + 1)})
+    head = None
+    for prefix in dock.prefixes[:2]:  # rewrite the first two as the old code wrote them
+        d = dock.root / prefix
+        m = json.loads((d / MANIFEST_NAME).read_bytes())
+        del m["seq"]
+        m["prev_manifest_sha256"] = head
+        body = canonical_bytes(m)
+        for name, data in ((MANIFEST_NAME, body), (SIGNATURE_NAME, sign_manifest(body, KEY))):
+            writable(d / name).write_bytes(data)
+        head = hashlib.sha256(body).hexdigest()
+    d = dock.root / dock.prefixes[2]
+    m = json.loads((d / MANIFEST_NAME).read_bytes())
+    m["prev_manifest_sha256"] = head
+    body = canonical_bytes(m)
+    for name, data in ((MANIFEST_NAME, body), (SIGNATURE_NAME, sign_manifest(body, KEY))):
+        writable(d / name).write_bytes(data)
+    dock.head = hashlib.sha256(body).hexdigest()
+    dock.checkpoint()
+    r = verify_path(dock.root, KEYS)
+    assert r.ok, r.problems
+    assert sum("from before sequence numbers" in w for w in r.warnings) == 2

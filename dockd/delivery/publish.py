@@ -94,7 +94,10 @@ def publish_checkpoints(state: State, cfg: Config, private_key: Any,
                         targets: Sequence[StorageTarget], *, extra: dict[str, Any] | None = None
                         ) -> int:
     """Publish one fresh checkpoint to every target; returns how many landed."""
+    from ..integrity.keys import key_id, public_key_pem
+
     landed = 0
+    pem, kid = public_key_pem(private_key), key_id(private_key.public_key())
     for t in targets:
         now: datetime = state.clock()
         seq, head = chain_head(state, cfg.dock.id, t.name)
@@ -104,6 +107,7 @@ def publish_checkpoints(state: State, cfg: Config, private_key: Any,
         key = checkpoint_key(cfg.dock.id, now)
         error = None
         try:
+            publish_keys(t, cfg, pem, kid)  # a rotation since the last docking, for one
             t.put_bytes(body, key)
             if token is not None:
                 t.put_bytes(token, key + TOKEN_SUFFIX)

@@ -111,10 +111,13 @@ def _check_dock(ctx: VerifyContext, dock: str, links: list[Link],
     problems, whole = ctx.problems, ctx.whole_target
     missing_msg = problems if whole else ctx.warnings
     by_seq: dict[int, list[Link]] = defaultdict(list)
+    legacy = 0
     for link in links:
-        if link.seq is None:
-            problems.append(f"{link.where}: no sequence number (deletions of dockings around "
-                            "it cannot be detected)")
+        if link.seq is None:  # written before sequence numbers existed (or null: forged)
+            legacy += 1
+            ctx.warnings.append(f"{link.where}: no sequence number (a manifest from before "
+                                "sequence numbers): deletions around it rest on its hash "
+                                "chain only")
             continue
         by_seq[link.seq].append(link)
     for seq, same in sorted(by_seq.items()):
@@ -140,7 +143,8 @@ def _check_dock(ctx: VerifyContext, dock: str, links: list[Link],
                             f"with {pred.seq}")
     top = max(by_seq, default=0)
     if whole and by_seq:
-        holes = [n for n in range(1, top) if n not in by_seq]
+        # the upgrade numbered a dock's manifests in order, counting the legacy ones
+        holes = [n for n in range(legacy + 1, top) if n not in by_seq]
         if holes:
             problems.append(f"dock {dock}: docking(s) with sequence number(s) "
                             f"{_ranges(holes)} missing (deleted?) from the target")

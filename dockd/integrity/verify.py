@@ -448,13 +448,17 @@ def _check_docking(ctx: VerifyContext, d: Path, prefix: str, only: str | None) -
             problems.append(f"{prefix}/{SIGNATURE_NAME}: {exc}")
         else:
             dock = manifest.get("dock") if manifest else None
-            key = ctx.signing_key(sig_key, dock, f"{prefix}/{MANIFEST_NAME}")
+            key = ctx.signing_key(sig_key, dock, f"{prefix}/{SIGNATURE_NAME}")
             if key is not None:
                 try:
                     check_signature(mbytes, sbytes, {sig_key: key})
                     signed_ok = True
                 except VerifyError as exc:
-                    name = SIGNATURE_NAME if "hash mismatch" not in str(exc) else MANIFEST_NAME
+                    name = SIGNATURE_NAME
+                    if "hash mismatch" in str(exc):
+                        name = MANIFEST_NAME  # unless the signature still fits the manifest:
+                        if _signature_fits(sbytes, mbytes, key):  # then the .sig was edited
+                            name = SIGNATURE_NAME
                     problems.append(f"{prefix}/{name}: {exc}")
             if manifest is not None and manifest.get("key_id") != sig_key:
                 problems.append(f"{prefix}/{MANIFEST_NAME}: names key "
@@ -489,8 +493,12 @@ def _check_docking(ctx: VerifyContext, d: Path, prefix: str, only: str | None) -
 
     prev, dock, seq = (manifest.get("prev_manifest_sha256"), manifest.get("dock"),
                        manifest.get("seq"))
-    if not isinstance(dock, str) or not (prev is None or isinstance(prev, str)) or not (
-            seq is None or (isinstance(seq, int) and not isinstance(seq, bool))):
+    if "seq" in manifest and not (isinstance(seq, int) and not isinstance(seq, bool)
+                                  and seq >= 1):
+        problems.append(f"{prefix}/{MANIFEST_NAME}: no valid sequence number (seq {seq!r}): "
+                        "deletions of dockings around it cannot be detected")
+        return files
+    if not isinstance(dock, str) or not (prev is None or isinstance(prev, str)):
         problems.append(f"{prefix}/{MANIFEST_NAME}: malformed manifest: dock, seq or "
                         "prev_manifest_sha256")
         return files
@@ -498,6 +506,20 @@ def _check_docking(ctx: VerifyContext, d: Path, prefix: str, only: str | None) -
         ctx.links.append(Link(f"{prefix}/{MANIFEST_NAME}", dock, manifest_sha256(mbytes),
                               prev, seq))
     return files
+
+
+def _signature_fits(sbytes: bytes, mbytes: bytes, key: Ed25519PublicKey) -> bool:
+    """Does the signature value in ``sbytes`` verify over ``mbytes`` (whatever its other
+    fields say)? Tells an edited signature file from an edited manifest."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        key.verify(base64.b64decode(parse_signature(sbytes)["signature"]), mbytes)
+    except (InvalidSignature, VerifyError, ValueError):
+        return False
+    return True
 
 
 def _clip_entry(clip: Any) -> tuple[str, int, str] | None:
