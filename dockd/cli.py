@@ -275,6 +275,14 @@ def cmd_keygen(cfg: Config, args: argparse.Namespace) -> int:
 
     kid, old = keygen(cfg.dock.id, cfg.paths.key_file, cfg.paths.public_key_file, utcnow(),
                       force=args.force)
+    if cfg.paths.database.exists():  # a dock in service: the rotation is on its record
+        import getpass
+
+        from .state import State
+
+        with State(cfg.paths.database) as state:
+            state.audit("key_rotated" if old else "key_created", f"dock/{cfg.dock.id}",
+                        {"key_id": kid, "previous_key_id": old}, actor=getpass.getuser())
     if args.json:
         _print_json({"key_id": kid, "previous_key_id": old, "dock": cfg.dock.id,
                      "private_key": str(cfg.paths.key_file),

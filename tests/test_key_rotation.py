@@ -57,6 +57,11 @@ def test_rotation_through_the_cli_verifies_with_only_the_first_key(
     assert r.returncode == 0, r.stdout
     assert r.stdout.startswith("OK: 3 manifest(s)")
     assert f"trusted key {kids[2]} (dock dock-01): rotation from {kids[1]}" in r.stdout
+    from dockd.state import State
+
+    with State(workdir / "state" / "dockd.db") as st:
+        rotated = st.query("SELECT detail FROM audit WHERE action = 'key_rotated'")
+    assert len(rotated) == 2 and kids[2] in rotated[1]["detail"]
     # the on-dock case uses the current key and its history the same way
     assert run_dockd("verify", str(target), "--workdir", str(workdir)).returncode == 0
     # a reviewer who holds only the newest key verifies the older manifests too
