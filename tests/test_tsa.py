@@ -122,3 +122,21 @@ def test_without_tsa_verify_says_so(workdir: Path, make_recorder, tmp_path: Path
     r = verify(target, tmp_path / "u", "--pubkey", str(workdir / "keys" / "dock.pub"))
     assert r.returncode == 0, r.stdout
     assert "no trusted timestamps (the dock had no TSA configured)" in r.stdout
+
+
+def test_documented_openssl_check_of_a_token(stamped: Path, tsa: LoopbackTSA) -> None:
+    """docs/verify.md: a token can be checked with OpenSSL alone."""
+    d = next(stamped.rglob("manifest.json.tsr")).parent
+    r = subprocess.run(["openssl", "ts", "-verify", "-data", "manifest.json", "-in",
+                        "manifest.json.tsr", "-CAfile", str(tsa.ca_cert)], cwd=d,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Verification: OK" in r.stdout, r.stderr
+    r = subprocess.run(["openssl", "ts", "-reply", "-in", "manifest.json.tsr", "-text"],
+                       cwd=d, capture_output=True, text=True, timeout=60)
+    import hashlib
+
+    digest = hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest()
+    lines = r.stdout.split("Message data:")[1].splitlines()[1:3]  # "0000 - 01 5a bd ..."
+    shown = "".join(line.split(" - ", 1)[1][:47].replace("-", " ").replace(" ", "")
+                    for line in lines)
+    assert r.returncode == 0 and shown.lower() == digest
