@@ -353,6 +353,23 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
+def _integrity_checks(i: IntegrityConfig) -> list[str]:
+    problems = []
+    if i.tsa_url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", i.tsa_url):
+        problems.append(f"integrity.tsa_url: must be an http(s) URL, got {i.tsa_url!r}")
+    for key in ("tsa_timeout_seconds", "checkpoint_minutes", "audit_minutes"):
+        if getattr(i, key) <= 0:
+            problems.append(f"integrity.{key}: must be positive, got {getattr(i, key)}")
+    if i.checkpoint_max_age_hours < 0:
+        problems.append("integrity.checkpoint_max_age_hours: must be 0 (report only) or more")
+    elif i.checkpoint_max_age_hours and i.checkpoint_max_age_hours * 60 <= i.checkpoint_minutes:
+        problems.append("integrity.checkpoint_max_age_hours: must exceed checkpoint_minutes, "
+                        "or every verify between two checkpoints fails")
+    if i.audit_rehash_per_pass < 0:
+        problems.append("integrity.audit_rehash_per_pass: must be 0 or more")
+    return problems
+
+
 def _semantic_checks(cfg: Config) -> list[str]:
     problems = []
     if cfg.dock.ports < 1 or cfg.dock.ports > 99:
@@ -363,6 +380,7 @@ def _semantic_checks(cfg: Config) -> list[str]:
         ZoneInfo(cfg.dock.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         problems.append(f"dock.timezone: unknown time zone {cfg.dock.timezone!r}")
+    problems.extend(_integrity_checks(cfg.integrity))
     if cfg.offload.workers < 1:
         problems.append(f"offload.workers: must be at least 1, got {cfg.offload.workers}")
     if cfg.offload.chunk_size < 4096:
