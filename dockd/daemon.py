@@ -118,6 +118,7 @@ class Daemon:
         self.hints: dict[str, dict[str, str]] = {}
         self.web: Any = None
         self.retry_at: dict[str, float] = {}
+        self._redock: set[str] = set()
         self.source: Any
         if cfg.devices.source == "udev":
             from .devices.udev import UdevSource
@@ -233,6 +234,7 @@ class Daemon:
             log.info("port %s: recorder removed", ev.port)
             self.docked.pop(ev.port, None)
             self.retry_at.pop(ev.port, None)
+            self._redock.discard(ev.port)
             job = self.jobs.get(ev.port)
             if job is not None:
                 job.gone.set()
@@ -244,6 +246,9 @@ class Daemon:
 
     def _submit(self, port: str, root: Path, pool: ThreadPoolExecutor) -> None:
         if port in self.jobs:
+            # re-plugged while the previous docking of this port is still finishing: run it
+            # once that job is reaped, never drop it
+            self._redock.add(port)
             return
         gone = threading.Event()
 
@@ -271,14 +276,21 @@ class Daemon:
             if not job.future.done():
                 continue
             del self.jobs[port]
+            redock = port in self._redock and port in self.docked
+            self._redock.discard(port)
             exc = job.future.exception()
             if exc is not None:
                 log.error("port %s: docking failed: %s", port, exc,
                           exc_info=not isinstance(exc, DockdError))
-                self.state.set_port(port, state="error", error=str(exc))
-            elif self._keep_mounted(port) is False:
+                if not redock:
+                    self.state.set_port(port, state="error", error=str(exc))
+            elif not redock and self._keep_mounted(port) is False:
                 # everything is copied: unmount (udev source) so the officer may unplug
                 getattr(self.source, "release", lambda _p: None)(port)
+            if redock:
+                log.info("port %s: recorder re-plugged while its last docking was finishing: "
+                         "docking it now", port)
+                self._submit(port, self.docked[port], pool)
         for port, when in list(self.retry_at.items()):
             if time.monotonic() >= when and port in self.docked and port not in self.jobs:
                 del self.retry_at[port]
