@@ -51,12 +51,10 @@ from ..delivery.layout import (
     SIGNATURE_NAME,
     check_stored_name,
     docking_prefix,
-    key_path,
 )
-from ..errors import SigningError, VerifyError
+from ..errors import VerifyError
 from ..model import RecorderIdentity
-from .keyhistory import RECORD_SUFFIX, KeyRecord, TrustedKey, expand_trust, parse_record
-from .keys import key_id, load_public_key
+from .keyhistory import KeyRecord, TrustedKey
 from .manifest import check_signature, manifest_sha256, parse_manifest, parse_signature
 from .tsa import check_token
 
@@ -221,7 +219,7 @@ def verify_path(
     docks, TSA certificates, checkpoint age limit). With neither, nothing is trusted and
     the verdict is UNTRUSTED.
     """
-    from . import chain
+    from . import chain, targetkeys
 
     trust = trust or Trust()
     if public_keys:
@@ -234,7 +232,7 @@ def verify_path(
         return VerifyReport(False, 0, 0, [f"{path}: does not exist"], [])
     root = find_target_root(path)
     ctx = VerifyContext(root, path, root is not None and path == root, trust)
-    _load_keys(ctx)
+    targetkeys.load_keys(ctx)
 
     only: str | None = None
     walking = False
@@ -301,67 +299,6 @@ def _rel(d: Path, base: Path) -> str:
     except ValueError:
         rel = d.as_posix()
     return rel if rel != "." else d.name
-
-
-def _load_keys(ctx: VerifyContext) -> None:
-    """Read what ``_keys/`` holds (reported, never trusted), then spread the reviewer's trust
-    along the key records found there."""
-    if ctx.root is not None:
-        kdir = ctx.root / KEYS_DIR
-        try:
-            names = sorted(os.listdir(kdir))
-        except OSError as exc:
-            ctx.problems.append(f"{KEYS_DIR}/: cannot list ({exc.strerror or exc})")
-            names = []
-        for name in names:
-            f = kdir / name
-            where = f"{KEYS_DIR}/{name}"
-            if f.is_symlink() or not f.is_file():
-                ctx.problems.append(f"{where}: not a regular file")
-            elif name.endswith(".pub"):
-                try:
-                    k = load_public_key(f)
-                except SigningError as exc:
-                    ctx.problems.append(f"{where}: {exc}")
-                    continue
-                kid = key_id(k)
-                if key_path(kid) != where:
-                    ctx.problems.append(f"{where}: file name does not match its key id {kid}")
-                elif f.read_bytes() != k.public_bytes(*_PEM):
-                    ctx.problems.append(f"{where}: not the PEM dockd wrote for key {kid} "
-                                        "(altered)")
-                ctx.found_keys[kid] = k
-            elif name.endswith(RECORD_SUFFIX):
-                try:
-                    ctx.records.append(parse_record(_read_regular(f)))
-                except (VerifyError, OSError) as exc:
-                    ctx.problems.append(f"{where}: {exc}")
-            elif not name.startswith("."):
-                ctx.problems.append(f"{where}: not a key or key record")
-    anchors = dict(ctx.trust.anchors)
-    for kid, tk in list(anchors.items()):
-        if tk.key is None:  # trust file entry: the fingerprint pins the key found here
-            k = ctx.found_keys.get(kid) or next(
-                (r.public_key for r in ctx.records if r.key_id == kid), None)
-            if k is None:
-                del anchors[kid]
-                ctx.warnings.append(f"trusted key {kid} ({tk.dock}) is not on the target")
-            else:
-                anchors[kid] = TrustedKey(k, tk.dock, tk.how)
-    if not ctx.trust.anchors:
-        # UNTRUSTED: check against what the target offers, so tampering still shows, but
-        # the verdict cannot be OK
-        anchors = {kid: TrustedKey(k, None, "found on the target")
-                   for kid, k in ctx.found_keys.items()}
-        ctx.problems.append("UNTRUSTED: no trusted key given (--pubkey or --trust); keys "
-                            "found on the target are never trusted: "
-                            + (", ".join(sorted(ctx.found_keys)) or "none"))
-    ctx.keys = expand_trust(anchors, ctx.records, ctx.problems)
-    if ctx.trust.anchors:
-        for kid, tk in sorted(ctx.keys.items()):
-            ctx.info.append(f"trusted key {kid} (dock {tk.dock or '?'}): {tk.how}")
-        for kid in sorted(set(ctx.found_keys) - set(ctx.keys)):
-            ctx.warnings.append(f"{KEYS_DIR}: key {kid} found on the target is not trusted")
 
 
 def _walk(ctx: VerifyContext, path: Path) -> list[Path]:
