@@ -247,3 +247,15 @@ def test_manifests_from_before_sequence_numbers_are_warned_not_failed(tmp_path: 
     r = verify_path(dock.root, KEYS)
     assert r.ok, r.problems
     assert sum("from before sequence numbers" in w for w in r.warnings) == 2
+
+
+@pytest.mark.timeout(60)
+def test_fifo_in_place_of_a_manifest_is_a_problem_not_a_hang(tree: Delivered) -> None:
+    m = tree.root / tree.prefixes[1] / MANIFEST_NAME
+    m.unlink()
+    os.mkfifo(m)
+    r = verify_path(tree.root, KEYS)
+    assert not r.ok
+    assert any(p.startswith(f"{tree.prefixes[1]}/{MANIFEST_NAME}: cannot read") and
+               "not a regular file" in p for p in r.problems), r.problems
+    assert any("docking(s) 2 missing" in p for p in r.problems)

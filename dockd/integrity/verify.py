@@ -342,7 +342,8 @@ def _walk(ctx: VerifyContext, path: Path) -> list[Path]:
 
 
 def _read_regular(p: Path) -> bytes:
-    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # O_NONBLOCK: a FIFO planted in place of a file must not hang the verifier
+    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise IsADirectoryError(f"{p} is not a regular file")
