@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one-shot import of a recorder tree mounted at PATH")
     p.add_argument("path", type=Path)
     p.add_argument("--port", default="manual", help="port label recorded in the manifest")
+    p.add_argument("--create-key", action="store_true",
+                   help="create the dock's signing key if it is missing (implied by --workdir)")
     _json_flag(p)
     p.set_defaults(func=cmd_ingest)
 
@@ -92,8 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="verify delivered files against their signed manifests (offline)")
     p.add_argument("path", type=Path, help="target directory, docking directory or one clip")
     p.add_argument("--pubkey", type=Path, action="append", default=[],
-                   help="trusted public key file (repeatable); default: the dock's own key, "
-                        "else the keys published on the target")
+                   help="public key file of a dock you trust (repeatable); its rotations "
+                        "are followed through the signed key history")
+    p.add_argument("--trust", type=Path, action="append", default=[], metavar="FILE",
+                   help="trust file: one 'DOCK-ID ed25519:FINGERPRINT' per line (repeatable)")
+    p.add_argument("--tsa-cert", type=Path, action="append", default=[], metavar="PEM",
+                   help="certificate of a Time-Stamp Authority (or its CA) you trust")
+    p.add_argument("--max-checkpoint-age", type=float, metavar="HOURS",
+                   help="fail when a dock's newest checkpoint is older (default: "
+                        "integrity.checkpoint_max_age_hours; 0 = only report)")
     _json_flag(p)
     p.set_defaults(func=cmd_verify)
 
@@ -171,7 +180,8 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
     from .oneshot import ingest_tree
 
-    result = ingest_tree(cfg, args.path, port=args.port)
+    result = ingest_tree(cfg, args.path, port=args.port,
+                         create_key=args.create_key or args.workdir is not None)
     if args.json:
         _print_json(result)
     else:
@@ -228,52 +238,71 @@ def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
-    from .integrity.keys import key_id, load_public_key
-    from .integrity.verify import format_report, verify_path
+    from datetime import timedelta
 
-    keys = {}
-    paths = list(args.pubkey)
-    if not paths and cfg.paths.public_key_file.exists():
-        paths.append(cfg.paths.public_key_file)
-    for p in paths:
+    from .integrity.keyhistory import TrustedKey, local_records, parse_record, parse_trust_file
+    from .integrity.keys import key_id, load_public_key
+    from .integrity.tsa import load_tsa_certs
+    from .integrity.verify import Trust, format_report, verify_path
+
+    hours = (args.max_checkpoint_age if args.max_checkpoint_age is not None
+             else cfg.integrity.checkpoint_max_age_hours)
+    trust = Trust(tsa_roots=load_tsa_certs(args.tsa_cert),
+                  max_checkpoint_age=timedelta(hours=hours) if hours > 0 else None)
+    for p in args.pubkey:
         k = load_public_key(p)
-        keys[key_id(k)] = k
-    report = verify_path(args.path, keys or None)
+        trust.anchors[key_id(k)] = TrustedKey(k, None, f"given ({p.name})")
+    for f in args.trust:
+        for dock, kid in parse_trust_file(f):
+            trust.anchors[kid] = TrustedKey(None, dock, f"trust file {f.name}")
+    on_dock = args.config is not None or args.workdir is not None or (
+        cfg.paths.public_key_file.exists())
+    if not trust.anchors and on_dock and cfg.paths.public_key_file.exists():
+        k = load_public_key(cfg.paths.public_key_file)
+        trust.anchors[key_id(k)] = TrustedKey(k, cfg.dock.id, "this dock's key")
+        for kid, data in local_records(cfg.paths.public_key_file).items():
+            rec = parse_record(data)
+            if rec.dock == cfg.dock.id:
+                trust.anchors.setdefault(kid, TrustedKey(rec.public_key, rec.dock,
+                                                         "this dock's key history"))
+    report = verify_path(args.path, trust=trust)
     from .custody.cli import audit_on_dock
 
     audit_on_dock(cfg, "verified", f"path/{Path(args.path).absolute()}",
-                  {"ok": report.ok, "manifests": report.manifests, "files": report.files,
-                   "problems": len(report.problems), "keys": sorted(keys)})
+                  {"ok": report.ok, "trusted": report.trusted, "manifests": report.manifests,
+                   "files": report.files, "problems": len(report.problems),
+                   "keys": sorted(trust.anchors)})
     if args.json:
-        _print_json({"ok": report.ok, "manifests": report.manifests, "files": report.files,
-                     "problems": report.problems, "warnings": report.warnings})
+        _print_json({"ok": report.ok, "trusted": report.trusted,
+                     "verdict": ("UNTRUSTED" if not report.trusted
+                                 else "OK" if report.ok else "FAILED"),
+                     "manifests": report.manifests, "files": report.files,
+                     "problems": report.problems, "warnings": report.warnings,
+                     "info": report.info})
     else:
         print(format_report(report))
     return 0 if report.ok else 1
 
 
 def cmd_keygen(cfg: Config, args: argparse.Namespace) -> int:
-    from .integrity.keys import generate_key
+    from .integrity.keyhistory import keygen
+    from .state import utcnow
 
-    old_kid = None
-    if args.force and cfg.paths.public_key_file.exists():
-        from .errors import SigningError
-        from .integrity.keys import key_id, load_public_key
+    kid, old = keygen(cfg.dock.id, cfg.paths.key_file, cfg.paths.public_key_file, utcnow(),
+                      force=args.force)
+    from .custody.cli import audit_on_dock  # a dock in service: the rotation is on its record
 
-        try:
-            old_kid = key_id(load_public_key(cfg.paths.public_key_file))
-        except SigningError:
-            old_kid = "unreadable"
-    kid = generate_key(cfg.paths.key_file, cfg.paths.public_key_file, overwrite=args.force)
-    from .custody.cli import audit_on_dock
-
-    audit_on_dock(cfg, "key_rotated" if old_kid else "key_created", f"key/{kid}",
-                  {"key_id": kid, "previous_key_id": old_kid})
+    audit_on_dock(cfg, "key_rotated" if old else "key_created", f"dock/{cfg.dock.id}",
+                  {"key_id": kid, "previous_key_id": old})
     if args.json:
-        _print_json({"key_id": kid, "private_key": str(cfg.paths.key_file),
+        _print_json({"key_id": kid, "previous_key_id": old, "dock": cfg.dock.id,
+                     "private_key": str(cfg.paths.key_file),
                      "public_key": str(cfg.paths.public_key_file)})
     else:
-        print(f"created signing key {kid}")
+        print(f"{'rotated to' if old else 'created'} signing key {kid} (dock {cfg.dock.id})")
+        if old:
+            print(f"  previous key {old} signed the rotation record; it is delivered to the "
+                  "targets with the next manifest or checkpoint")
         print(f"  private: {cfg.paths.key_file} (mode 0600, never leaves this dock)")
         print(f"  public:  {cfg.paths.public_key_file} (give this to reviewers)")
     return 0

@@ -137,6 +137,21 @@ class RetentionConfig:
     evidence_days: int = 3650
 
 
+@dataclass(frozen=True)
+class IntegrityConfig:
+    tsa_url: str = ""
+    """RFC 3161 Time-Stamp Authority URL; "" = no trusted timestamps (verify says so)."""
+    tsa_timeout_seconds: float = 10.0
+    checkpoint_minutes: float = 60.0
+    """Publish a signed checkpoint to every target at least this often (and after dockings)."""
+    checkpoint_max_age_hours: float = 2.0
+    """``dockd verify`` fails when a dock's newest checkpoint is older (0 = only report)."""
+    audit_minutes: float = 60.0
+    """Target audit: compare every target's listing with what was delivered this often."""
+    audit_rehash_per_pass: int = 20
+    """Delivered objects re-read (SHA-256) per audit pass, oldest-checked first."""
+
+
 RETENTION_CLASSES = ("routine", "standard", "evidence", "permanent")
 MIN_ROUTINE_DAYS = 183
 """R7: routine footage is kept at least 6 months."""
@@ -287,6 +302,7 @@ class Config:
     continuity: ContinuityConfig = field(default_factory=ContinuityConfig)
     notes: NotesConfig = field(default_factory=NotesConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     allow: tuple[AllowConfig, ...] = ()
     port_map: tuple[PortMapConfig, ...] = ()
@@ -350,6 +366,23 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
+def _integrity_checks(i: IntegrityConfig) -> list[str]:
+    problems = []
+    if i.tsa_url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", i.tsa_url):
+        problems.append(f"integrity.tsa_url: must be an http(s) URL, got {i.tsa_url!r}")
+    for key in ("tsa_timeout_seconds", "checkpoint_minutes", "audit_minutes"):
+        if getattr(i, key) <= 0:
+            problems.append(f"integrity.{key}: must be positive, got {getattr(i, key)}")
+    if i.checkpoint_max_age_hours < 0:
+        problems.append("integrity.checkpoint_max_age_hours: must be 0 (report only) or more")
+    elif i.checkpoint_max_age_hours and i.checkpoint_max_age_hours * 60 <= i.checkpoint_minutes:
+        problems.append("integrity.checkpoint_max_age_hours: must exceed checkpoint_minutes, "
+                        "or every verify between two checkpoints fails")
+    if i.audit_rehash_per_pass < 0:
+        problems.append("integrity.audit_rehash_per_pass: must be 0 or more")
+    return problems
+
+
 def _semantic_checks(cfg: Config) -> list[str]:
     problems = []
     if cfg.dock.ports < 1 or cfg.dock.ports > 99:
@@ -360,6 +393,7 @@ def _semantic_checks(cfg: Config) -> list[str]:
         ZoneInfo(cfg.dock.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         problems.append(f"dock.timezone: unknown time zone {cfg.dock.timezone!r}")
+    problems.extend(_integrity_checks(cfg.integrity))
     if cfg.offload.workers < 1:
         problems.append(f"offload.workers: must be at least 1, got {cfg.offload.workers}")
     if cfg.offload.chunk_size < 4096:

@@ -41,6 +41,10 @@ def load_signer(cfg: Config) -> Signer:
     except FileNotFoundError as exc:
         raise SigningError(f"no signing key at {cfg.paths.key_file}: run `dockd keygen` "
                            "first") from exc
+    from .integrity.keyhistory import ensure_genesis
+    from .state import utcnow
+
+    ensure_genesis(cfg.dock.id, key, cfg.paths.public_key_file, utcnow())
     return Signer(private_key=key, key_id=key_id(key.public_key()),
                   public_pem=public_key_pem(key))
 
@@ -114,6 +118,7 @@ class Daemon:
         self.hints: dict[str, dict[str, str]] = {}
         self.web: Any = None
         self.retry_at: dict[str, float] = {}
+        self._redock: set[str] = set()
         self.source: Any
         if cfg.devices.source == "udev":
             from .devices.udev import UdevSource
@@ -229,6 +234,7 @@ class Daemon:
             log.info("port %s: recorder removed", ev.port)
             self.docked.pop(ev.port, None)
             self.retry_at.pop(ev.port, None)
+            self._redock.discard(ev.port)
             job = self.jobs.get(ev.port)
             if job is not None:
                 job.gone.set()
@@ -240,6 +246,9 @@ class Daemon:
 
     def _submit(self, port: str, root: Path, pool: ThreadPoolExecutor) -> None:
         if port in self.jobs:
+            # re-plugged while the previous docking of this port is still finishing: run it
+            # once that job is reaped, never drop it
+            self._redock.add(port)
             return
         gone = threading.Event()
 
@@ -267,14 +276,21 @@ class Daemon:
             if not job.future.done():
                 continue
             del self.jobs[port]
+            redock = port in self._redock and port in self.docked
+            self._redock.discard(port)
             exc = job.future.exception()
             if exc is not None:
                 log.error("port %s: docking failed: %s", port, exc,
                           exc_info=not isinstance(exc, DockdError))
-                self.state.set_port(port, state="error", error=str(exc))
-            elif self._keep_mounted(port) is False:
+                if not redock:
+                    self.state.set_port(port, state="error", error=str(exc))
+            elif not redock and self._keep_mounted(port) is False:
                 # everything is copied: unmount (udev source) so the officer may unplug
                 getattr(self.source, "release", lambda _p: None)(port)
+            if redock:
+                log.info("port %s: recorder re-plugged while its last docking was finishing: "
+                         "docking it now", port)
+                self._submit(port, self.docked[port], pool)
         for port, when in list(self.retry_at.items()):
             if time.monotonic() >= when and port in self.docked and port not in self.jobs:
                 del self.retry_at[port]
@@ -328,6 +344,7 @@ class Daemon:
 
     def _deliver_loop(self) -> None:
         last_resume = last_check = last_reread = time.monotonic()
+        last_checkpoint = last_audit = -float("inf")  # both run once at start-up
         while not self.stop_event.is_set():
             self.work_event.clear()
             try:
@@ -339,6 +356,13 @@ class Daemon:
                 if time.monotonic() - last_reread > self.cfg.health.reread_minutes * 60:
                     last_reread = time.monotonic()
                     self._reread_docked()
+                if time.monotonic() - last_checkpoint > self.cfg.integrity.checkpoint_minutes * 60:
+                    last_checkpoint = time.monotonic()
+                    self.pipeline.publish_checkpoints()
+                if time.monotonic() - last_audit > self.cfg.integrity.audit_minutes * 60:
+                    last_audit = time.monotonic()
+                    from .delivery.target_audit import audit_targets
+                    audit_targets(self.state, self.cfg, self.pipeline.targets)
                 if time.monotonic() - last_check > self.check_interval:
                     last_check = time.monotonic()
                     check_deadlines(self.state, self.cfg, self.state.clock())

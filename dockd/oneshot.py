@@ -12,13 +12,20 @@ from typing import Any
 
 from .config import Config
 from .daemon import build_pipeline
-from .errors import DockdError
+from .errors import DockdError, SigningError
 from .ingest.offload import clean_stale_partials
 from .ingest.probe import Prober
 from .integrity.keys import generate_key
 from .state import State
 
 log = logging.getLogger(__name__)
+
+
+def _credential_key() -> bool:
+    import os
+
+    d = os.environ.get("CREDENTIALS_DIRECTORY")
+    return bool(d) and (Path(d) / "dock.key").exists()
 
 
 def ensure_key(cfg: Config) -> None:
@@ -29,12 +36,19 @@ def ensure_key(cfg: Config) -> None:
 
 
 def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
-                create_key: bool = True, attempts: int = 3) -> dict[str, Any]:
+                create_key: bool = False, attempts: int = 3) -> dict[str, Any]:
+    """Import one recorder tree. A missing signing key is created only with ``create_key``
+    (the CLI sets it for ``--workdir`` or ``--create-key``); otherwise ingest stops and
+    names the keygen command, so a production dock never signs with a surprise key."""
     root = Path(root)
     if not root.is_dir():
         raise DockdError(f"{root}: not a directory (expected a mounted recorder tree)")
     if create_key:
         ensure_key(cfg)
+    elif not cfg.paths.key_file.exists() and not _credential_key():
+        raise SigningError(
+            f"no signing key at {cfg.paths.key_file}; create it first with: "
+            "dockd keygen --config <your config> (or pass --create-key)")
     cfg.paths.staging_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(cfg.paths.staging_dir)
     with State(cfg.paths.database) as state, Prober(cfg.tools) as prober:

@@ -25,7 +25,8 @@ from .alerts import raise_alert
 from .config import Config, ProfileConfig
 from .delivery.base import StorageTarget
 from .delivery.clearing import ClearOutcome, clear_recorder
-from .delivery.layout import MANIFEST_NAME, SIGNATURE_NAME, clip_key, docking_prefix, key_path
+from .delivery.layout import MANIFEST_NAME, SIGNATURE_NAME, clip_key, docking_prefix
+from .delivery.publish import manifest_token, publish_checkpoints, publish_keys
 from .delivery.schedule import Pacer, parse_bandwidth
 from .delivery.targets import retention_for
 from .devices.clock import dock_clock_doc, set_clock_after_offload
@@ -51,7 +52,9 @@ from .ingest.offload import copy_clip, hash_file
 from .ingest.probe import Prober
 from .ingest.scan import scan_recorder
 from .integrity import checks
+from .integrity.checkpoint import TOKEN_SUFFIX
 from .integrity.continuity import ClipTiming, ContinuityParams, build_timeline
+from .integrity.identity import identity_findings, usb_serial_of
 from .integrity.manifest import build_manifest, canonical_bytes, manifest_sha256, sign_manifest
 from .integrity.notes import NoteAnalyzer, NoteResult, gap_finding
 from .lifecycle import deadline_for, retry_delay
@@ -153,6 +156,7 @@ class Pipeline:
         self._port_msg(port, state="identifying", serial=ident.serial, error=None,
                        message="identifying recorder")
         snapshot_doc = checks.snapshot_doc(snap)
+        snapshot_doc["usb_serial"] = usb_serial_of(hints)
         dock_clock = dock_clock_doc(self.cfg.health)
         with self.state.tx() as conn:
             conn.execute(
@@ -201,8 +205,30 @@ class Pipeline:
                                     fs_check=fs_check, fs_detail=fs_detail)
         with self.state.tx() as conn:
             conn.execute(HEALTH_INSERT_SQL, health_row(sample))
-        known = self._register_clips(docking_id, ident.serial, scan.entries, scan.findings)
+        id_findings = self._identity_findings(docking_id, ident.serial, hints)
+        known = self._register_clips(docking_id, ident.serial, scan.entries,
+                                     [*scan.findings, *id_findings])
         return docking_id, known
+
+    def _identity_findings(self, docking_id: int, serial: str, hints: Mapping[str, str]
+                           ) -> list[Finding]:
+        """USB serial vs device-info serial, the recorder's history and the allow-list."""
+        usb = usb_serial_of(hints)
+        if usb is None:
+            return []
+        usb_before = [r["u"] for r in self.state.query(
+            "SELECT DISTINCT json_extract(snapshot, '$.usb_serial') AS u FROM dockings "
+            "WHERE serial = ? AND id != ? AND json_valid(snapshot)", (serial, docking_id))
+            if r["u"]]
+        info_before = [r["serial"] for r in self.state.query(
+            "SELECT DISTINCT serial FROM dockings WHERE id != ? AND json_valid(snapshot) AND "
+            "json_extract(snapshot, '$.usb_serial') = ?", (docking_id, usb))]
+        found = identity_findings(serial, usb, usb_serials_before=usb_before,
+                                  info_serials_before=info_before, hints=hints,
+                                  allow=self.cfg.allow)
+        for f in found:
+            log.warning("serial %s: %s", serial, f.message)
+        return found
 
     def _register_clips(self, docking_id: int, serial: str, entries: Sequence[ClipEntry],
                         scan_findings: Sequence[Finding]
@@ -505,8 +531,9 @@ class Pipeline:
                 raise TransitionError(f"docking {docking_id}: clips still being checked")
             checked = [c for c in clips if c["state"] == "checked"]
             not_copied = [c for c in clips if c["state"] == "discovered"]
-            prev = conn.execute("SELECT sha256 FROM manifests WHERE dock_id = ? "
+            prev = conn.execute("SELECT sha256, seq FROM manifests WHERE dock_id = ? "
                                 "ORDER BY id DESC LIMIT 1", (self.cfg.dock.id,)).fetchone()
+            seq = (prev["seq"] or 0) + 1 if prev else 1
             now = self.state.clock()
             snap = checks.snapshot_from_doc(json_obj(d["snapshot"]))
             docked_at = parse_iso(d["docked_at"])
@@ -533,15 +560,16 @@ class Pipeline:
                 findings=[checks.finding_from_dict(f) for f in
                           [*json_obj(d["findings"]), *continuity.get("findings", [])]],
                 prev_manifest_sha256=prev["sha256"] if prev else None,
-                key_id=self.signer.key_id, created_at=now, extra=extra)
+                key_id=self.signer.key_id, created_at=now, extra=extra, seq=seq,
+                usb_serial=json_obj(d["snapshot"]).get("usb_serial"))
             body = canonical_bytes(manifest)
             digest = manifest_sha256(body)
             sig = sign_manifest(body, self.signer.private_key)
             cur = conn.execute(
                 "INSERT INTO manifests (docking_id, dock_id, sha256, prev_sha256, key_id, prefix, "
-                "created_at, manifest, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, manifest, signature, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (docking_id, self.cfg.dock.id, digest, prev["sha256"] if prev else None,
-                 self.signer.key_id, prefix, iso(now), body, sig))
+                 self.signer.key_id, prefix, iso(now), body, sig, seq))
             manifest_id = cur.lastrowid
             for c in checked:
                 self.state._advance_clip(conn, c["id"], "checked", "signed", {})
@@ -593,6 +621,7 @@ class Pipeline:
         for pool in pools:
             pool.shutdown(wait=True)
         landed += sum(1 for f in futures if f.result())
+        manifests_landed = 0
         for m in self.state.query(
                 "SELECT m.id, m.docking_id, m.prefix, m.manifest, m.signature, m.key_id, "
                 "md.target FROM manifest_deliveries md JOIN manifests m ON m.id = md.manifest_id "
@@ -608,19 +637,30 @@ class Pipeline:
             if waiting and waiting["n"]:
                 continue  # the manifest goes last: it is the docking's commit marker
             try:
-                target.put_bytes(self.signer.public_pem, key_path(m["key_id"]))
+                publish_keys(target, self.cfg, self.signer.public_pem, self.signer.key_id)
+                token = manifest_token(self.state, self.cfg, m["id"], bytes(m["manifest"]))
+                if token is not None:
+                    target.put_bytes(token, f"{m['prefix']}/{MANIFEST_NAME}{TOKEN_SUFFIX}")
                 target.put_bytes(bytes(m["manifest"]), f"{m['prefix']}/{MANIFEST_NAME}")
                 target.put_bytes(bytes(m["signature"]), f"{m['prefix']}/{SIGNATURE_NAME}")
             except (DeliveryError, OSError) as exc:
                 self._delivery_failed("manifest_deliveries", "manifest_id", m["id"], target, exc)
                 continue
             landed += 1
+            manifests_landed += 1
             self._manifest_landed(m["id"], m["docking_id"], target.name)
         from .custody.publish import deliver_custody  # revisions and audit trail (R4, R7, R8)
 
         deliver_custody(self.state, self.cfg, self.targets, self.signer,
                         ignore_backoff=ignore_backoff)
+        if manifests_landed:
+            self.publish_checkpoints()
         return landed
+
+    def publish_checkpoints(self) -> int:
+        """A fresh signed checkpoint on every target (after dockings and on the daemon's
+        timer): the newest delivered sequence number and chain head of this dock."""
+        return publish_checkpoints(self.state, self.cfg, self.signer.private_key, self.targets)
 
     def _concurrency(self, target: str) -> int:
         for t in self.cfg.targets:

@@ -188,8 +188,30 @@ def _m6_custody(db: sqlite_utils.Database) -> None:
     }, pk=("segment_id", "target"), defaults={"attempts": 0})
 
 
+def _m_trust(db: sqlite_utils.Database) -> None:
+    """Deletion detection and trusted time (issue 9): each manifest's sequence number in its
+    dock's chain (old manifests numbered in order), RFC 3161 tokens, published checkpoints
+    and the target audit's re-read bookkeeping."""
+    db["manifests"].add_column("seq", int)
+    db.execute(
+        "UPDATE manifests SET seq = (SELECT count(*) FROM manifests m2 "
+        "WHERE m2.dock_id = manifests.dock_id AND m2.id <= manifests.id)")
+    db["timestamps"].create({
+        "subject": str, "sha256": str, "token": bytes, "created_at": str,
+    }, pk="subject")
+    db["checkpoints"].create({
+        "id": int, "target": str, "dock_id": str, "seq": int, "head": str, "key": str,
+        "created_at": str, "body": bytes, "token": bytes, "published_at": str,
+        "error": str,
+    }, pk="id", not_null={"target", "dock_id", "seq", "created_at"})
+    db["checkpoints"].create_index(["target", "created_at"])
+    db["target_audit"].create({
+        "target": str, "key": str, "rehashed_at": str, "problem": str,
+    }, pk=("target", "key"))
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_continuity, _m3_retention, _m4_queue, _m5_health, _m6_custody,
+    _m1_initial, _m2_continuity, _m3_retention, _m4_queue, _m5_health, _m6_custody, _m_trust,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -43,7 +43,7 @@ def _clips_on(rec):
 def test_ingest_clears_only_after_verified_delivery(workdir, make_recorder):
     rec = make_recorder(segments=3)
     before = _clips_on(rec)
-    res = ingest_tree(_cfg(workdir), rec)
+    res = ingest_tree(_cfg(workdir), rec, create_key=True)
     assert res["ok"] and res["cleared"] == before
     assert _clips_on(rec) == []
     with State(_cfg(workdir).paths.database) as s:
@@ -60,7 +60,7 @@ def test_ingest_clears_only_after_verified_delivery(workdir, make_recorder):
 @pytest.mark.slow
 def test_policy_never_keeps_everything(workdir, make_recorder):
     rec = make_recorder(segments=2)
-    res = ingest_tree(_cfg(workdir, "never"), rec)
+    res = ingest_tree(_cfg(workdir, "never"), rec, create_key=True)
     assert res["ok"] and res["cleared"] == []
     assert len(_clips_on(rec)) == 2
 
@@ -69,7 +69,7 @@ def test_policy_never_keeps_everything(workdir, make_recorder):
 def test_file_changed_on_recorder_after_delivery_is_not_erased(workdir, make_recorder):
     cfg = _cfg(workdir, "never")
     rec = make_recorder(segments=2)
-    assert ingest_tree(cfg, rec)["ok"]
+    assert ingest_tree(cfg, rec, create_key=True)["ok"]
     victim = sorted(rec.rglob("*.MP4"))[0]
     data = bytearray(victim.read_bytes())
     data[100] ^= 0xFF
@@ -86,7 +86,7 @@ def test_file_changed_on_recorder_after_delivery_is_not_erased(workdir, make_rec
 def test_undelivered_clip_is_not_erased(workdir, make_recorder):
     cfg = _cfg(workdir, "never")
     rec = make_recorder(segments=2)
-    assert ingest_tree(cfg, rec)["ok"]
+    assert ingest_tree(cfg, rec, create_key=True)["ok"]
     with State(cfg.paths.database) as s:
         s.conn.execute("UPDATE deliveries SET state = 'pending' WHERE clip_id = 1")
         out = clear_recorder(s, serial="A1234567", root=rec, port="manual",

@@ -86,6 +86,22 @@ def test_semantic_problems_reported_together():
     assert any(p.startswith("profiles[0].file_pattern:") for p in probs)
 
 
+def test_integrity_section_is_checked():
+    with pytest.raises(ConfigError) as ei:
+        from_dict({"integrity": {"tsa_url": "ftp://tsa", "checkpoint_minutes": 0,
+                                 "checkpoint_max_age_hours": -1,
+                                 "audit_rehash_per_pass": -2}})
+    probs = ei.value.problems
+    assert any(p.startswith("integrity.tsa_url: must be an http(s) URL") for p in probs)
+    assert any(p.startswith("integrity.checkpoint_minutes: must be positive") for p in probs)
+    assert any(p.startswith("integrity.checkpoint_max_age_hours:") for p in probs)
+    assert any(p.startswith("integrity.audit_rehash_per_pass:") for p in probs)
+    with pytest.raises(ConfigError, match="must exceed checkpoint_minutes"):
+        from_dict({"integrity": {"checkpoint_minutes": 180, "checkpoint_max_age_hours": 2}})
+    ok = from_dict({"integrity": {"tsa_url": "http://127.0.0.1:3318/tsa"}})
+    assert ok.integrity.tsa_url.endswith("/tsa")
+
+
 def test_pattern_without_start_group_is_rejected():
     with pytest.raises(ConfigError, match=r"profiles\[0\].file_pattern: needs a named group"):
         from_dict({"profiles": [{"file_pattern": r"^(?P<serial>\w+)\.MP4$"}]})

@@ -86,7 +86,7 @@ def test_delivered_and_verified_on_primary_and_offsite_with_retention(
     bucket = _bucket(moto)
     cfg = _cfg(workdir, moto, bucket, tmp_path)
     rec = make_recorder(cfg, segments=3)
-    res = ingest_tree(cfg, rec)
+    res = ingest_tree(cfg, rec, create_key=True)
     assert res["ok"], res
     keys = [o["Key"] for o in moto.client().list_objects_v2(Bucket=bucket)["Contents"]]
     clips = [k for k in keys if k.endswith(".MP4")]
@@ -111,7 +111,7 @@ def test_offsite_down_then_back_everything_delivered_once(workdir, make_recorder
     cfg = _cfg(workdir, moto, bucket, tmp_path, policy="after_delivery")
     rec = make_recorder(cfg, segments=3)
     moto.stop()  # the off-site store is down at docking time
-    res = ingest_tree(cfg, rec, attempts=1)
+    res = ingest_tree(cfg, rec, attempts=1, create_key=True)
     assert not res["ok"] and res["clips_delivered"] == 0
     assert any("offsite" in p for p in res["problems"])
     assert len(list(rec.rglob("*.MP4"))) == 3  # never cleared while a target lacks a copy
@@ -138,7 +138,7 @@ def test_offsite_down_then_back_everything_delivered_once(workdir, make_recorder
 def test_permanent_error_alarms_and_stops_retrying(workdir, make_recorder, moto, tmp_path):
     cfg = _cfg(workdir, moto, "no-such-bucket", tmp_path)
     rec = make_recorder(cfg, segments=2)
-    res = ingest_tree(cfg, rec, attempts=3)
+    res = ingest_tree(cfg, rec, attempts=3, create_key=True)
     assert not res["ok"]
     with State(cfg.paths.database) as st:
         rows = st.query("SELECT state, attempts FROM deliveries WHERE target = 'offsite'")
@@ -196,7 +196,7 @@ def test_corrupted_copy_on_target_is_detected_quarantined_and_resent(workdir, ma
         assert st.docking(d)["state"] == "delivered"
     target = workdir / "target"
     assert len(list((target / "_quarantine").rglob("*.MP4.*"))) == 2
-    report = verify_path(target)
+    report = verify_path(target, _dock_keys(cfg))
     assert report.ok, report.problems
     assert any("_quarantine" in w for w in report.warnings)
 
@@ -264,7 +264,7 @@ def test_sftp_offsite_down_then_back_through_the_pipeline(workdir, make_recorder
     base = for_workdir(workdir)
     cfg = dataclasses.replace(base, targets=(base.targets[0], offsite))
     rec = make_recorder(cfg, segments=3)
-    res = ingest_tree(cfg, rec, attempts=1)  # sshd not started yet
+    res = ingest_tree(cfg, rec, attempts=1, create_key=True)  # sshd not started yet
     assert not res["ok"] and res["clips_delivered"] == 0
     server.start()
     try:
@@ -284,5 +284,13 @@ def test_sftp_offsite_down_then_back_through_the_pipeline(workdir, make_recorder
     assert landed == sorted(p.name for p in (workdir / "target").rglob("*.MP4"))
     assert len(landed) == 3 and not list(store.rglob("*.partial"))
     # the off-site copy is a complete, verifiable docking of its own
-    report = verify_path(store)
+    report = verify_path(store, _dock_keys(cfg))
     assert report.ok, report.problems
+
+
+def _dock_keys(cfg):
+    """The on-dock case: the dock's own public key is the trusted one."""
+    from dockd.integrity.keys import key_id, load_public_key
+
+    k = load_public_key(cfg.paths.public_key_file)
+    return {key_id(k): k}

@@ -35,8 +35,8 @@ def test_fleet_view_unfit_first_with_gbk_names(cfg: Config, tmp_path: Path,
             battery=30, clock_offset_s=86400)
     info = (b / cfg.profiles[0].info_file).read_bytes()
     assert "李四".encode("gbk") in info and "李四".encode() not in info  # a GBK info file
-    assert ingest_tree(cfg, a, port="p1")["ok"]
-    assert ingest_tree(cfg, b, port="p2")["ok"]
+    assert ingest_tree(cfg, a, port="p1", create_key=True)["ok"]
+    assert ingest_tree(cfg, b, port="p2", create_key=True)["ok"]
     with State(cfg.paths.database) as st:
         st.conn.execute("UPDATE clips SET state = 'signed' WHERE id = (SELECT min(id) FROM "
                         "clips WHERE serial = 'A1111111')")  # one clip not delivered yet
@@ -92,8 +92,8 @@ def test_serial_history_trend_and_json_command(cfg: Config, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     pin_ntp(monkeypatch)
     a = sim(cfg, tmp_path / "a", serial="A1111111", battery=90)
-    assert ingest_tree(cfg, a, port="p1")["ok"]
-    second = ingest_tree(cfg, a, port="p1")  # docked again: its clips are known
+    assert ingest_tree(cfg, a, port="p1", create_key=True)["ok"]
+    second = ingest_tree(cfg, a, port="p1", create_key=True)  # docked again: its clips are known
     assert second["ok"] and second["skipped_known"] == 2
 
     parser = argparse.ArgumentParser()
@@ -130,7 +130,7 @@ def test_corrected_clock_is_shown_after_offload(cfg: Config, tmp_path: Path,
     pin_ntp(monkeypatch)
     cfg = with_profile(cfg, timeset_file="TIMESET.TXT")
     b = sim(cfg, tmp_path / "b", serial="B2222222", officer_name="李四", clock_offset_s=86400)
-    assert ingest_tree(cfg, b, port="p2")["ok"]
+    assert ingest_tree(cfg, b, port="p2", create_key=True)["ok"]
     assert (b / "TIMESET.TXT").is_file()
     with State(cfg.paths.database) as st:
         data = devices_data(st, cfg, st.clock(), serial="B2222222")

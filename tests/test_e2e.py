@@ -49,7 +49,7 @@ def test_ingest_status_verify_and_tamper(workdir, make_recorder):
     assert data["backlog"]["clips"] == 0
 
     target = workdir / "target"
-    ok = run_dockd("verify", str(target))
+    ok = run_dockd("verify", str(target), "--workdir", str(workdir))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     clips = target_files(target)
     assert len(clips) == 3 and all(c.suffix == ".MP4" for c in clips)
@@ -60,12 +60,12 @@ def test_ingest_status_verify_and_tamper(workdir, make_recorder):
     data_b = bytearray(victim.read_bytes())
     data_b[len(data_b) // 2] ^= 0x01
     victim.write_bytes(bytes(data_b))
-    bad = run_dockd("verify", str(target))
+    bad = run_dockd("verify", str(target), "--workdir", str(workdir))
     assert bad.returncode == 1
     assert victim.name in bad.stdout and "SHA-256 mismatch" in bad.stdout
     data_b[len(data_b) // 2] ^= 0x01
     victim.write_bytes(bytes(data_b))
-    assert run_dockd("verify", str(target)).returncode == 0
+    assert run_dockd("verify", str(target), "--workdir", str(workdir)).returncode == 0
 
     # one byte of the manifest changed -> signature failure
     manifest = next(target.rglob("manifest.json"))
@@ -73,7 +73,7 @@ def test_ingest_status_verify_and_tamper(workdir, make_recorder):
     text = manifest.read_bytes()
     i = text.index(b'"size":') + 7
     manifest.write_bytes(text[:i] + bytes([text[i] ^ 0x01]) + text[i + 1:])
-    bad = run_dockd("verify", str(target))
+    bad = run_dockd("verify", str(target), "--workdir", str(workdir))
     assert bad.returncode == 1
     assert "signature" in bad.stdout.lower() or "manifest" in bad.stdout.lower()
 
@@ -87,7 +87,7 @@ def test_ingest_twice_does_not_copy_or_deliver_again(workdir, make_recorder):
     res = json.loads(again.stdout)
     assert res["skipped_known"] == 2 and res["clips_total"] == 0
     assert target_files(workdir / "target") == before
-    assert run_dockd("verify", str(workdir / "target")).returncode == 0
+    assert run_dockd("verify", str(workdir / "target"), "--workdir", str(workdir)).returncode == 0
 
 
 def test_changed_file_with_same_name_is_copied_again_and_flagged(workdir, make_recorder):
@@ -149,7 +149,7 @@ def test_hostile_names_never_escape(workdir, make_recorder, tmp_path):
         findings = " ".join(r["findings"] for r in s.query("SELECT findings FROM dockings"))
         findings += " ".join(r["findings"] for r in s.query("SELECT findings FROM clips"))
     assert "symlink_skipped" in findings and "hostile_name" in findings
-    assert run_dockd("verify", str(target)).returncode == 0
+    assert run_dockd("verify", str(target), "--workdir", str(workdir)).returncode == 0
 
 
 def _wait_state(workdir: Path, pred, what: str, timeout: float = 60):
@@ -181,7 +181,7 @@ def _check_final(workdir: Path, n: int) -> None:
     import hashlib
 
     assert {hashlib.sha256(f.read_bytes()).hexdigest() for f in files} == shas
-    r = run_dockd("verify", str(target))
+    r = run_dockd("verify", str(target), "--workdir", str(workdir))
     assert r.returncode == 0, r.stdout
 
 
@@ -264,5 +264,5 @@ def test_demo_runs_end_to_end(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     last = r.stdout.strip().splitlines()[-1]
     assert last == f"Delivered to: {w / 'target'}"
-    assert run_dockd("verify", str(w / "target")).returncode == 0
+    assert run_dockd("verify", str(w / "target"), "--workdir", str(w)).returncode == 0
     assert shutil.which("ffprobe")

@@ -73,7 +73,7 @@ def test_each_docking_records_a_health_reading(cfg: Config, tmp_path: Path,
     pin_ntp(monkeypatch, synced=(False, "test: not synchronised"))
     cfg = with_profile(cfg, timeset_file="TIMESET.TXT")
     root = sim(cfg, tmp_path / "rec", battery=64, clock_offset_s=-30)
-    res = ingest_tree(cfg, root)
+    res = ingest_tree(cfg, root, create_key=True)
     assert res["ok"], res["problems"]
     with State(cfg.paths.database) as st:
         rows = st.query("SELECT * FROM recorder_health")
@@ -116,7 +116,7 @@ def test_reread_while_docked_records_the_charged_battery(cfg, make_recorder):
     from dockd.state import State
 
     rec = make_recorder(cfg, battery=18, segments=1)
-    assert ingest_tree(cfg, rec)["ok"]
+    assert ingest_tree(cfg, rec, create_key=True)["ok"]
     info = rec / cfg.profiles[0].info_file
     fields, _ = infofile.read_info(info, "gbk")
     fields["Battery"] = "96"

@@ -492,7 +492,7 @@ def test_real_clearing_through_the_window(tmp_path: Path, workdir: Path, make_re
     cfg = dataclasses.replace(cfg, profiles=(dataclasses.replace(cfg.profiles[0],
                                                                  clear_policy="never"),))
     tree = make_recorder(segments=2)
-    assert ingest_tree(cfg, tree)["ok"]
+    assert ingest_tree(cfg, tree, create_key=True)["ok"]
     clips = sorted(p.relative_to(tree) for p in tree.rglob("*.MP4"))
     assert len(clips) == 2
     h, node = ext2_recorder(tree)  # the recorder's filesystem holds the same tree

@@ -58,7 +58,7 @@ def test_gaps_notes_and_reasons_in_report_and_signed_manifest(workdir, make_reco
     assert kinds.count("interruption_noted") == 1 and kinds.count("interruption_unnoted") == 1
     cont = manifest["extra"]["continuity"]
     assert len(cont["timeline"]["sessions"]) == 2
-    assert run_dockd("verify", str(workdir / "target")).returncode == 0
+    assert run_dockd("verify", str(workdir / "target"), "--workdir", str(workdir)).returncode == 0
 
 
 def test_without_model_speech_is_found_but_reason_unknown(workdir, make_recorder, tmp_path):

@@ -151,3 +151,27 @@ def test_start_web_serves_on_a_free_port_and_stops(dock):
     handle.stop()
     off = dataclasses.replace(dock.cfg, web=dataclasses.replace(dock.cfg.web, enabled=False))
     assert start_web(off, dock.db) is None
+
+
+def test_port_in_use_is_an_error_and_leaks_no_socket() -> None:
+    """A taken port (another dockd, another test) gives WebError; the socket dockd opened
+    is closed, not left to the garbage collector (a ResourceWarning fails the suite)."""
+    import gc
+    import socket
+    import sys
+
+    from dockd.status.web import WebError, _bind
+
+    leaked: list[object] = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: leaked.append(u.exc_value)
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            with pytest.raises(WebError, match="cannot listen"):
+                _bind("127.0.0.1", taken.getsockname()[1])
+            gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert leaked == []

@@ -77,7 +77,8 @@ def generate_key(key_file: Path, public_key_file: Path, *, overwrite: bool = Fal
             if p.exists() or p.is_symlink():
                 raise SigningError(
                     f"{p} already exists; refusing to replace a signing key "
-                    "(pass overwrite to generate a new one)"
+                    "(run `dockd keygen --force` to rotate to a new key; the rotation is signed "
+                    "by the old key so earlier manifests stay verifiable)"
                 )
     private_key = Ed25519PrivateKey.generate()
     pem = private_key.private_bytes(

@@ -244,12 +244,21 @@ def build_manifest(
     key_id: str,
     created_at: datetime,
     extra: Mapping[str, Any] | None = None,
+    seq: int | None = None,
+    usb_serial: str | None = None,
 ) -> dict[str, Any]:
     """The manifest of one docking as plain data, ready for ``canonical_bytes``.
+
+    ``seq`` is the dock's monotonic sequence number (1 for its first manifest): with
+    ``prev_manifest_sha256`` it lets a verifier see any manifest that went missing.
+    ``usb_serial`` is the serial udev read from the USB device (None where there is none),
+    recorded beside the serial the recorder's device-info file claims.
 
     Raises ``ValueError`` for data that cannot be written faithfully (naive datetimes,
     NaN, duplicate clip names, malformed hashes).
     """
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 1):
+        raise ValueError("seq must be a positive int")
     if prev_manifest_sha256 is not None and not _SHA256_RE.fullmatch(prev_manifest_sha256):
         raise ValueError("prev_manifest_sha256 must be None or 64 lowercase hex digits")
     clip_dicts = [c.as_dict() for c in clips]
@@ -272,6 +281,7 @@ def build_manifest(
             "unit_name": recorder.unit_name,
             "model": recorder.model,
             "vendor": recorder.vendor,
+            "usb_serial": usb_serial,
         },
         "health": {
             "battery_percent": health.battery_percent,
@@ -285,6 +295,7 @@ def build_manifest(
         "clips": clip_dicts,
         "findings": [_finding(f) for f in findings],
         "prev_manifest_sha256": prev_manifest_sha256,
+        "seq": seq,
         "key_id": key_id,
         "created_at": utc_iso(created_at),
         "extra": _plain(dict(extra or {})),

@@ -1,15 +1,27 @@
 """Offline verification of delivered footage: what a reviewer runs, with no dock at hand.
 
+Trust comes from outside the target: ``verify_path`` trusts only the keys in its
+``Trust`` (keys the reviewer gave, a trust file, or the dock's own key on the dock), spread
+along the signed key history found under ``_keys/`` (see :mod:`.keyhistory`). Keys that
+are merely found on the target are listed, never trusted; with no trusted key at all the
+verdict is UNTRUSTED.
+
 ``verify_path`` takes a target root, one docking directory or one delivered clip and
-checks, using only files and the dock's public key:
+checks, using only files and the trusted keys:
 
 * each ``manifest.json`` against its ``manifest.json.sig`` (Ed25519, key id);
 * each clip the manifest lists: present, same size, same SHA-256;
 * each docking directory holds nothing the manifest does not list (``.partial``
   leftovers of an interrupted upload are only warned about);
-* the hash chain: a manifest's ``prev_manifest_sha256`` names another manifest of the same
-  dock found under the path (warning if it is not there, problem if two manifests of one
-  dock follow the same predecessor: a fork).
+* each manifest's RFC 3161 token (``manifest.json.tsr``) against the TSA certificates
+  the reviewer trusts;
+* on a whole target: every dock's chain by sequence number and hash (a missing sequence
+  number or predecessor is a problem: a docking was deleted) and its signed checkpoints
+  (see :mod:`.chain`): the newest checkpoint's age is reported and fails past a limit.
+
+Symlinks and unreadable directories are problems, never skipped. Other parts add their
+own files through ``ROOT_DIRS`` (a directory under the target root, e.g. ``_audit``) and
+``DOCKING_FILES`` (extra files in a docking directory, e.g. manifest revisions).
 
 Problems make the report fail; warnings do not. Messages name the file as
 ``<docking prefix>/<name>`` relative to the target root (the directory holding ``_keys``).
@@ -21,13 +33,14 @@ import hashlib
 import logging
 import os
 import stat
-from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..delivery.layout import (
@@ -38,17 +51,31 @@ from ..delivery.layout import (
     SIGNATURE_NAME,
     check_stored_name,
     docking_prefix,
-    key_path,
 )
-from ..errors import SigningError, VerifyError
+from ..errors import VerifyError
 from ..model import RecorderIdentity
-from .custody_verify import CUSTODY_DIRS, check_custody
-from .keys import key_id, load_public_key
+from .custody_verify import CUSTODY_DIRS, EXPORT_DIR, check_custody
+from .keyhistory import KeyRecord, TrustedKey
 from .manifest import check_signature, manifest_sha256, parse_manifest, parse_signature
+from .tsa import check_token
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
+_PEM = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+TOKEN_NAME = MANIFEST_NAME + ".tsr"
+"""The RFC 3161 token of a docking's manifest, beside it."""
+
+
+@dataclass
+class Trust:
+    """What the reviewer trusts, given from outside the target."""
+
+    anchors: dict[str, TrustedKey] = field(default_factory=dict)
+    tsa_roots: list[x509.Certificate] = field(default_factory=list)
+    max_checkpoint_age: timedelta | None = timedelta(hours=2)
+    now: datetime | None = None
+    """The reviewer's clock (default: now)."""
 
 
 @dataclass
@@ -58,16 +85,126 @@ class VerifyReport:
     files: int
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    trusted: bool = True
+    """False: no key from outside the target was given; nothing can be vouched for."""
+    info: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
-class _Link:
+class Link:
     """One manifest's place in its dock's hash chain."""
 
     where: str
     dock: str
     sha256: str
     prev: str | None
+    seq: int | None
+
+
+@dataclass
+class VerifyContext:
+    """Everything one verification run collects; the check functions add to it."""
+
+    root: Path | None
+    path: Path
+    whole_target: bool
+    trust: Trust
+    keys: dict[str, TrustedKey] = field(default_factory=dict)
+    found_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    records: list[KeyRecord] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
+    checkpoints: dict[str, Any] = field(default_factory=dict)
+    """dock -> its newest valid checkpoint (set by :mod:`.chain`)."""
+    tokens: dict[str, int] = field(default_factory=lambda: {"ok": 0, "unchecked": 0,
+                                                            "missing": 0})
+    bound: dict[str, str] = field(default_factory=dict)
+    """key id -> dock, for keys the reviewer gave without a dock (bound on first use)."""
+
+    @property
+    def now(self) -> datetime:
+        return self.trust.now or datetime.now(UTC)
+
+    def signing_key(self, kid: str, dock: Any, where: str) -> Ed25519PublicKey | None:
+        """The trusted key ``kid`` if it may sign for ``dock``; else None (problem added)."""
+        tk = self.keys.get(kid)
+        if tk is None:
+            found = " (a key of that id is on the target, but keys found there are never " \
+                    "trusted)" if kid in self.found_keys else ""
+            self.problems.append(f"{where}: signed by {kid}, which is not a trusted key"
+                                 f"{found}")
+            return None
+        if dock is None:  # unreadable document: the signature check names what is wrong
+            return tk.key
+        owner = tk.dock or self.bound.setdefault(kid, str(dock))
+        if owner != dock:
+            self.problems.append(f"{where}: claims dock {dock} but is signed by {kid}, a key "
+                                 f"of dock {owner}")
+            return None
+        return tk.key
+
+    def check_token_file(self, token_path: Path, where: str, data: bytes) -> datetime | None:
+        """Check an RFC 3161 token beside a file; the TSA's time when it is good."""
+        try:
+            token = _read_regular(token_path)
+        except FileNotFoundError:
+            self.tokens["missing"] += 1
+            return None
+        except OSError as exc:
+            self.problems.append(f"{where}: cannot read ({exc.strerror or exc})")
+            return None
+        if not self.trust.tsa_roots:
+            self.tokens["unchecked"] += 1
+            return None
+        try:
+            info = check_token(token, data, self.trust.tsa_roots)
+        except VerifyError as exc:
+            self.problems.append(f"{where}: {exc}")
+            return None
+        self.tokens["ok"] += 1
+        return info.gen_time
+
+
+RootDirCheck = Callable[[VerifyContext, Path], None]
+DockingFileCheck = Callable[[VerifyContext, Path, str, str, bytes], int]
+"""(ctx, docking dir, prefix, file name, manifest bytes) -> files checked."""
+
+ROOT_DIRS: dict[str, RootDirCheck | None] = {}
+"""Directories of dockd's own under a target root and the check for each (None: handled
+elsewhere). Register more with ``register_root_dir``."""
+DOCKING_FILES: list[tuple[Callable[[str], bool], DockingFileCheck]] = []
+"""(matches file name, check) for files of a docking directory beyond clips, manifest and
+signature. Register more with ``register_docking_file``."""
+
+
+def register_root_dir(name: str, check: RootDirCheck | None) -> None:
+    ROOT_DIRS[name] = check
+
+
+def register_docking_file(matches: Callable[[str], bool], check: DockingFileCheck) -> None:
+    DOCKING_FILES.append((matches, check))
+
+
+def _check_manifest_token(ctx: VerifyContext, d: Path, prefix: str, name: str,
+                          mbytes: bytes) -> int:
+    ctx.check_token_file(d / name, f"{prefix}/{name}", mbytes)
+    return 0
+
+
+def _check_quarantine(ctx: VerifyContext, d: Path) -> None:
+    held = sum(len(fs) for _, _, fs in os.walk(d))
+    if held:
+        ctx.warnings.append(f"{QUARANTINE_DIR}/: {held} copy(ies) that failed verification "
+                            "on delivery and were sent again (kept for investigation)")
+
+
+register_root_dir(KEYS_DIR, None)
+register_root_dir(QUARANTINE_DIR, _check_quarantine)
+for _name in CUSTODY_DIRS:  # revisions, audit trail, export papers: check_custody
+    register_root_dir(_name, None)
+register_docking_file(lambda n: n == TOKEN_NAME, _check_manifest_token)
 
 
 def _short(sha: str) -> str:
@@ -75,27 +212,30 @@ def _short(sha: str) -> str:
 
 
 def verify_path(
-    path: Path, public_keys: Mapping[str, Ed25519PublicKey] | None = None
+    path: Path, public_keys: Mapping[str, Ed25519PublicKey] | None = None, *,
+    trust: Trust | None = None,
 ) -> VerifyReport:
     """Verify a target root, a docking directory or a single clip (see module docstring).
 
-    With ``public_keys`` None, the keys published under ``<target root>/_keys`` are used
-    and a warning with each key id says so: compare it with the dock's key id.
+    ``public_keys`` (key id -> key) are keys the reviewer trusts, bound to no dock until
+    the target's key records (or first use) bind them; ``trust`` says more (keys bound to
+    docks, TSA certificates, checkpoint age limit). With neither, nothing is trusted and
+    the verdict is UNTRUSTED.
     """
+    from . import chain, targetkeys
+
+    trust = trust or Trust()
+    if public_keys:
+        for kid, k in public_keys.items():
+            trust.anchors.setdefault(kid, TrustedKey(k, None, "given"))
     path = Path(path).absolute()
-    problems: list[str] = []
-    warnings: list[str] = []
+    if os.path.islink(path):
+        return VerifyReport(False, 0, 0, [f"{path}: is a symlink (not followed)"], [])
     if not path.exists():
         return VerifyReport(False, 0, 0, [f"{path}: does not exist"], [])
     root = find_target_root(path)
-    keys: dict[str, Ed25519PublicKey]
-    if public_keys is not None:
-        keys = dict(public_keys)
-    else:
-        keys = _published_keys(root, problems, warnings)
-        if not keys:
-            problems.append(f"no public key given and none published under {KEYS_DIR}/ "
-                            f"above {path}")
+    ctx = VerifyContext(root, path, root is not None and path == root, trust)
+    targetkeys.load_keys(ctx)
 
     only: str | None = None
     walking = False
@@ -103,32 +243,58 @@ def verify_path(
         only = path.name
         dirs = [path.parent]
         if not (path.parent / MANIFEST_NAME).exists():
-            problems.append(f"{path}: no {MANIFEST_NAME} beside it")
-            return VerifyReport(False, 0, 0, problems, warnings)
+            ctx.problems.append(f"{path}: no {MANIFEST_NAME} beside it")
+            return _report(ctx, 0, 0)
     elif path.is_file() or (path / MANIFEST_NAME).exists():
         dirs = [path if path.is_dir() else path.parent]
     else:
         walking = True
-        dirs = _walk(path, root, problems, warnings)
+        dirs = _walk(ctx, path)
         if not dirs:
-            warnings.append(f"{path}: no {MANIFEST_NAME} found")
+            ctx.warnings.append(f"{path}: no {MANIFEST_NAME} found")
     base = root or (path if walking else dirs[0].parent)
 
-    links: list[_Link] = []
     files = 0
     for d in dirs:
-        prefix = _rel(d, base)
-        link, n = _check_docking(d, prefix, keys, only, root is not None, problems, warnings)
-        files += n
-        if link is not None:
-            links.append(link)
+        files += _check_docking(ctx, d, _rel(d, base), only)
     if only is None:
-        _check_chain(links, path, problems, warnings)
-        check_custody(root, path, keys, problems, warnings)
-    report = VerifyReport(not problems, len(dirs), files, problems, warnings)
-    log.info("verified %s: %d manifest(s), %d file(s), %d problem(s), %d warning(s)",
-             path, report.manifests, report.files, len(problems), len(warnings))
+        if root is not None and (root / EXPORT_DIR).is_dir():
+            # an export package holds only the selected dockings: chain holes and the
+            # absent checkpoints are expected there (its SHA256SUMS signature covers the set)
+            held, ctx.problems = ctx.problems, []
+            chain.check_chains(ctx)
+            ctx.warnings.extend(f"(export package) {p}" for p in ctx.problems)
+            ctx.problems = held
+        else:
+            chain.check_chains(ctx)
+        check_custody(root, path, {kid: tk.key for kid, tk in ctx.keys.items()
+                                   if tk.key is not None}, ctx.problems, ctx.warnings)
+    _token_summary(ctx)
+    return _report(ctx, len(dirs), files)
+
+
+def _report(ctx: VerifyContext, manifests: int, files: int) -> VerifyReport:
+    trusted = bool(ctx.trust.anchors)
+    report = VerifyReport(trusted and not ctx.problems, manifests, files, ctx.problems,
+                          ctx.warnings, trusted, ctx.info)
+    log.info("verified %s: %d manifest(s), %d file(s), %d problem(s), %d warning(s)%s",
+             ctx.path, manifests, files, len(ctx.problems), len(ctx.warnings),
+             "" if trusted else ", UNTRUSTED (no trusted key given)")
     return report
+
+
+def _token_summary(ctx: VerifyContext) -> None:
+    t = ctx.tokens
+    if t["ok"]:
+        ctx.info.append(f"{t['ok']} RFC 3161 timestamp(s) verified against the trusted TSA")
+    if t["unchecked"]:
+        ctx.warnings.append(f"{t['unchecked']} RFC 3161 timestamp(s) not checked: give the "
+                            "TSA certificate you trust with --tsa-cert")
+    if t["missing"] and not (t["ok"] or t["unchecked"]):
+        ctx.info.append("no trusted timestamps (the dock had no TSA configured): times are "
+                        "the dock's own clock, signed with its key")
+    elif t["missing"]:
+        ctx.warnings.append(f"{t['missing']} file(s) without an RFC 3161 timestamp")
 
 
 def find_target_root(path: Path) -> Path | None:
@@ -148,62 +314,49 @@ def _rel(d: Path, base: Path) -> str:
     return rel if rel != "." else d.name
 
 
-def _published_keys(root: Path | None, problems: list[str],
-                    warnings: list[str]) -> dict[str, Ed25519PublicKey]:
-    keys: dict[str, Ed25519PublicKey] = {}
-    if root is None:
-        return keys
-    for f in sorted((root / KEYS_DIR).glob("*.pub")):
-        try:
-            k = load_public_key(f)
-        except SigningError as exc:
-            problems.append(f"{KEYS_DIR}/{f.name}: {exc}")
-            continue
-        kid = key_id(k)
-        if key_path(kid) != f"{KEYS_DIR}/{f.name}":
-            warnings.append(f"{KEYS_DIR}/{f.name}: file name does not match its key id {kid}")
-        keys[kid] = k
-        warnings.append(f"public key {kid} was taken from the target itself ({f}); "
-                        "compare this key id with the dock's before trusting the result")
-    return keys
-
-
-def _walk(path: Path, root: Path | None, problems: list[str],
-          warnings: list[str]) -> list[Path]:
+def _walk(ctx: VerifyContext, path: Path) -> list[Path]:
     found: list[Path] = []
+    root = ctx.root
 
     def unreadable(exc: OSError) -> None:
-        problems.append(f"{exc.filename}: cannot list ({exc.strerror or exc})")
+        ctx.problems.append(f"{exc.filename}: cannot list ({exc.strerror or exc})")
 
     for dirpath, dirnames, filenames in os.walk(path, onerror=unreadable, followlinks=False):
         d = Path(dirpath)
+        rel = _rel(d, root or path)
         dirnames.sort()
-        if d == root and KEYS_DIR in dirnames:
-            dirnames.remove(KEYS_DIR)
-        if d == root:  # revisions, audit trail, export papers: checked by check_custody
-            dirnames[:] = [n for n in dirnames if n not in CUSTODY_DIRS]
-        if d == root and QUARANTINE_DIR in dirnames:
-            dirnames.remove(QUARANTINE_DIR)
-            held = sum(len(fs) for _, _, fs in os.walk(d / QUARANTINE_DIR))
-            if held:
-                warnings.append(f"{QUARANTINE_DIR}/: {held} copy(ies) that failed verification "
-                                "on delivery and were sent again (kept for investigation)")
+        for name in list(dirnames) + list(filenames):
+            if os.path.islink(d / name):
+                ctx.problems.append(f"{rel}/{name}: is a symlink (not followed; a docking "
+                                    "folder must be a real directory)")
+                if name in dirnames:
+                    dirnames.remove(name)
+                else:
+                    filenames.remove(name)
+        if d == root:
+            for name in sorted(n for n in dirnames if n in ROOT_DIRS):
+                dirnames.remove(name)
+                check = ROOT_DIRS[name]
+                if check is not None:
+                    check(ctx, d / name)
         if MANIFEST_NAME in filenames:
             found.append(d)
+            for sub in dirnames:
+                ctx.problems.append(f"{rel}/{sub}: directory inside a docking directory")
             dirnames.clear()  # a docking directory has no subdirectories of its own
             continue
-        rel = _rel(d, root or path)
         partials = sorted(f for f in filenames if f.endswith(PARTIAL_SUFFIX))
         others = [f for f in filenames if not f.endswith(PARTIAL_SUFFIX)]
         for f in partials:
-            warnings.append(f"{rel}/{f}: stray partial upload")
+            ctx.warnings.append(f"{rel}/{f}: stray partial upload")
         if others:
-            problems.append(f"{rel}: {len(others)} file(s) but no {MANIFEST_NAME}")
+            ctx.problems.append(f"{rel}: {len(others)} file(s) but no {MANIFEST_NAME}")
     return found
 
 
 def _read_regular(p: Path) -> bytes:
-    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # O_NONBLOCK: a FIFO planted in place of a file must not hang the verifier
+    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise IsADirectoryError(f"{p} is not a regular file")
@@ -219,16 +372,20 @@ def _hash_file(p: Path) -> str:
     return h.hexdigest()
 
 
-def _check_docking(d: Path, prefix: str, keys: Mapping[str, Ed25519PublicKey],
-                   only: str | None, check_place: bool, problems: list[str],
-                   warnings: list[str]) -> tuple[_Link | None, int]:
-    """Check one docking directory; return its chain link (if readable) and files checked."""
+def _check_docking(ctx: VerifyContext, d: Path, prefix: str, only: str | None) -> int:
+    """Check one docking directory; add its chain link (if trusted) and return files checked."""
+    problems, warnings = ctx.problems, ctx.warnings
     try:
         mbytes = _read_regular(d / MANIFEST_NAME)
     except OSError as exc:
         problems.append(f"{prefix}/{MANIFEST_NAME}: cannot read ({exc.strerror or exc})")
-        return None, 0
-    sig_key: str | None = None
+        return 0
+    try:
+        manifest = parse_manifest(mbytes)
+    except VerifyError as exc:
+        problems.append(f"{prefix}/{MANIFEST_NAME}: {exc}")
+        manifest = None
+    signed_ok = False
     try:
         sbytes = _read_regular(d / SIGNATURE_NAME)
     except FileNotFoundError:
@@ -237,19 +394,30 @@ def _check_docking(d: Path, prefix: str, keys: Mapping[str, Ed25519PublicKey],
         problems.append(f"{prefix}/{SIGNATURE_NAME}: cannot read ({exc.strerror or exc})")
     else:
         try:
-            check_signature(mbytes, sbytes, keys)
             sig_key = parse_signature(sbytes)["key_id"]
         except VerifyError as exc:
-            problems.append(f"{prefix}/{MANIFEST_NAME}: {exc}")
-    try:
-        manifest = parse_manifest(mbytes)
-    except VerifyError as exc:
-        problems.append(f"{prefix}/{MANIFEST_NAME}: {exc}")
-        return None, 0
-    if sig_key is not None and manifest.get("key_id") != sig_key:
-        problems.append(f"{prefix}/{MANIFEST_NAME}: names key {manifest.get('key_id')} "
-                        f"but is signed by {sig_key}")
-    if check_place and only is None:
+            problems.append(f"{prefix}/{SIGNATURE_NAME}: {exc}")
+        else:
+            dock = manifest.get("dock") if manifest else None
+            key = ctx.signing_key(sig_key, dock, f"{prefix}/{SIGNATURE_NAME}")
+            if key is not None:
+                try:
+                    check_signature(mbytes, sbytes, {sig_key: key})
+                    signed_ok = True
+                except VerifyError as exc:
+                    name = SIGNATURE_NAME
+                    if "hash mismatch" in str(exc):
+                        name = MANIFEST_NAME  # unless the signature still fits the manifest:
+                        if _signature_fits(sbytes, mbytes, key):  # then the .sig was edited
+                            name = SIGNATURE_NAME
+                    problems.append(f"{prefix}/{name}: {exc}")
+            if manifest is not None and manifest.get("key_id") != sig_key:
+                problems.append(f"{prefix}/{MANIFEST_NAME}: names key "
+                                f"{manifest.get('key_id')} but is signed by {sig_key}")
+                signed_ok = False
+    if manifest is None:
+        return 0
+    if ctx.root is not None and only is None:
         _check_place(d, prefix, manifest, warnings)
 
     listed: set[str] = set()
@@ -271,16 +439,38 @@ def _check_docking(d: Path, prefix: str, keys: Mapping[str, Ed25519PublicKey],
     if only is not None:
         if only not in listed:
             problems.append(f"{prefix}/{only}: not in manifest")
-    else:
-        _check_unlisted(d, prefix, listed, problems, warnings)
+        return files
+    files += _check_unlisted(ctx, d, prefix, listed, mbytes)
 
-    prev = manifest.get("prev_manifest_sha256")
-    dock = manifest.get("dock")
+    prev, dock, seq = (manifest.get("prev_manifest_sha256"), manifest.get("dock"),
+                       manifest.get("seq"))
+    if "seq" in manifest and not (isinstance(seq, int) and not isinstance(seq, bool)
+                                  and seq >= 1):
+        problems.append(f"{prefix}/{MANIFEST_NAME}: no valid sequence number (seq {seq!r}): "
+                        "deletions of dockings around it cannot be detected")
+        return files
     if not isinstance(dock, str) or not (prev is None or isinstance(prev, str)):
-        problems.append(f"{prefix}/{MANIFEST_NAME}: malformed manifest: dock or "
+        problems.append(f"{prefix}/{MANIFEST_NAME}: malformed manifest: dock, seq or "
                         "prev_manifest_sha256")
-        return None, files
-    return _Link(f"{prefix}/{MANIFEST_NAME}", dock, manifest_sha256(mbytes), prev), files
+        return files
+    if signed_ok:  # only manifests a trusted key signed stand in the chain
+        ctx.links.append(Link(f"{prefix}/{MANIFEST_NAME}", dock, manifest_sha256(mbytes),
+                              prev, seq))
+    return files
+
+
+def _signature_fits(sbytes: bytes, mbytes: bytes, key: Ed25519PublicKey) -> bool:
+    """Does the signature value in ``sbytes`` verify over ``mbytes`` (whatever its other
+    fields say)? Tells an edited signature file from an edited manifest."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        key.verify(base64.b64decode(parse_signature(sbytes)["signature"]), mbytes)
+    except (InvalidSignature, VerifyError, ValueError):
+        return False
+    return True
 
 
 def _clip_entry(clip: Any) -> tuple[str, int, str] | None:
@@ -319,16 +509,26 @@ def _check_clip(p: Path, where: str, size: int, sha: str, problems: list[str]) -
     return 1
 
 
-def _check_unlisted(d: Path, prefix: str, listed: set[str], problems: list[str],
-                    warnings: list[str]) -> None:
+def _check_unlisted(ctx: VerifyContext, d: Path, prefix: str, listed: set[str],
+                    mbytes: bytes) -> int:
     ours = {MANIFEST_NAME, SIGNATURE_NAME}
+    files = 0
+    extra_seen = False
     for name in sorted(os.listdir(d)):
         if name in ours or name in listed:
             continue
         if name.endswith(PARTIAL_SUFFIX):
-            warnings.append(f"{prefix}/{name}: stray partial upload")
+            ctx.warnings.append(f"{prefix}/{name}: stray partial upload")
+            continue
+        check = next((c for m, c in DOCKING_FILES if m(name)), None)
+        if check is None:
+            ctx.problems.append(f"{prefix}/{name}: not in manifest")
         else:
-            problems.append(f"{prefix}/{name}: not in manifest")
+            extra_seen = extra_seen or name == TOKEN_NAME
+            files += check(ctx, d, prefix, name, mbytes)
+    if not extra_seen:
+        ctx.tokens["missing"] += 1
+    return files
 
 
 def _check_place(d: Path, prefix: str, manifest: dict[str, Any], warnings: list[str]) -> None:
@@ -347,44 +547,12 @@ def _check_place(d: Path, prefix: str, manifest: dict[str, Any], warnings: list[
         warnings.append(f"{prefix}: stored here, but its manifest belongs under {expected}")
 
 
-def _check_chain(links: list[_Link], path: Path, problems: list[str],
-                 warnings: list[str]) -> None:
-    by_sha: dict[str, _Link] = {}
-    for link in links:
-        if link.sha256 in by_sha:
-            problems.append(f"{by_sha[link.sha256].where} and {link.where}: "
-                            "the same manifest stored twice")
-        else:
-            by_sha[link.sha256] = link
-    followers: dict[tuple[str, str], list[str]] = defaultdict(list)
-    starts: dict[str, list[str]] = defaultdict(list)
-    for link in by_sha.values():
-        if link.prev is None:
-            starts[link.dock].append(link.where)
-            continue
-        followers[(link.dock, link.prev)].append(link.where)
-        pred = by_sha.get(link.prev)
-        if pred is None:
-            warnings.append(f"{link.where}: predecessor manifest {link.prev[:12]}… "
-                            f"is not under {path}")
-        elif pred.dock != link.dock:
-            problems.append(f"{link.where}: predecessor {pred.where} is a manifest of dock "
-                            f"{pred.dock}, not {link.dock}")
-    for (dock, prev), wheres in sorted(followers.items()):
-        if len(wheres) > 1:
-            problems.append(f"dock {dock}: fork in the manifest chain: "
-                            f"{', '.join(sorted(wheres))} all follow {prev[:12]}…")
-    for dock, wheres in sorted(starts.items()):
-        if len(wheres) > 1:
-            warnings.append(f"dock {dock}: {len(wheres)} manifests start a chain "
-                            f"(no predecessor): {', '.join(sorted(wheres))}")
-
-
 def format_report(report: VerifyReport) -> str:
-    """A few lines for humans: the verdict, then every problem and warning."""
-    verdict = "OK" if report.ok else "FAILED"
+    """A few lines for humans: the verdict, then every problem, warning and note."""
+    verdict = "UNTRUSTED" if not report.trusted else "OK" if report.ok else "FAILED"
     lines = [f"{verdict}: {report.manifests} manifest(s), {report.files} file(s) checked, "
              f"{len(report.problems)} problem(s), {len(report.warnings)} warning(s)"]
     lines += [f"  PROBLEM  {p}" for p in report.problems]
     lines += [f"  warning  {w}" for w in report.warnings]
+    lines += [f"  info     {i}" for i in report.info]
     return "\n".join(lines)

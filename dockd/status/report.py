@@ -79,7 +79,7 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
             "analyzed": cont is not None,
             "sessions": sessions, "gaps": gaps,
             "needs_review": sum(g["needs_review"] for g in gaps),
-            "findings": cont.get("findings", []) if cont else [],
+            "findings": [*_identity(d), *(cont.get("findings", []) if cont else [])],
             "labels": _labels(state, d["id"]),
         })
     return {"dockings": out}
@@ -101,6 +101,16 @@ def _label_text(labels: dict[str, Any]) -> str:
     names = {"case_no": "case", "party": "party", "handler": "handler", "note": "note"}
     parts = [f"{names[k]} {v}" for k, v in labels.items() if k in names and v]
     return ", ".join(parts)
+
+
+def _identity(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """The docking's identity-binding findings (USB serial vs device-info serial, R6)."""
+    try:
+        found = json.loads(d.get("findings") or "[]")
+    except ValueError:
+        return []
+    return [f for f in found if isinstance(f, dict) and
+            str(f.get("kind", "")).startswith("identity_")]
 
 
 def render_report(data: dict[str, Any]) -> Group:
