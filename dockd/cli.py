@@ -142,9 +142,25 @@ def _print_json(data: Any) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
+def refuse_unfit(cfg: Config, where: Path | None) -> int:
+    """Print the ways ``cfg`` does not fit this machine (as config-check does); 0 if none."""
+    from .preflight import machine_problems
+
+    problems = machine_problems(cfg)
+    if not problems:
+        return 0
+    print(f"dockd: {where or 'configuration'}: {len(problems)} problem(s), not starting:",
+          file=sys.stderr)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    return 2
+
+
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from .daemon import Daemon
 
+    if rc := refuse_unfit(cfg, args.config):
+        return rc
     return Daemon(cfg).run()
 
 
@@ -162,6 +178,8 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
     from .oneshot import ingest_tree
 
+    if rc := refuse_unfit(cfg, args.config):
+        return rc
     result = ingest_tree(cfg, args.path, port=args.port)
     if args.json:
         _print_json(result)
@@ -253,14 +271,15 @@ def cmd_keygen(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(_cfg: Config | None, args: argparse.Namespace) -> int:
-    try:
-        cfg = load(args.config, workdir=args.workdir)
-    except ConfigError as exc:
+    from .config import check
+
+    cfg, problems = check(args.config, workdir=args.workdir)
+    if problems or cfg is None:
         if args.json:
-            _print_json({"ok": False, "problems": exc.problems})
+            _print_json({"ok": False, "problems": problems})
         else:
-            print(f"{args.config or 'defaults'}: {len(exc.problems)} problem(s):")
-            for p in exc.problems:
+            print(f"{args.config or 'defaults'}: {len(problems)} problem(s):")
+            for p in problems:
                 print(f"  {p}")
         return 1
     if args.json:

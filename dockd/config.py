@@ -328,13 +328,48 @@ def load(path: Path | None = None, *, workdir: Path | None = None) -> Config:
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
+    """Build the configuration; raise ConfigError listing *every* problem (type errors and
+    semantic ones in one round; a value already reported as malformed is not judged again)."""
     problems: list[str] = []
     cfg = _build(Config, raw, "", problems)
-    if not problems:
-        problems.extend(_semantic_checks(cfg))
+    problems = merge_problems(problems, _semantic_checks(cfg))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, cfg)
     return cfg
+
+
+def _key_of(problem: str) -> str:
+    return problem.split(": ", 1)[0]
+
+
+def merge_problems(first: list[str], more: list[str]) -> list[str]:
+    """``first`` then those of ``more`` whose key path was not already reported."""
+    keys = [_key_of(p) for p in first]
+    out = list(first)
+    for p in more:
+        k = _key_of(p)
+        if any(k == seen or k.startswith(seen + ".") or k.startswith(seen + "[")
+               for seen in keys):
+            continue
+        out.append(p)
+    return out
+
+
+def check(path: Path | None = None, *, workdir: Path | None = None) -> tuple[Config | None,
+                                                                           list[str]]:
+    """``config-check``: the schema problems of ``path`` and the ways it does not fit this
+    machine (:mod:`dockd.preflight`), all in one list; the config when it could be read."""
+    from .preflight import machine_problems
+
+    try:
+        return (cfg := load(path, workdir=workdir)), machine_problems(cfg)
+    except ConfigError as exc:
+        partial = exc.config
+        if not isinstance(partial, Config):
+            return None, exc.problems
+        if workdir is not None:
+            partial = partial.with_workdir(workdir)
+        return None, merge_problems(exc.problems, machine_problems(partial))
 
 
 def _semantic_checks(cfg: Config) -> list[str]:
@@ -407,6 +442,15 @@ def _semantic_checks(cfg: Config) -> list[str]:
         problems.append("web.port: 1..65535")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"logging.level: one of DEBUG, INFO, WARNING, ERROR (got {cfg.logging.level!r})")
+    for key in ("state_dir", "staging_dir", "ports_dir", "key_file", "public_key_file"):
+        if not getattr(cfg.paths, key).is_absolute():
+            problems.append(f"paths.{key}: must be an absolute path "
+                            f"(got {str(getattr(cfg.paths, key))!r})")
+    for i, t in enumerate(cfg.targets):
+        if t.kind == "local" and not t.path.is_absolute():
+            problems.append(f"targets[{i}].path: a local target must be an absolute path "
+                            f"(got {str(t.path)!r}; evidence would land relative to the "
+                            "current directory)")
     if not cfg.targets:
         problems.append("targets: at least one storage target is needed")
     names = [t.name for t in cfg.targets]
