@@ -161,7 +161,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
     if rc := refuse_unfit(cfg, args.config):
         return rc
-    return Daemon(cfg).run()
+    return Daemon(cfg, require_web=True).run()
 
 
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:

@@ -438,8 +438,8 @@ def _semantic_checks(cfg: Config) -> list[str]:
         problems.append("health.min_free_percent: 0..100")
     if cfg.web.language not in ("zh", "en"):
         problems.append(f"web.language: \"zh\" or \"en\" (got {cfg.web.language!r})")
-    if not 0 < cfg.web.port < 65536:
-        problems.append("web.port: 1..65535")
+    if not 0 <= cfg.web.port < 65536:
+        problems.append("web.port: 1..65535 (or 0: any free port)")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"logging.level: one of DEBUG, INFO, WARNING, ERROR (got {cfg.logging.level!r})")
     for key in ("state_dir", "staging_dir", "ports_dir", "key_file", "public_key_file"):
