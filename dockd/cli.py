@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, load, schema_keys
+from .config import Config, default_config, load, schema_keys
 from .errors import ConfigError, DockdError
 
 log = logging.getLogger("dockd")
@@ -20,7 +21,9 @@ log = logging.getLogger("dockd")
 
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--config", type=Path, metavar="PATH", help="TOML configuration file")
+    p.add_argument("--config", type=Path, metavar="PATH",
+                   help="TOML configuration file (default: $DOCKD_CONFIG, else "
+                        "/etc/dockd/config.toml when it exists)")
     p.add_argument("--workdir", type=Path, metavar="DIR",
                    help="keep state, staging, keys, ports and a local target under DIR")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -116,8 +119,21 @@ def setup_logging(verbose: int, level: str = "INFO") -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`dockd devices --json | head`): no traceback, and no second
+        # error when Python flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.config is None:
+        args.config = default_config()
     if args.command == "config-check":
         return cmd_config_check(None, args)
     try:

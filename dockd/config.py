@@ -11,6 +11,7 @@ target all under one directory.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 import types
@@ -309,6 +310,18 @@ def for_workdir(workdir: Path) -> Config:
 
 
 # --------------------------------------------------------------------------- loading
+
+DEFAULT_CONFIG = Path("/etc/dockd/config.toml")
+"""Read by every command when no ``--config`` is given (and the file exists)."""
+
+
+def default_config() -> Path | None:
+    """``$DOCKD_CONFIG`` when set ("" = none), else :data:`DEFAULT_CONFIG` when it exists."""
+    env = os.environ.get("DOCKD_CONFIG")
+    if env is not None:
+        return Path(env) if env else None
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
 
 
 def load(path: Path | None = None, *, workdir: Path | None = None) -> Config:

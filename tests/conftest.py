@@ -17,6 +17,9 @@ from dockd.integrity.keys import generate_key
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# a dock's own /etc/dockd/config.toml must never leak into the tests (nor their subprocesses)
+os.environ["DOCKD_CONFIG"] = ""
+
 
 def garbage(n: int, seed: int = 0) -> bytes:
     """Bytes that no media parser accepts, reproducibly: seeded noise without 0xFF, so no
