@@ -33,6 +33,7 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
     root = Path(root)
     if not root.is_dir():
         raise DockdError(f"{root}: not a directory (expected a mounted recorder tree)")
+    _require_recorder_files(cfg, root)
     if create_key:
         ensure_key(cfg)
     cfg.paths.staging_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +82,25 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
             "targets": [t.name for t in pipe.targets],
             "problems": problems,
         }
+
+
+def _require_recorder_files(cfg: Config, root: Path) -> None:
+    """Refuse a directory that holds nothing of a recorder (no device-info file of any
+    profile, no clip in any profile's clip folders): importing it would deliver an empty
+    signed manifest for a "recorder" that is not one."""
+    from .devices.drivers import find_info_file
+    from .ingest.scan import scan_recorder
+
+    for p in cfg.profiles:
+        if find_info_file(root, p.info_file) is not None:
+            return
+        if scan_recorder(root, p, max_files=1).entries:
+            return
+    profile = cfg.profiles[0]
+    raise DockdError(
+        f"{root}: no recorder files here: no {profile.info_file} and no clip "
+        f"(.{', .'.join(profile.extensions)}) in {', '.join(profile.clip_dirs)}; nothing was "
+        "imported (give the recorder's mount point)")
 
 
 def _verify_local(cfg: Config, prefix: str) -> list[str]:
