@@ -25,7 +25,14 @@ from .alerts import raise_alert
 from .config import Config, ProfileConfig
 from .delivery.base import StorageTarget
 from .delivery.clearing import ClearOutcome, clear_recorder
-from .delivery.layout import MANIFEST_NAME, SIGNATURE_NAME, clip_key, docking_prefix, key_path
+from .delivery.layout import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    clip_key,
+    docking_prefix,
+    key_path,
+    recording_date,
+)
 from .delivery.schedule import Pacer, parse_bandwidth
 from .delivery.targets import retention_for
 from .devices.clock import dock_clock_doc, set_clock_after_offload
@@ -504,8 +511,10 @@ class Pipeline:
             snap = checks.snapshot_from_doc(json_obj(d["snapshot"]))
             docked_at = parse_iso(d["docked_at"])
             assert docked_at is not None
+            local_date = recording_date((parse_iso(c.get("start_utc")) for c in checked),
+                                        docked_at, self.cfg.tz)
             prefix = docking_prefix(snap.identity, docked_at, self.cfg.dock.id, d["port"],
-                                    docking_id)
+                                    docking_id, local_date=local_date)
             continuity = json_obj(d.get("continuity")) or {}
             extra: dict[str, Any] = {
                 "continuity": continuity,
@@ -515,6 +524,8 @@ class Pipeline:
                 "deadline_at": d["deadline_at"],
                 "profile": d["profile"], "driver": d["driver"],
                 "dock_clock": json_obj(d.get("dock_clock")) or None,
+                "date_folder": local_date.isoformat(),
+                "timezone": self.cfg.dock.timezone,
             }
             clock_set = conn.execute("SELECT detail FROM audit WHERE action = 'clock_set' AND "
                                      "subject = ?", (f"docking/{docking_id}",)).fetchone()

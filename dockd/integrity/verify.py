@@ -24,7 +24,7 @@ import stat
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -334,8 +334,10 @@ def _check_place(d: Path, prefix: str, manifest: dict[str, Any], warnings: list[
         ident = RecorderIdentity(serial=str(rec["serial"]), officer_no=str(rec["officer_no"]),
                                  unit_no=str(rec["unit_no"]))
         docked_at = datetime.fromisoformat(manifest["docking"]["docked_at"])
+        folder = (manifest.get("extra") or {}).get("date_folder")
         expected = docking_prefix(ident, docked_at, str(manifest["dock"]),
-                                  str(manifest["port"]), int(manifest["docking"]["id"]))
+                                  str(manifest["port"]), int(manifest["docking"]["id"]),
+                                  local_date=date.fromisoformat(folder) if folder else None)
     except (KeyError, TypeError, ValueError):
         warnings.append(f"{prefix}/{MANIFEST_NAME}: cannot work out where it belongs")
         return
