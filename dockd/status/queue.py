@@ -75,7 +75,7 @@ def _fc_dict(f: Forecast, now: datetime) -> dict[str, Any]:
         "deadline_at": f.deadline.isoformat(), "remaining_s": (f.deadline - now).total_seconds(),
         "eta": f.eta.isoformat() if f.eta else None, "margin_s": f.margin_s,
         "bytes_left": f.bytes_left, "clips_left": f.clips_left, "level": f.level,
-        "reasons": list(f.reasons),
+        "reasons": list(f.reasons), "reason_codes": list(f.codes),
     }
 
 
