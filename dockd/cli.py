@@ -232,7 +232,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from .status.views import render_status, status_data
 
     return _readout(cfg, args, lambda st: status_data(st, cfg.dock.id, utcnow()),
-                    lambda data, console: render_status(data, width=console.width))
+                    lambda data, console: render_status(data, width=console.width, tz=cfg.tz))
 
 
 def cmd_queue(cfg: Config, args: argparse.Namespace) -> int:
@@ -240,7 +240,7 @@ def cmd_queue(cfg: Config, args: argparse.Namespace) -> int:
     from .status.queue import queue_data, render_queue
 
     return _readout(cfg, args, lambda st: queue_data(st, cfg, utcnow()),
-                    lambda data, _console: render_queue(data))
+                    lambda data, _console: render_queue(data, cfg.tz))
 
 
 def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
@@ -249,7 +249,7 @@ def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
     return _readout(cfg, args,
                     lambda st: report_data(st, docking_id=args.docking, serial=args.serial,
                                            limit=args.limit),
-                    lambda data, _console: render_report(data))
+                    lambda data, _console: render_report(data, cfg.tz))
 
 
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:

@@ -123,7 +123,7 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while time.monotonic() < deadline:
             data = status_data(state, cfg.dock.id, utcnow())
-            live.update(render_status(data, show_empty=False, width=console.width))
+            live.update(render_status(data, show_empty=False, width=console.width, tz=cfg.tz))
             done = state.query(
                 "SELECT serial FROM dockings WHERE state = 'delivered'")
             if serials <= {r["serial"] for r in done} and not data["backlog"]["clips"]:
@@ -180,7 +180,7 @@ def _wait_for_user(console: Console, daemon: Daemon) -> None:
 def _finish(console: Console, state: State, target: Path, pub: Any, workdir: Path,
             daemon: Daemon) -> int:
     console.rule("[bold]recording timelines (R1) and spoken notes (R2)")
-    console.print(render_report(report_data(state)))
+    console.print(render_report(report_data(state), daemon.cfg.tz))
     for d in state.query("SELECT d.serial, count(c.id) AS n, m.sha256 FROM dockings d "
                          "JOIN clips c ON c.docking_id = d.id JOIN manifests m ON "
                          "m.docking_id = d.id GROUP BY d.id ORDER BY d.serial"):

@@ -4,7 +4,7 @@ check, so what the admin sees is exactly what raised the alarm."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from rich.console import Group
@@ -14,6 +14,7 @@ from rich.text import Text
 from ..config import Config
 from ..delivery.schedule import ALARM, OK, WARNING, Forecast, Pending, forecast, measured_throughput
 from ..state import State, parse_iso
+from .timefmt import local_time
 from .views import human_bytes, human_duration
 
 THROUGHPUT_WINDOW = 50  # most recent transfers per target used for the forecast
@@ -95,7 +96,7 @@ def queue_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
     }
 
 
-def render_queue(data: dict[str, Any]) -> Group:
+def render_queue(data: dict[str, Any], tz: tzinfo = UTC) -> Group:
     style = {OK: "green", WARNING: "bold yellow", ALARM: "bold red"}
     targets = Table(title="targets", expand=False)
     for col in ("target", "required", "throughput", "clips left", "bytes left"):
@@ -112,13 +113,14 @@ def render_queue(data: dict[str, Any]) -> Group:
         q.add_column(col)
     for d in data["dockings"]:
         q.add_row(str(d["docking_id"]), d["serial"], d["port"], str(d["clips_left"]),
-                  human_bytes(d["bytes_left"]), d["deadline_at"][:16],
+                  human_bytes(d["bytes_left"]), local_time(d["deadline_at"], tz),
                   human_duration(d["remaining_s"]),
-                  (d["eta"] or "unknown")[:16],
+                  local_time(d["eta"], tz) if d["eta"] else "unknown",
                   Text(d["level"] + ("".join(f"\n{r}" for r in d["reasons"])),
                        style=style[d["level"]]))
     parts: list[Any] = [targets, q]
     for a in data["alerts"]:
-        parts.append(Text(f"{a['level'].upper()} {a['kind']} {a['subject']}: {a['message']}",
+        parts.append(Text(f"{local_time(a['ts'], tz)} {a['level'].upper()} {a['kind']} "
+                          f"{a['subject']}: {a['message']}",
                           style=style.get(a["level"], "")))
     return Group(*parts)

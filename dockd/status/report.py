@@ -4,6 +4,7 @@ found at every resumption (R2), for supervisors' review (R11). Read-only over th
 from __future__ import annotations
 
 import json
+from datetime import UTC, tzinfo
 from typing import Any
 
 from rich.console import Group
@@ -11,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..state import State
+from .timefmt import local_time, zone_of
 from .views import human_duration
 
 VERDICT_LABELS = {
@@ -77,19 +79,24 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
     return {"dockings": out}
 
 
-def render_report(data: dict[str, Any]) -> Group:
+def render_report(data: dict[str, Any], tz: tzinfo = UTC) -> Group:
+    """The timelines as tables; times in ``tz`` (the dock's zone), the zone in each title."""
     parts: list[Any] = []
+
+    def hms(iso_text: str | None) -> str:
+        return local_time(iso_text, tz, seconds=True, date=False, zone=False)
+
     for d in data["dockings"]:
         officer = " ".join(x for x in (d["officer_no"], d["officer_name"]) if x)
         offset = d["clock_offset_s"]
         title = (f"docking {d['docking_id']}: recorder {d['serial']} ({officer}), {d['port']}, "
-                 f"docked {d['docked_at'][:16]}Z, clock "
+                 f"docked {local_time(d['docked_at'], tz)}, clock "
                  f"{f'{offset:+.1f} s' if offset is not None else 'unknown'}")
         if not d["analyzed"]:
             parts.append(Text(f"{title}: timeline not analysed yet ({d['state']})", style="dim"))
             continue
         t = Table(title=title, expand=False, title_justify="left")
-        t.add_column("from (UTC)", no_wrap=True)
+        t.add_column(f"from ({zone_of(tz).split(', ')[-1]})", no_wrap=True)
         t.add_column("to", no_wrap=True)
         t.add_column("length", no_wrap=True)
         t.add_column("what", no_wrap=True)
@@ -97,13 +104,13 @@ def render_report(data: dict[str, Any]) -> Group:
         events: list[tuple[str, list[Any]]] = []
         for i, s in enumerate(d["sessions"], 1):
             for r in s["runs"]:
-                events.append((r["start"], [r["start"][11:19], r["end"][11:19],
+                events.append((r["start"], [hms(r["start"]), hms(r["end"]),
                                             human_duration(r["length_s"]),
                                             f"S{i} recording ({len(r['clips'])} seg.)",
                                             ""]))
         for g in d["gaps"]:
             if g["kind"] == "session_break":
-                events.append((g["start"], [g["start"][11:19], g["end"][11:19],
+                events.append((g["start"], [hms(g["start"]), hms(g["end"]),
                                             human_duration(g["length_s"]),
                                             Text("new session", style="dim"),
                                             Text("place/time changed: no note needed",
@@ -116,7 +123,7 @@ def render_report(data: dict[str, Any]) -> Group:
             if g["transcript"]:
                 note += f" \u201c{g['transcript']}\u201d"
             style = "green" if not g["needs_review"] else "bold red"
-            events.append((g["start"], [g["start"][11:19], g["end"][11:19],
+            events.append((g["start"], [hms(g["start"]), hms(g["end"]),
                                         human_duration(g["length_s"]),
                                         Text("GAP", style="bold"),
                                         Text(note + ("" if not g["needs_review"]

@@ -6,7 +6,7 @@ rich tables for the terminal. Nothing here writes.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from rich.console import Group
@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..state import State, parse_iso
+from .timefmt import local_time
 
 PORT_LABELS = {
     "empty": "empty",
@@ -120,8 +121,10 @@ def _state_style(state: str) -> str:
             "identifying": "cyan", "error": "bold red", "empty": "dim"}.get(state, "")
 
 
-def render_status(data: dict[str, Any], *, show_empty: bool = True, width: int = 120) -> Group:
-    """Rich tables for the terminal; below 110 columns a compact port table is used."""
+def render_status(data: dict[str, Any], *, show_empty: bool = True, width: int = 120,
+                  tz: tzinfo = UTC) -> Group:
+    """Rich tables for the terminal; below 110 columns a compact port table is used. Times
+    are shown in ``tz`` (the dock's zone) with the zone named."""
     compact = width < 110
     ports = Table(title=f"dock {data['dock']} - ports", expand=False)
     cols = (("port", "recorder", "state", "copied", "delivered") if compact
@@ -162,7 +165,8 @@ def render_status(data: dict[str, Any], *, show_empty: bool = True, width: int =
         bl.add_column(col)
     for d in backlog["dockings"]:
         bl.add_row(str(d["docking_id"]), d["serial"], d["port"], str(d["clips"]),
-                   human_bytes(d["bytes"]), ",".join(d["states"]), d["deadline_at"] or "-",
+                   human_bytes(d["bytes"]), ",".join(d["states"]),
+                   local_time(d["deadline_at"], tz),
                    Text(human_duration(d["remaining_s"]),
                         style="bold red" if d["overdue"] else ""))
     parts: list[Any] = [ports, bl if backlog["dockings"] else
