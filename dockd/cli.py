@@ -192,11 +192,13 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
+    from .ingest.progress import IngestProgress
     from .oneshot import ingest_tree
 
     if rc := refuse_unfit(cfg, args.config):
         return rc
-    result = ingest_tree(cfg, args.path, port=args.port)
+    with IngestProgress() as progress:
+        result = ingest_tree(cfg, args.path, port=args.port, progress=progress)
     if args.json:
         _print_json(result)
     else:
@@ -207,6 +209,10 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
                  if result["skipped_known"] else ""))
         for problem in result["problems"]:
             print(f"  problem: {problem}")
+        if result["findings"]:
+            print(f"scan findings ({len(result['findings'])}):")
+            for f in result["findings"]:
+                print(f"  {f['severity']}: {f['message']}")
         print(f"manifest {result['manifest_sha256']}")
     return 0 if result["ok"] else 1
 

@@ -7,6 +7,7 @@ deliver, then verify what landed. Succeeds only if every clip is delivered and v
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,10 @@ def ensure_key(cfg: Config) -> None:
 
 
 def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
-                create_key: bool = True, attempts: int = 3) -> dict[str, Any]:
+                create_key: bool = True, attempts: int = 3,
+                progress: Callable[..., None] | None = None) -> dict[str, Any]:
+    """Import the recorder tree at ``root``; ``progress`` receives the copy's progress events
+    (see :class:`dockd.ingest.progress.IngestProgress`)."""
     root = Path(root)
     if not root.is_dir():
         raise DockdError(f"{root}: not a directory (expected a mounted recorder tree)")
@@ -41,6 +45,7 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
     with State(cfg.paths.database) as state, Prober(cfg.tools) as prober:
         pipe = build_pipeline(cfg, state, prober)
         pipe.resume()
+        pipe.on_progress = progress
         docking_id, known = pipe.begin_docking(port, root.absolute())
         out = pipe.offload(docking_id, root.absolute(), known)
         pipe.mark_interrupted(docking_id, "one-shot ingest finished")  # no-op when complete
@@ -81,7 +86,31 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
             "prefix": manifest["prefix"] if manifest else None,
             "targets": [t.name for t in pipe.targets],
             "problems": problems,
+            "findings": _findings_of(state, docking_id),
         }
+
+
+def _findings_of(state: State, docking_id: int) -> list[dict[str, Any]]:
+    """What the scan and the checks noticed (skipped links and special files, odd names,
+    limits hit...): the docking's findings, then each clip's of severity warning or worse."""
+    import json
+
+    out: list[dict[str, Any]] = []
+    row = state.query_one("SELECT findings FROM dockings WHERE id = ?", (docking_id,))
+    for f in json.loads(row["findings"] or "[]") if row else []:
+        if isinstance(f, dict):
+            out.append({"kind": f.get("kind"), "severity": f.get("severity"),
+                        "message": f.get("message")})
+    for c in state.clips_of(docking_id):
+        try:
+            found = json.loads(c.get("findings") or "[]")
+        except (TypeError, ValueError):
+            continue
+        for f in found:
+            if isinstance(f, dict) and f.get("severity") in ("warning", "error"):
+                out.append({"kind": f.get("kind"), "severity": f.get("severity"),
+                            "message": f.get("message"), "clip": c["safe_name"]})
+    return out
 
 
 def _require_recorder_files(cfg: Config, root: Path) -> None:

@@ -92,6 +92,10 @@ class DockingOutcome:
     errors: list[str] = field(default_factory=list)
 
 
+def _no_progress(event: str, **info: Any) -> None:
+    """The default ``Pipeline.on_progress``: nobody in the foreground is watching."""
+
+
 class Pipeline:
     def __init__(self, cfg: Config, state: State, *, registry: DriverRegistry, prober: Prober,
                  targets: Sequence[StorageTarget], signer: Signer,
@@ -108,6 +112,9 @@ class Pipeline:
         self._finishing: set[int] = set()
         self._finishing_lock = threading.Lock()
         self.writable_for: Callable[[str], Any] | None = None
+        # copy progress for a foreground caller (``dockd ingest``'s progress bar):
+        # on_progress(event, **info) with event "begin" | "clip" | "advance" | "copied"
+        self.on_progress: Callable[..., None] | None = None
         """port -> context manager making that recorder writable (the udev source's
         ``writable``); None: recorders need no remount (the directory source)."""
         for t in self.targets:
@@ -306,12 +313,19 @@ class Pipeline:
             staging = self.staging_dir(docking_id)
             staging.mkdir(parents=True, exist_ok=True)
             last_report = [0.0]
+            notify = self.on_progress or _no_progress
+            notify("begin", clips_total=total_n, bytes_total=total_b, clips_done=done["n"],
+                   bytes_done=bytes_done)
 
             for i, c in enumerate(pending):
                 entry = ClipEntry(c["rel_path"], c["safe_name"], c["size"], c["mtime"])
                 base = bytes_done
 
-                def progress(n: int, base: int = base, before: int = copied_bytes) -> None:
+                notify("clip", name=c["safe_name"], size=c["size"])
+
+                def progress(n: int, base: int = base, before: int = copied_bytes,
+                             name: str = c["safe_name"]) -> None:
+                    notify("advance", name=name, done=n)
                     now_m = time.monotonic()
                     if now_m - last_report[0] >= 0.5:
                         last_report[0] = now_m
@@ -326,6 +340,7 @@ class Pipeline:
                                         size=res.size, staged_path=str(res.staged_path),
                                         copied_at=self.state.now())
                 out.copied += 1
+                notify("copied", name=c["safe_name"], size=res.size)
                 bytes_done += res.size
                 copied_bytes += res.size
                 rate = copied_bytes / max(1e-3, time.monotonic() - started)
