@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .cli_text import language_from_locale, set_language, tr
 from .config import Config, default_config, load, schema_keys
 from .errors import ConfigError, DockdError
 
@@ -27,6 +28,9 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, metavar="DIR",
                    help="keep state, staging, keys, ports and a local target under DIR")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("--lang", choices=("en", "zh"), default=argparse.SUPPRESS,
+                   help="language of the output for people (default: the locale's; "
+                        "JSON stays English)")
     return p
 
 
@@ -132,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_language(getattr(args, "lang", None) or language_from_locale())
     if args.config is None:
         args.config = default_config()
     if args.command == "config-check":
@@ -145,7 +150,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(cfg, args) or 0)
     except DockdError as exc:
-        print(f"dockd: error: {exc}", file=sys.stderr)
+        print(tr("error", error=exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -165,8 +170,7 @@ def refuse_unfit(cfg: Config, where: Path | None) -> int:
     problems = machine_problems(cfg)
     if not problems:
         return 0
-    print(f"dockd: {where or 'configuration'}: {len(problems)} problem(s), not starting:",
-          file=sys.stderr)
+    print(tr("refuse", where=where or "configuration", n=len(problems)), file=sys.stderr)
     for p in problems:
         print(f"  {p}", file=sys.stderr)
     return 2
@@ -202,18 +206,18 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
     else:
-        print(f"docking {result['docking_id']}: {result['clips_delivered']}/"
-              f"{result['clips_total']} clip(s) delivered and verified to "
-              f"{', '.join(result['targets'])}"
-              + (f", {result['skipped_known']} already delivered earlier"
+        print(tr("ingest.summary", docking=result["docking_id"],
+                 done=result["clips_delivered"], total=result["clips_total"],
+                 targets=", ".join(result["targets"]))
+              + (tr("ingest.known", n=result["skipped_known"])
                  if result["skipped_known"] else ""))
         for problem in result["problems"]:
-            print(f"  problem: {problem}")
+            print(tr("ingest.problem", problem=problem))
         if result["findings"]:
-            print(f"scan findings ({len(result['findings'])}):")
+            print(tr("ingest.findings", n=len(result["findings"])))
             for f in result["findings"]:
                 print(f"  {f['severity']}: {f['message']}")
-        print(f"manifest {result['manifest_sha256']}")
+        print(tr("ingest.manifest", sha=result["manifest_sha256"]))
     return 0 if result["ok"] else 1
 
 
@@ -300,15 +304,15 @@ def cmd_config_check(_cfg: Config | None, args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"ok": False, "problems": problems})
         else:
-            print(f"{args.config or 'defaults'}: {len(problems)} problem(s):")
+            print(tr("check.problems", where=args.config or "defaults", n=len(problems)))
             for p in problems:
                 print(f"  {p}")
         return 1
     if args.json:
         _print_json({"ok": True, "keys": schema_keys(), "dock": cfg.dock.id})
     else:
-        print(f"{args.config or 'defaults'}: OK (dock {cfg.dock.id}, {len(cfg.targets)} "
-              f"target(s), {len(cfg.profiles)} profile(s))")
+        print(tr("check.ok", where=args.config or "defaults", dock=cfg.dock.id,
+                 targets=len(cfg.targets), profiles=len(cfg.profiles)))
     return 0
 
 

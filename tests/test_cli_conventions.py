@@ -47,3 +47,37 @@ def test_output_into_a_closed_pipe_ends_without_traceback(tmp_path, command):
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
     assert proc.stderr.strip() == ""
     assert proc.returncode in (0, 1, 141)  # rich exits 1 on a broken pipe, quietly
+
+
+def test_cli_language_from_the_locale_and_lang_flag():
+    from dockd.cli_text import TEXT, language_from_locale
+
+    assert set(TEXT["en"]) == set(TEXT["zh"])
+    assert language_from_locale({"LANG": "zh_CN.UTF-8"}) == "zh"
+    assert language_from_locale({"LANG": "C.UTF-8"}) == "en"
+    assert language_from_locale({"LANG": "zh_CN.UTF-8", "LC_ALL": "en_US.UTF-8"}) == "en"
+    assert language_from_locale({"LANGUAGE": "zh_CN:en", "LANG": "en_US.UTF-8"}) == "zh"
+    assert language_from_locale({}) == "en"
+
+
+def test_ingest_status_and_config_check_in_chinese(workdir, make_recorder, tmp_path):
+    from .test_status_data import build_dock
+
+    rec = make_recorder(segments=2)
+    zh = dict(os.environ, LANG="zh_CN.UTF-8", LANGUAGE="")
+    r = subprocess.run(dockd_cmd("ingest", str(rec), "--workdir", str(workdir)),
+                       capture_output=True, text=True, timeout=300, env=zh)
+    assert r.returncode == 0, r.stderr
+    assert "2/2 个文件已上传并校验" in r.stdout and "清单 " in r.stdout
+    assert "已复制" in r.stderr and "预计剩余" in r.stderr
+    en = subprocess.run(dockd_cmd("--lang", "en", "config-check"), capture_output=True,
+                        text=True, timeout=120, env=zh)
+    assert ": OK (dock dock-01" in en.stdout
+    zh_check = subprocess.run(dockd_cmd("config-check", "--lang", "zh"), capture_output=True,
+                              text=True, timeout=120)
+    assert "正确（采集站 dock-01" in zh_check.stdout
+    build_dock(tmp_path / "hand")
+    st = subprocess.run(dockd_cmd("status", "--lang", "zh", "--workdir", str(tmp_path / "hand")),
+                        capture_output=True, text=True, timeout=120)
+    assert "采集站 dock-01 — 端口" in st.stdout and "待上传" in st.stdout, st.stdout
+    assert "完成 — 可以拔出" in st.stdout or "正在复制" in st.stdout

@@ -24,6 +24,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from ..cli_text import tr
 from ..status.views import human_bytes, human_duration
 
 PLAIN_EVERY_S = 10.0
@@ -85,11 +86,12 @@ class IngestProgress:
         self.started = self.last_line = self.clock()
         if self._progress is not None:
             self._overall = self._progress.add_task(
-                f"all {clips_total} clip(s)", total=max(1, bytes_total), completed=bytes_done)
+                tr("progress.all", n=clips_total), total=max(1, bytes_total),
+                completed=bytes_done)
         else:
-            self._line(f"copying {clips_total - clips_done} clip(s), "
-                       f"{human_bytes(bytes_total - bytes_done)}"
-                       + (f" ({clips_done} already copied)" if clips_done else ""))
+            self._line(tr("progress.start", n=clips_total - clips_done,
+                          size=human_bytes(bytes_total - bytes_done))
+                       + (tr("progress.already", n=clips_done) if clips_done else ""))
 
     def _on_clip(self, *, name: str, size: int) -> None:
         self.clip_n += 1
@@ -114,8 +116,8 @@ class IngestProgress:
         now = self.clock()
         if now - self.last_line >= PLAIN_EVERY_S and self.clip_size:
             self.last_line = now
-            self._line(f"  {name}: {100 * done // self.clip_size}% of "
-                       f"{human_bytes(self.clip_size)}; {self._overall_text(done)}")
+            self._line(tr("progress.partial", name=name, percent=100 * done // self.clip_size,
+                          size=human_bytes(self.clip_size), overall=self._overall_text(done)))
 
     def _on_copied(self, *, name: str, size: int) -> None:
         self.done_b += size
@@ -125,9 +127,9 @@ class IngestProgress:
             return
         took = max(1e-3, self.clock() - self.clip_started)
         self.last_line = self.clock()
-        self._line(f"[{self.base_n + self.clip_n}/{self.total_n}] copied {name}: "
-                   f"{human_bytes(size)} in {took:.1f} s ({human_bytes(size / took)}/s); "
-                   f"{self._overall_text(0)}")
+        self._line(tr("progress.clip", i=self.base_n + self.clip_n, total=self.total_n,
+                      name=name, size=human_bytes(size), secs=f"{took:.1f}",
+                      rate=human_bytes(size / took), overall=self._overall_text(0)))
 
     # ------------------------------------------------------------------ plain lines
 
@@ -137,8 +139,9 @@ class IngestProgress:
         elapsed = max(1e-3, self.clock() - self.started)
         rate = done / elapsed
         eta = left / rate if rate > 0 and left > 0 else (0.0 if left <= 0 else None)
-        return (f"overall {human_bytes(self.base_b + done)}/{human_bytes(self.total_b)} at "
-                f"{human_bytes(rate)}/s, ETA {human_duration(eta)}")
+        return tr("progress.overall", done=human_bytes(self.base_b + done),
+                  total=human_bytes(self.total_b), rate=human_bytes(rate),
+                  eta=human_duration(eta))
 
     def _line(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
