@@ -81,3 +81,20 @@ def test_ingest_status_and_config_check_in_chinese(workdir, make_recorder, tmp_p
                         capture_output=True, text=True, timeout=120)
     assert "采集站 dock-01 — 端口" in st.stdout and "待上传" in st.stdout, st.stdout
     assert "完成 — 可以拔出" in st.stdout or "正在复制" in st.stdout
+
+
+def test_queue_and_report_in_chinese(tmp_path):
+    from .test_status_data import build_dock
+
+    build_dock(tmp_path / "hand")
+    wide = dict(os.environ, COLUMNS="220")
+    q = subprocess.run(dockd_cmd("queue", "--lang", "zh", "--workdir", str(tmp_path / "hand")),
+                       capture_output=True, text=True, timeout=120, env=wide)
+    assert q.returncode == 0, q.stderr
+    assert "上传队列（最早到期在前）" in q.stdout and "上传永久失败" in q.stdout, q.stdout
+    assert "failed permanently" not in q.stdout
+    assert "告警 上传失败 clip/7" in q.stdout
+    rep = subprocess.run(dockd_cmd("report", "--lang", "zh", "--workdir",
+                                   str(tmp_path / "hand")),
+                         capture_output=True, text=True, timeout=120)
+    assert rep.returncode == 0 and "接入 " in rep.stdout, rep.stdout + rep.stderr
