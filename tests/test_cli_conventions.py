@@ -98,3 +98,9 @@ def test_queue_and_report_in_chinese(tmp_path):
                                    str(tmp_path / "hand")),
                          capture_output=True, text=True, timeout=120)
     assert rep.returncode == 0 and "接入 " in rep.stdout, rep.stdout + rep.stderr
+    dev = subprocess.run(dockd_cmd("devices", "--lang", "zh", "--workdir",
+                                   str(tmp_path / "hand")),
+                         capture_output=True, text=True, timeout=120, env=wide)
+    assert dev.returncode == 0, dev.stderr
+    assert "采集站时钟" in dev.stdout and "记录仪：" in dev.stdout, dev.stdout
+    assert "NTP-synchronised" not in dev.stdout and "dock clock" not in dev.stdout

@@ -22,6 +22,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from ..cli_text import tr
 from ..config import Config
 from ..devices import health
 from ..devices.health import HealthSample
@@ -216,7 +217,7 @@ def _local(iso_text: str | None, tz: ZoneInfo) -> str:
 
 
 def _zone_note(tz: ZoneInfo) -> str:
-    return f"times in {zone_of(tz)}"
+    return tr("devices.zone", zone=zone_of(tz))
 
 
 def _offset(value: float | None) -> str:
@@ -225,13 +226,12 @@ def _offset(value: float | None) -> str:
 
 def _clock_line(dock: dict[str, Any] | None) -> Text:
     if dock is None:
-        return Text("dock clock: not checked", style="dim")
+        return Text(tr("clock.not_checked"), style="dim")
     if dock["ntp_synced"] is True:
-        return Text(f"dock clock: NTP-synchronised ({dock['detail']})", style="green")
+        return Text(tr("clock.synced", detail=dock["detail"]), style="green")
     if dock["ntp_synced"] is False:
-        return Text(f"dock clock: NOT NTP-synchronised ({dock['detail']}): recorder clock "
-                    "offsets may be wrong", style="bold red")
-    return Text(f"dock clock: NTP state unknown ({dock['detail']})", style="yellow")
+        return Text(tr("clock.not_synced", detail=dock["detail"]), style="bold red")
+    return Text(tr("clock.unknown", detail=dock["detail"]), style="yellow")
 
 
 def render_devices(data: dict[str, Any]) -> Group:
@@ -239,20 +239,19 @@ def render_devices(data: dict[str, Any]) -> Group:
     parts: list[Any] = [_clock_line(data["dock_clock"])]
     recs = data["recorders"]
     if not recs:
-        parts.append(Text("no recorder docked yet" if data["serial"] is None
-                          else f"no recorder {data['serial']}"))
+        parts.append(Text(tr("devices.none") if data["serial"] is None
+                          else tr("devices.no_such", serial=data["serial"])))
         return Group(*parts)
-    t = Table(title=f"recorders: {len(recs)}, not fit for the next shift: {data['unfit']} "
-                    f"({_zone_note(tz)})",
+    t = Table(title=tr("devices.title", n=len(recs), unfit=data["unfit"], zone=_zone_note(tz)),
               title_justify="left", box=box.SIMPLE, show_lines=True)
-    t.add_column("fit", no_wrap=True)
-    t.add_column("recorder", no_wrap=True)
-    t.add_column("officer / unit", ratio=1, overflow="fold")
-    t.add_column("batt.", justify="right", no_wrap=True)
-    t.add_column("storage", no_wrap=True)
-    t.add_column("clock", justify="right", no_wrap=True)
-    t.add_column("last docked", no_wrap=True)
-    t.add_column("pend.", justify="right", no_wrap=True)
+    t.add_column(tr("col.fit"), no_wrap=True)
+    t.add_column(tr("col.recorder"), no_wrap=True)
+    t.add_column(tr("col.officer_unit"), ratio=1, overflow="fold")
+    t.add_column(tr("col.batt"), justify="right", no_wrap=True)
+    t.add_column(tr("col.storage"), no_wrap=True)
+    t.add_column(tr("col.clock"), justify="right", no_wrap=True)
+    t.add_column(tr("col.last_docked"), no_wrap=True)
+    t.add_column(tr("col.pending"), justify="right", no_wrap=True)
     for r in recs:
         t.add_row(*_row_cells(r, tz))
     parts.append(t)
