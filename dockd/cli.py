@@ -297,7 +297,7 @@ def cmd_keygen(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(_cfg: Config | None, args: argparse.Namespace) -> int:
-    from .config import check
+    from .preflight import check
 
     cfg, problems = check(args.config, workdir=args.workdir)
     if problems or cfg is None:

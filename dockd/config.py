@@ -351,38 +351,12 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
-def _key_of(problem: str) -> str:
-    return problem.split(": ", 1)[0]
-
-
 def merge_problems(first: list[str], more: list[str]) -> list[str]:
     """``first`` then those of ``more`` whose key path was not already reported."""
-    keys = [_key_of(p) for p in first]
-    out = list(first)
-    for p in more:
-        k = _key_of(p)
-        if any(k == seen or k.startswith(seen + ".") or k.startswith(seen + "[")
-               for seen in keys):
-            continue
-        out.append(p)
-    return out
-
-
-def check(path: Path | None = None, *, workdir: Path | None = None) -> tuple[Config | None,
-                                                                           list[str]]:
-    """``config-check``: the schema problems of ``path`` and the ways it does not fit this
-    machine (:mod:`dockd.preflight`), all in one list; the config when it could be read."""
-    from .preflight import machine_problems
-
-    try:
-        return (cfg := load(path, workdir=workdir)), machine_problems(cfg)
-    except ConfigError as exc:
-        partial = exc.config
-        if not isinstance(partial, Config):
-            return None, exc.problems
-        if workdir is not None:
-            partial = partial.with_workdir(workdir)
-        return None, merge_problems(exc.problems, machine_problems(partial))
+    keys = [p.split(": ", 1)[0] for p in first]
+    return first + [p for p in more if not any(
+        (k := p.split(": ", 1)[0]) == seen or k.startswith(seen + ".")
+        for seen in keys)]
 
 
 def _semantic_checks(cfg: Config) -> list[str]:

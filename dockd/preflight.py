@@ -15,7 +15,8 @@ import shlex
 import shutil
 from pathlib import Path
 
-from .config import Config
+from .config import Config, load, merge_problems
+from .errors import ConfigError
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -109,3 +110,18 @@ def machine_problems(cfg: Config) -> list[str]:
                 add(_readable_file_problem(f"{where}.known_hosts", t.known_hosts,
                                            "known_hosts file"))
     return problems
+
+
+def check(path: Path | None = None, *, workdir: Path | None = None) -> tuple[Config | None,
+                                                                           list[str]]:
+    """``config-check``: the schema problems of ``path`` and the ways it does not fit this
+    machine (:mod:`dockd.preflight`), all in one list; the config when it could be read."""
+    try:
+        return (cfg := load(path, workdir=workdir)), machine_problems(cfg)
+    except ConfigError as exc:
+        partial = exc.config
+        if not isinstance(partial, Config):
+            return None, exc.problems
+        if workdir is not None:
+            partial = partial.with_workdir(workdir)
+        return None, merge_problems(exc.problems, machine_problems(partial))
