@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__, logredact, secrets
-from .config import Config, load, schema_keys
+from .cli_text import language_from_locale, set_language, tr
+from .config import Config, default_config, load, schema_keys
 from .errors import ConfigError, DockdError
 
 log = logging.getLogger("dockd")
@@ -20,10 +22,15 @@ log = logging.getLogger("dockd")
 
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--config", type=Path, metavar="PATH", help="TOML configuration file")
+    p.add_argument("--config", type=Path, metavar="PATH",
+                   help="TOML configuration file (default: $DOCKD_CONFIG, else "
+                        "/etc/dockd/config.toml when it exists)")
     p.add_argument("--workdir", type=Path, metavar="DIR",
                    help="keep state, staging, keys, ports and a local target under DIR")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("--lang", choices=("en", "zh"), default=argparse.SUPPRESS,
+                   help="language of the output for people (default: the locale's; "
+                        "JSON stays English)")
     return p
 
 
@@ -129,8 +136,22 @@ def setup_logging(verbose: int, level: str = "INFO") -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`dockd devices --json | head`): no traceback, and no second
+        # error when Python flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_language(getattr(args, "lang", None) or language_from_locale())
+    if args.config is None:
+        args.config = default_config()
     if args.command == "config-check":
         return cmd_config_check(None, args)
     try:
@@ -147,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(cfg, args) or 0)
     except DockdError as exc:
-        print(f"dockd: error: {exc}", file=sys.stderr)
+        print(tr("error", error=exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -160,10 +181,25 @@ def _print_json(data: Any) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
+def refuse_unfit(cfg: Config, where: Path | None) -> int:
+    """Print the ways ``cfg`` does not fit this machine (as config-check does); 0 if none."""
+    from .preflight import machine_problems
+
+    problems = machine_problems(cfg)
+    if not problems:
+        return 0
+    print(tr("refuse", where=where or "configuration", n=len(problems)), file=sys.stderr)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    return 2
+
+
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from .daemon import Daemon
 
-    return Daemon(cfg).run()
+    if rc := refuse_unfit(cfg, args.config):
+        return rc
+    return Daemon(cfg, require_web=True).run()
 
 
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
@@ -178,21 +214,29 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
+    from .ingest.progress import IngestProgress
     from .oneshot import ingest_tree
 
-    result = ingest_tree(cfg, args.path, port=args.port,
-                         create_key=args.create_key or args.workdir is not None)
+    if rc := refuse_unfit(cfg, args.config):
+        return rc
+    with IngestProgress() as progress:
+        result = ingest_tree(cfg, args.path, port=args.port, progress=progress,
+                             create_key=args.create_key or args.workdir is not None)
     if args.json:
         _print_json(result)
     else:
-        print(f"docking {result['docking_id']}: {result['clips_delivered']}/"
-              f"{result['clips_total']} clip(s) delivered and verified to "
-              f"{', '.join(result['targets'])}"
-              + (f", {result['skipped_known']} already delivered earlier"
+        print(tr("ingest.summary", docking=result["docking_id"],
+                 done=result["clips_delivered"], total=result["clips_total"],
+                 targets=", ".join(result["targets"]))
+              + (tr("ingest.known", n=result["skipped_known"])
                  if result["skipped_known"] else ""))
         for problem in result["problems"]:
-            print(f"  problem: {problem}")
-        print(f"manifest {result['manifest_sha256']}")
+            print(tr("ingest.problem", problem=problem))
+        if result["findings"]:
+            print(tr("ingest.findings", n=len(result["findings"])))
+            for f in result["findings"]:
+                print(f"  {f['severity']}: {f['message']}")
+        print(tr("ingest.manifest", sha=result["manifest_sha256"]))
     return 0 if result["ok"] else 1
 
 
@@ -217,7 +261,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from .status.views import render_status, status_data
 
     return _readout(cfg, args, lambda st: status_data(st, cfg.dock.id, utcnow()),
-                    lambda data, console: render_status(data, width=console.width))
+                    lambda data, console: render_status(data, width=console.width, tz=cfg.tz))
 
 
 def cmd_queue(cfg: Config, args: argparse.Namespace) -> int:
@@ -225,7 +269,7 @@ def cmd_queue(cfg: Config, args: argparse.Namespace) -> int:
     from .status.queue import queue_data, render_queue
 
     return _readout(cfg, args, lambda st: queue_data(st, cfg, utcnow()),
-                    lambda data, _console: render_queue(data))
+                    lambda data, _console: render_queue(data, cfg.tz))
 
 
 def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
@@ -234,7 +278,7 @@ def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
     return _readout(cfg, args,
                     lambda st: report_data(st, docking_id=args.docking, serial=args.serial,
                                            limit=args.limit),
-                    lambda data, _console: render_report(data))
+                    lambda data, _console: render_report(data, cfg.tz))
 
 
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
@@ -309,14 +353,15 @@ def cmd_keygen(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(_cfg: Config | None, args: argparse.Namespace) -> int:
-    try:
-        cfg = load(args.config, workdir=args.workdir)
-    except ConfigError as exc:
+    from .preflight import check
+
+    cfg, problems = check(args.config, workdir=args.workdir)
+    if problems or cfg is None:
         if args.json:
-            _print_json({"ok": False, "problems": exc.problems})
+            _print_json({"ok": False, "problems": problems})
         else:
-            print(f"{args.config or 'defaults'}: {len(exc.problems)} problem(s):")
-            for p in exc.problems:
+            print(tr("check.problems", where=args.config or "defaults", n=len(problems)))
+            for p in problems:
                 print(f"  {p}")
         return 1
     from .integrity.notes import model_warning
@@ -326,8 +371,8 @@ def cmd_config_check(_cfg: Config | None, args: argparse.Namespace) -> int:
         _print_json({"ok": True, "keys": schema_keys(), "dock": cfg.dock.id,
                      "warnings": warnings})
     else:
-        print(f"{args.config or 'defaults'}: OK (dock {cfg.dock.id}, {len(cfg.targets)} "
-              f"target(s), {len(cfg.profiles)} profile(s))")
+        print(tr("check.ok", where=args.config or "defaults", dock=cfg.dock.id,
+                 targets=len(cfg.targets), profiles=len(cfg.profiles)))
         for w in warnings:
             print(f"  warning: {w}")
     return 0

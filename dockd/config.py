@@ -11,6 +11,7 @@ target all under one directory.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 import types
@@ -339,6 +340,18 @@ def for_workdir(workdir: Path) -> Config:
 
 # --------------------------------------------------------------------------- loading
 
+DEFAULT_CONFIG = Path("/etc/dockd/config.toml")
+"""Read by every command when no ``--config`` is given (and the file exists)."""
+
+
+def default_config() -> Path | None:
+    """``$DOCKD_CONFIG`` when set ("" = none), else :data:`DEFAULT_CONFIG` when it exists."""
+    env = os.environ.get("DOCKD_CONFIG")
+    if env is not None:
+        return Path(env) if env else None
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
 
 def load(path: Path | None = None, *, workdir: Path | None = None) -> Config:
     """Load ``path`` (or the defaults), then apply ``workdir``. Raises ConfigError with all problems."""
@@ -357,12 +370,13 @@ def load(path: Path | None = None, *, workdir: Path | None = None) -> Config:
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
+    """Build the configuration; raise ConfigError listing *every* problem (type errors and
+    semantic ones in one round; a value already reported as malformed is not judged again)."""
     problems: list[str] = []
     cfg = _build(Config, raw, "", problems)
-    if not problems:
-        problems.extend(_semantic_checks(cfg))
+    problems = merge_problems(problems, _semantic_checks(cfg))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, cfg)
     return cfg
 
 
@@ -381,6 +395,14 @@ def _integrity_checks(i: IntegrityConfig) -> list[str]:
     if i.audit_rehash_per_pass < 0:
         problems.append("integrity.audit_rehash_per_pass: must be 0 or more")
     return problems
+
+
+def merge_problems(first: list[str], more: list[str]) -> list[str]:
+    """``first`` then those of ``more`` whose key path was not already reported."""
+    keys = [p.split(": ", 1)[0] for p in first]
+    return first + [p for p in more if not any(
+        (k := p.split(": ", 1)[0]) == seen or k.startswith(seen + ".")
+        for seen in keys)]
 
 
 def _semantic_checks(cfg: Config) -> list[str]:
@@ -451,14 +473,23 @@ def _semantic_checks(cfg: Config) -> list[str]:
         problems.append("health.min_free_percent: 0..100")
     if cfg.web.language not in ("zh", "en"):
         problems.append(f"web.language: \"zh\" or \"en\" (got {cfg.web.language!r})")
-    if not 0 < cfg.web.port < 65536:
-        problems.append("web.port: 1..65535")
+    if not 0 <= cfg.web.port < 65536:
+        problems.append("web.port: 1..65535 (or 0: any free port)")
     from .status.web_hosts import bad_allowed_hosts
 
     for bad in bad_allowed_hosts(cfg.web.allowed_hosts):
         problems.append(f"web.allowed_hosts: {bad!r} is not a host name or IP address")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"logging.level: one of DEBUG, INFO, WARNING, ERROR (got {cfg.logging.level!r})")
+    for key in ("state_dir", "staging_dir", "ports_dir", "key_file", "public_key_file"):
+        if not getattr(cfg.paths, key).is_absolute():
+            problems.append(f"paths.{key}: must be an absolute path "
+                            f"(got {str(getattr(cfg.paths, key))!r})")
+    for i, t in enumerate(cfg.targets):
+        if t.kind == "local" and not t.path.is_absolute():
+            problems.append(f"targets[{i}].path: a local target must be an absolute path "
+                            f"(got {str(t.path)!r}; evidence would land relative to the "
+                            "current directory)")
     if not cfg.targets:
         problems.append("targets: at least one storage target is needed")
     names = [t.name for t in cfg.targets]

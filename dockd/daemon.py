@@ -104,8 +104,10 @@ class _PortJob:
 
 class Daemon:
     def __init__(self, cfg: Config, *, state: State | None = None,
-                 notifier: SystemdNotifier | None = None, install_signals: bool = True):
+                 notifier: SystemdNotifier | None = None, install_signals: bool = True,
+                 require_web: bool = False):
         self.cfg = cfg
+        self.require_web = require_web
         self._own_state = state is None
         self.state = state or State(cfg.paths.database)
         self.notifier = notifier or SystemdNotifier()
@@ -140,6 +142,7 @@ class Daemon:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
         cfg = self.cfg
+        self._start_web()
         cfg.paths.staging_dir.mkdir(parents=True, exist_ok=True)
         for p in clean_stale_partials(cfg.paths.staging_dir):
             log.info("removed stale partial copy %s", p)
@@ -150,11 +153,6 @@ class Daemon:
             self.pipeline.resume()
             for label in self.port_labels():
                 self.state.set_port(label)
-            from .status.web import WebError, start_web
-            try:
-                self.web = start_web(cfg, cfg.paths.database, self.stop_event)
-            except WebError as exc:
-                log.error("%s; running without the status page", exc)
             pool = ThreadPoolExecutor(max_workers=cfg.offload.workers,
                                       thread_name_prefix="offload")
             deliverer = threading.Thread(target=self._deliver_loop, name="deliver", daemon=True)
@@ -201,6 +199,19 @@ class Daemon:
         return 0
 
     # ------------------------------------------------------------------ device events
+
+    def _start_web(self) -> None:
+        """The status page, first: with ``require_web`` (``dockd run``) a port that is taken
+        stops the start-up with a clear error instead of a dock running without its page."""
+        from .status.web import WebError, start_web
+
+        try:
+            self.web = start_web(self.cfg, self.cfg.paths.database, self.stop_event)
+        except WebError as exc:
+            if self.require_web:
+                raise WebError(f"{exc} (another program, or another dockd, uses this port: "
+                               "stop it or set web.port)") from exc
+            log.error("%s; running without the status page", exc)
 
     def port_labels(self) -> list[str]:
         if self.cfg.devices.source == "udev" and self.cfg.port_map:

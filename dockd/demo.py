@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import sys
 import tempfile
 import threading
 import time
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -101,6 +103,7 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
                                     tools=cfg.tools)
             trees.append((port, sim.root, spec))
 
+    cfg = _free_web_port(cfg, console)
     state = State(cfg.paths.database)
     daemon = Daemon(cfg, state=state, install_signals=False)
     thread = threading.Thread(target=daemon.run, name="dockd-daemon", daemon=True)
@@ -122,7 +125,7 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while time.monotonic() < deadline:
             data = status_data(state, cfg.dock.id, utcnow())
-            live.update(render_status(data, show_empty=False, width=console.width))
+            live.update(render_status(data, show_empty=False, width=console.width, tz=cfg.tz))
             done = state.query(
                 "SELECT serial FROM dockings WHERE state = 'delivered'")
             if serials <= {r["serial"] for r in done} and not data["backlog"]["clips"]:
@@ -132,22 +135,59 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
                 break
             time.sleep(0.25)
     console.print()
-    daemon.request_stop()
-    thread.join(timeout=60)
     target = cfg.targets[0].path
     if not ok:
+        daemon.request_stop()
+        thread.join(timeout=60)
         console.print(f"[red]demo did not finish within {timeout:.0f} s; see `dockd status "
                       f"--workdir {workdir}`")
         state.close()
         return 1
+    try:
+        return _finish(console, state, target, pub, workdir, daemon)
+    finally:
+        daemon.request_stop()
+        thread.join(timeout=60)
+        state.close()
+
+
+def _free_web_port(cfg: Config, console: Console) -> Config:
+    """The demo's page on the configured port when it is free, else on any free port (a
+    running dockd, or anything else, may hold 8470: the demo must not show its page)."""
+    from .status.web import WebError, _bind
+
+    if not cfg.web.enabled or cfg.web.port == 0:
+        return cfg
+    try:
+        _bind(cfg.web.bind, cfg.web.port).close()
+        return cfg
+    except WebError:
+        console.print(f"port {cfg.web.port} is taken: the demo's status page uses a free port")
+        return dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, port=0))
+
+
+def _wait_for_user(console: Console, daemon: Daemon) -> None:
+    """On a terminal, keep the page up until the user quits (Enter, Ctrl-C or Ctrl-D)."""
+    if daemon.web is None or not sys.stdin.isatty():
+        return
+    url = daemon.web.url.rstrip("/")
+    print(f"The status pages stay up at {url}/ (fleet: {url}/fleet, IT: {url}/it): "
+          "press Enter to quit.", flush=True)
+    try:
+        sys.stdin.readline()
+    except KeyboardInterrupt:
+        pass
+
+
+def _finish(console: Console, state: State, target: Path, pub: Any, workdir: Path,
+            daemon: Daemon) -> int:
     console.rule("[bold]recording timelines (R1) and spoken notes (R2)")
-    console.print(render_report(report_data(state)))
+    console.print(render_report(report_data(state), daemon.cfg.tz))
     for d in state.query("SELECT d.serial, count(c.id) AS n, m.sha256 FROM dockings d "
                          "JOIN clips c ON c.docking_id = d.id JOIN manifests m ON "
                          "m.docking_id = d.id GROUP BY d.id ORDER BY d.serial"):
         console.print(f"recorder {d['serial']}: {d['n']} clip(s) delivered, signed manifest "
                       f"{d['sha256'][:16]}...")
-    state.close()
     console.rule("[bold]offline verification of the delivered tree")
     report = verify_path(target, {key_id(pub): pub})
     console.print(format_report(report))
@@ -156,4 +196,5 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
     console.print(f"verify again any time: dockd verify --workdir {workdir} {target}",
                   soft_wrap=True)
     print(f"Delivered to: {target}", flush=True)  # plain: never wrapped, easy to parse
+    _wait_for_user(console, daemon)
     return 0

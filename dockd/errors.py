@@ -17,8 +17,9 @@ class DockdError(Exception):
 class ConfigError(DockdError):
     """The configuration is invalid. ``problems`` lists every problem, each with its key path."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], config: object = None):
         self.problems = list(problems)
+        self.config = config  # what could be built (defaults where a value was bad), or None
         super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
 
 

@@ -7,6 +7,7 @@ deliver, then verify what landed. Succeeds only if every clip is delivered and v
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,17 @@ def ensure_key(cfg: Config) -> None:
 
 
 def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
-                create_key: bool = False, attempts: int = 3) -> dict[str, Any]:
+                create_key: bool = False, attempts: int = 3,
+                progress: Callable[..., None] | None = None) -> dict[str, Any]:
     """Import one recorder tree. A missing signing key is created only with ``create_key``
     (the CLI sets it for ``--workdir`` or ``--create-key``); otherwise ingest stops and
-    names the keygen command, so a production dock never signs with a surprise key."""
+    names the keygen command, so a production dock never signs with a surprise key.
+    ``progress`` receives the copy's progress events
+    (see :class:`dockd.ingest.progress.IngestProgress`)."""
     root = Path(root)
     if not root.is_dir():
         raise DockdError(f"{root}: not a directory (expected a mounted recorder tree)")
+    _require_recorder_files(cfg, root)
     if create_key:
         ensure_key(cfg)
     elif not cfg.paths.key_file.exists() and not _credential_key():
@@ -54,6 +59,7 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
     with State(cfg.paths.database) as state, Prober(cfg.tools) as prober:
         pipe = build_pipeline(cfg, state, prober)
         pipe.resume()
+        pipe.on_progress = progress
         docking_id, known = pipe.begin_docking(port, root.absolute())
         out = pipe.offload(docking_id, root.absolute(), known)
         pipe.mark_interrupted(docking_id, "one-shot ingest finished")  # no-op when complete
@@ -94,7 +100,50 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
             "prefix": manifest["prefix"] if manifest else None,
             "targets": [t.name for t in pipe.targets],
             "problems": problems,
+            "findings": _findings_of(state, docking_id),
         }
+
+
+def _findings_of(state: State, docking_id: int) -> list[dict[str, Any]]:
+    """What the scan and the checks noticed (skipped links and special files, odd names,
+    limits hit...): the docking's findings, then each clip's of severity warning or worse."""
+    import json
+
+    out: list[dict[str, Any]] = []
+    row = state.query_one("SELECT findings FROM dockings WHERE id = ?", (docking_id,))
+    for f in json.loads(row["findings"] or "[]") if row else []:
+        if isinstance(f, dict):
+            out.append({"kind": f.get("kind"), "severity": f.get("severity"),
+                        "message": f.get("message")})
+    for c in state.clips_of(docking_id):
+        try:
+            found = json.loads(c.get("findings") or "[]")
+        except (TypeError, ValueError):
+            continue
+        for f in found:
+            if isinstance(f, dict) and f.get("severity") in ("warning", "error"):
+                out.append({"kind": f.get("kind"), "severity": f.get("severity"),
+                            "message": f.get("message"), "clip": c["safe_name"]})
+    return out
+
+
+def _require_recorder_files(cfg: Config, root: Path) -> None:
+    """Refuse a directory that holds nothing of a recorder (no device-info file of any
+    profile, no clip in any profile's clip folders): importing it would deliver an empty
+    signed manifest for a "recorder" that is not one."""
+    from .devices.drivers import find_info_file
+    from .ingest.scan import scan_recorder
+
+    for p in cfg.profiles:
+        if find_info_file(root, p.info_file) is not None:
+            return
+        if scan_recorder(root, p, max_files=1).entries:
+            return
+    profile = cfg.profiles[0]
+    raise DockdError(
+        f"{root}: no recorder files here: no {profile.info_file} and no clip "
+        f"(.{', .'.join(profile.extensions)}) in {', '.join(profile.clip_dirs)}; nothing was "
+        "imported (give the recorder's mount point)")
 
 
 def _verify_local(cfg: Config, prefix: str) -> list[str]:

@@ -25,7 +25,13 @@ from .alerts import raise_alert
 from .config import Config, ProfileConfig
 from .delivery.base import StorageTarget
 from .delivery.clearing import ClearOutcome, clear_recorder
-from .delivery.layout import MANIFEST_NAME, SIGNATURE_NAME, clip_key, docking_prefix
+from .delivery.layout import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    clip_key,
+    docking_prefix,
+    recording_date,
+)
 from .delivery.publish import manifest_token, publish_checkpoints, publish_keys
 from .delivery.schedule import Pacer, parse_bandwidth
 from .delivery.targets import retention_for
@@ -88,6 +94,10 @@ class DockingOutcome:
     errors: list[str] = field(default_factory=list)
 
 
+def _no_progress(event: str, **info: Any) -> None:
+    """The default ``Pipeline.on_progress``: nobody in the foreground is watching."""
+
+
 class Pipeline:
     def __init__(self, cfg: Config, state: State, *, registry: DriverRegistry, prober: Prober,
                  targets: Sequence[StorageTarget], signer: Signer,
@@ -104,6 +114,9 @@ class Pipeline:
         self._finishing: set[int] = set()
         self._finishing_lock = threading.Lock()
         self.writable_for: Callable[[str], Any] | None = None
+        # copy progress for a foreground caller (``dockd ingest``'s progress bar):
+        # on_progress(event, **info) with event "begin" | "clip" | "advance" | "copied"
+        self.on_progress: Callable[..., None] | None = None
         """port -> context manager making that recorder writable (the udev source's
         ``writable``); None: recorders need no remount (the directory source)."""
         for t in self.targets:
@@ -325,12 +338,19 @@ class Pipeline:
             staging = self.staging_dir(docking_id)
             staging.mkdir(parents=True, exist_ok=True)
             last_report = [0.0]
+            notify = self.on_progress or _no_progress
+            notify("begin", clips_total=total_n, bytes_total=total_b, clips_done=done["n"],
+                   bytes_done=bytes_done)
 
             for i, c in enumerate(pending):
                 entry = ClipEntry(c["rel_path"], c["safe_name"], c["size"], c["mtime"])
                 base = bytes_done
 
-                def progress(n: int, base: int = base, before: int = copied_bytes) -> None:
+                notify("clip", name=c["safe_name"], size=c["size"])
+
+                def progress(n: int, base: int = base, before: int = copied_bytes,
+                             name: str = c["safe_name"]) -> None:
+                    notify("advance", name=name, done=n)
                     now_m = time.monotonic()
                     if now_m - last_report[0] >= 0.5:
                         last_report[0] = now_m
@@ -345,6 +365,7 @@ class Pipeline:
                                         size=res.size, staged_path=str(res.staged_path),
                                         copied_at=self.state.now())
                 out.copied += 1
+                notify("copied", name=c["safe_name"], size=res.size)
                 bytes_done += res.size
                 copied_bytes += res.size
                 rate = copied_bytes / max(1e-3, time.monotonic() - started)
@@ -538,8 +559,10 @@ class Pipeline:
             snap = checks.snapshot_from_doc(json_obj(d["snapshot"]))
             docked_at = parse_iso(d["docked_at"])
             assert docked_at is not None
+            local_date = recording_date((parse_iso(c.get("start_utc")) for c in checked),
+                                        docked_at, self.cfg.tz)
             prefix = docking_prefix(snap.identity, docked_at, self.cfg.dock.id, d["port"],
-                                    docking_id)
+                                    docking_id, local_date=local_date)
             continuity = json_obj(d.get("continuity")) or {}
             extra: dict[str, Any] = {
                 "continuity": continuity,
@@ -549,6 +572,8 @@ class Pipeline:
                 "deadline_at": d["deadline_at"],
                 "profile": d["profile"], "driver": d["driver"],
                 "dock_clock": json_obj(d.get("dock_clock")) or None,
+                "date_folder": local_date.isoformat(),
+                "timezone": self.cfg.dock.timezone,
             }
             clock_set = conn.execute("SELECT detail FROM audit WHERE action = 'clock_set' AND "
                                      "subject = ?", (f"docking/{docking_id}",)).fetchone()

@@ -17,6 +17,9 @@ from dockd.integrity.keys import generate_key
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# a dock's own /etc/dockd/config.toml must never leak into the tests (nor their subprocesses)
+os.environ["DOCKD_CONFIG"] = ""
+
 
 def garbage(n: int, seed: int = 0) -> bytes:
     """Bytes that no media parser accepts, reproducibly: seeded noise without 0xFF, so no
@@ -82,6 +85,14 @@ def run_dockd(*args: str, timeout: float = 120, check: bool = False
                           check=check)
 
 
+def any_port_config(where: Path) -> Path:
+    """A config whose status page listens on any free port (``dockd run`` refuses to start
+    when its port is taken, and tests run side by side)."""
+    path = where / "any-web-port.toml"
+    path.write_text("[web]\nport = 0\n", encoding="utf-8")
+    return path
+
+
 def wait_for(pred: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
              what: str = "condition") -> object:
     end = time.monotonic() + timeout
@@ -104,7 +115,9 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         fh = self.log.open("ab")
-        self.proc = subprocess.Popen(dockd_cmd("run", "--workdir", str(self.workdir)),
+        conf = any_port_config(self.log.parent)
+        self.proc = subprocess.Popen(dockd_cmd("run", "--workdir", str(self.workdir),
+                                               "--config", str(conf)),
                                      stdout=fh, stderr=subprocess.STDOUT, env=env)
         fh.close()
         wait_for(lambda: "ready" in self.log.read_text(errors="replace"), 30, what="daemon ready")

@@ -154,3 +154,83 @@ def test_config_check_command(tmp_path, capsys):
     assert "dock.foo: unknown key" in out and "offload.workers: expected int" in out
     assert main(["config-check", "--json", "--config", str(bad)]) == 1
     assert '"ok": false' in capsys.readouterr().out
+
+
+def _mistakes(tmp_path: Path) -> Path:
+    """A config with one mistake of each kind config-check used to miss."""
+    (tmp_path / "afile").write_text("not a directory", encoding="utf-8")
+    cfg = tmp_path / "mistakes.toml"
+    cfg.write_text(f"""
+[dock]
+ports = 0
+[paths]
+state_dir = "{tmp_path / 'state'}"
+staging_dir = "{tmp_path / 'afile'}"
+ports_dir = "{tmp_path / 'ports'}"
+key_file = "{tmp_path / 'keys' / 'dock.key'}"
+public_key_file = "{tmp_path / 'keys' / 'dock.pub'}"
+[delivery]
+alert_command = "no-such-alert-command-xyz --to ops"
+[[targets]]
+name = "primary"
+path = "evidence/target"
+[[targets]]
+name = "offsite"
+kind = "sftp"
+required = false
+host = "127.0.0.1"
+user = "dock"
+key_file = "{tmp_path / 'missing_key'}"
+known_hosts = "{tmp_path / 'missing_known_hosts'}"
+path = "/evidence"
+[[targets]]
+name = "s3"
+kind = "s3"
+required = false
+bucket = "b"
+credentials_file = "{tmp_path / 'missing_creds.ini'}"
+""", encoding="utf-8")
+    return cfg
+
+
+def test_config_check_reports_machine_mistakes_in_one_run(tmp_path, capsys):
+    cfg = _mistakes(tmp_path)
+    assert main(["config-check", "--json", "--config", str(cfg)]) == 1
+    import json
+
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    keys = {p.split(": ", 1)[0] for p in problems}
+    assert {"dock.ports", "paths.staging_dir", "targets[0].path", "targets[1].key_file",
+            "targets[1].known_hosts", "targets[2].credentials_file",
+            "delivery.alert_command"} <= keys, problems
+    text = "\n".join(problems)
+    assert "not a directory" in text and "absolute path" in text
+    assert "no-such-alert-command-xyz" in text and "missing_key does not exist" in text
+
+
+def test_type_and_semantic_problems_in_one_round():
+    with pytest.raises(ConfigError) as ei:
+        from_dict({"dock": {"ports": "eight", "id": "bad id"}})
+    text = "\n".join(ei.value.problems)
+    assert "dock.ports: expected int" in text and "dock.id:" in text
+
+
+def test_run_refuses_a_config_that_does_not_fit_the_machine(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+[paths]
+state_dir = "{tmp_path / 'state'}"
+staging_dir = "{tmp_path / 'afile'}"
+ports_dir = "{tmp_path / 'ports'}"
+key_file = "{tmp_path / 'dock.key'}"
+public_key_file = "{tmp_path / 'dock.pub'}"
+[[targets]]
+path = "{tmp_path / 'target'}"
+""", encoding="utf-8")
+    for cmd in (["run"], ["ingest", str(tmp_path)]):
+        assert main([*cmd, "--config", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert "paths.staging_dir:" in err and "not a directory" in err
+        assert "Traceback" not in err and "FileExistsError" not in err
+    assert not (tmp_path / "state").exists()  # nothing started

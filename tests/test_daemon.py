@@ -15,7 +15,7 @@ from dockd.config import for_workdir
 from dockd.daemon import SystemdNotifier
 from dockd.devices.simulator import plug
 
-from .conftest import dockd_cmd, run_dockd, wait_for
+from .conftest import any_port_config, dockd_cmd, run_dockd, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,8 @@ def test_ready_watchdog_stop_and_logs(workdir, make_recorder, tmp_path):
                PYTHONUNBUFFERED="1")
     env.pop("WATCHDOG_PID", None)
     with log.open("wb") as fh:
-        proc = subprocess.Popen(dockd_cmd("run", "--workdir", str(workdir)), stdout=fh,
+        proc = subprocess.Popen(dockd_cmd("run", "--workdir", str(workdir), "--config",
+                                          str(any_port_config(tmp_path))), stdout=fh,
                                 stderr=subprocess.STDOUT, env=env)
     messages: list[str] = []
 
@@ -79,3 +80,22 @@ def test_ready_watchdog_stop_and_logs(workdir, make_recorder, tmp_path):
     assert len(pipeline_lines) >= 5
     for line in pipeline_lines:
         assert "port port-01 serial A1234567" in line, line
+
+
+def test_run_refuses_to_start_when_the_web_port_is_taken(workdir, tmp_path):
+    """Another program holds web.port: `dockd run` says so and exits, instead of running a
+    dock without its page while a browser shows whatever else answers on that port."""
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen(1)
+    port = squatter.getsockname()[1]
+    conf = tmp_path / "taken.toml"
+    conf.write_text(f"[web]\nport = {port}\n", encoding="utf-8")
+    try:
+        r = run_dockd("run", "--workdir", str(workdir), "--config", str(conf), timeout=60)
+    finally:
+        squatter.close()
+    assert r.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "web.port" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert "ready: watching" not in r.stderr

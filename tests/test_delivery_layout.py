@@ -97,3 +97,23 @@ def test_clip_key_and_reserved_names() -> None:
 def test_key_path() -> None:
     assert key_path("ed25519:" + "ab" * 16) == "_keys/ed25519_" + "ab" * 16 + ".pub"
     assert "/" not in key_path("../../x:y").removeprefix("_keys/")
+
+
+def test_date_folder_is_the_recordings_local_date() -> None:
+    """A clip recorded 00:36 in Beijing on 1 December is filed under 1 December (the UTC
+    date is 30 November)."""
+    from zoneinfo import ZoneInfo
+
+    from dockd.delivery.layout import recording_date
+
+    tz = ZoneInfo("Asia/Shanghai")
+    rec = RecorderIdentity(serial="A1234567", officer_no="0012345", unit_no="110100000000")
+    start = datetime(2026, 12, 1, 0, 36, tzinfo=tz).astimezone(UTC)  # 2026-11-30 16:36 UTC
+    docked = datetime(2026, 12, 1, 1, 10, tzinfo=tz)
+    later = datetime(2026, 12, 1, 0, 50, tzinfo=tz).astimezone(UTC)
+    day = recording_date([later, None, start], docked, tz)
+    assert day.isoformat() == "2026-12-01"
+    p = docking_prefix(rec, docked, "dock-01", "port-03", 7, local_date=day)
+    assert p.split("/")[3] == "2026-12-01"
+    assert p.split("/")[4].startswith("20261130T171000Z")  # the leaf stays in UTC
+    assert recording_date([], docked, tz).isoformat() == "2026-12-01"  # no clip times

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,52 @@ def test_demo_runs_end_to_end(tmp_path):
     assert last == f"Delivered to: {w / 'target'}"
     assert run_dockd("verify", str(w / "target"), "--workdir", str(w)).returncode == 0
     assert shutil.which("ffprobe")
+
+
+def test_demo_on_a_terminal_uses_a_free_port_and_keeps_the_page_up(tmp_path):
+    """web.port taken by someone else: the demo serves its own page on a free port, and on a
+    terminal keeps it up after the run until the user presses Enter."""
+    import pty
+    import queue
+    import re
+    import socket
+    import subprocess
+    import threading
+    import urllib.request
+
+    from .conftest import dockd_cmd
+
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen(1)
+    taken = squatter.getsockname()[1]
+    conf = tmp_path / "demo.toml"
+    conf.write_text(f"[web]\nport = {taken}\n", encoding="utf-8")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(dockd_cmd("demo", "--workdir", str(tmp_path / "d"), "--config",
+                                      str(conf)), stdin=slave, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    os.close(slave)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True)
+    reader.start()
+    seen: list[str] = []
+    try:
+        while not any("press Enter to quit" in ln for ln in seen):
+            seen.append(lines.get(timeout=300))
+        url = re.search(r"(http://127\.0\.0\.1:(\d+))/", seen[-1])
+        assert url and int(url.group(2)) != taken, seen[-5:]
+        assert any("Delivered to:" in ln for ln in seen)
+        time.sleep(1.0)  # still up after a while, not only at the last moment
+        with urllib.request.urlopen(url.group(1) + "/api/ports", timeout=10) as resp:
+            assert resp.status == 200 and b"port-01" in resp.read()
+        os.write(master, b"\n")
+        assert proc.wait(60) == 0
+    finally:
+        squatter.close()
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        reader.join(10)
+        proc.stdout.close()

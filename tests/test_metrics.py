@@ -23,13 +23,18 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 GB = 1_000_000_000
 
 
-@pytest.fixture
-def scrape(tmp_path):
+def _metrics_text(tmp_path) -> str:
     dock = build_dock(tmp_path / "w")
     with TestClient(create_app(dock.cfg, dock.db), client=("127.0.0.1", 1),
                     base_url="http://127.0.0.1") as c:
         r = c.get("/metrics")
     assert r.status_code == 200
+    return r
+
+
+@pytest.fixture
+def scrape(tmp_path):
+    r = _metrics_text(tmp_path)
     assert r.headers["content-type"].startswith("text/plain")
     samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     names = set()
@@ -51,7 +56,8 @@ def test_metrics_follow_the_state(scrape):
     assert v(s, "dockd_port_state", port="port-01", state="done") == 0
     assert v(s, "dockd_port_state", port="port-05", state="empty") == 1
     assert v(s, "dockd_port_bytes_copied", port="port-01") == 630
-    assert v(s, "dockd_port_bytes_total", port="port-01") == 1000
+    assert v(s, "dockd_port_bytes_expected", port="port-01") == 1000
+    assert v(s, "dockd_port_clips_expected", port="port-01") > 0
     assert v(s, "dockd_port_attention", port="port-04") == 1
     assert v(s, "dockd_clips", state="discovered") == 3
     assert v(s, "dockd_clips", state="copied") == 2
@@ -104,11 +110,25 @@ def test_alert_rules_parse_and_use_exported_metrics():
         assert used <= set(METRIC_NAMES), (name, used - set(METRIC_NAMES))
 
 
-def test_alert_rules_pass_promtool():
+def _promtool() -> str:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool not found: install the Debian package `prometheus` "
                     "(scripts/setup.sh test does)")
+    return promtool
+
+
+def test_metrics_pass_promtool_check_metrics(tmp_path):
+    """Prometheus naming conventions (gauges never end in _total, units spelled out, ...)."""
+    text = _metrics_text(tmp_path).text
+    r = subprocess.run([_promtool(), "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), \
+        r.stdout + r.stderr
+
+
+def test_alert_rules_pass_promtool():
+    promtool = _promtool()
     r = subprocess.run([promtool, "check", "rules", str(DOCS / "prometheus-alerts.yml")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -69,16 +69,22 @@ def test_render_skips_invalid_ids_and_lowercases() -> None:
     parse(text)
 
 
-def _udevadm_test(tmp_path: Path, extra_rule: str) -> str:
+def _udevadm_test(tmp_path: Path, extra_rule: str, *, hide_run: bool = False) -> str:
     """Run `udevadm test` on loop0 with only our rule (+ a rule faking USB IDs) in
-    /etc/udev/rules.d, inside a private mount namespace (nothing on the host changes)."""
+    /etc/udev/rules.d, inside a private mount namespace (nothing on the host changes).
+
+    A machine where udev is not running has no /run/udev: the namespace then gets a private
+    /run with the mount point created in it. ``hide_run`` makes that case happen here."""
     udevadm, unshare = shutil.which("udevadm"), shutil.which("unshare")
     if udevadm is None or unshare is None:
         pytest.skip("udevadm/unshare not installed (apt-get install udev)")
     if os.geteuid() != 0 or not os.path.exists("/sys/class/block/loop0"):
         pytest.skip("needs root and /sys/class/block/loop0 for a private mount namespace")
     (tmp_path / "69-fake.rules").write_text(extra_rule + "\n")
-    script = ("set -e; mount -t tmpfs tmpfs /etc/udev/rules.d; mount -t tmpfs tmpfs /run/udev;"
+    hide = "mount -t tmpfs tmpfs /run;" if hide_run else ""
+    script = (f"set -e; {hide} mount -t tmpfs tmpfs /etc/udev/rules.d;"
+              " [ -d /run/udev ] || mount -t tmpfs tmpfs /run; mkdir -p /run/udev;"
+              " mount -t tmpfs tmpfs /run/udev;"
               f" cp {RULES} {tmp_path / '69-fake.rules'} /etc/udev/rules.d/;"
               f" {udevadm} test --action=add /sys/class/block/loop0 2>&1")
     proc = subprocess.run([unshare, "-m", "sh", "-c", script], capture_output=True, text=True,
@@ -105,3 +111,12 @@ def test_udev_leaves_other_usb_devices_alone(tmp_path: Path) -> None:
     props = dict(ln.split("=", 1) for ln in out.splitlines() if re.match(r"^[A-Z_]+=", ln))
     assert "DOCKD_RECORDER" not in props and "UDISKS_IGNORE" not in props
     assert ":dockd:" not in props.get("TAGS", "")
+
+
+def test_udev_test_runs_where_udev_is_not_running(tmp_path: Path) -> None:
+    """No /run/udev (a clean machine, a container): the namespace creates the mount point."""
+    out = _udevadm_test(tmp_path, 'KERNEL=="loop0", ENV{ID_BUS}="usb", '
+                                  'ENV{ID_VENDOR_ID}="2e8a", ENV{ID_MODEL_ID}="0001"',
+                        hide_run=True)
+    props = dict(ln.split("=", 1) for ln in out.splitlines() if re.match(r"^[A-Z_]+=", ln))
+    assert props.get("DOCKD_RECORDER") == "1"

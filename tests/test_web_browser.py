@@ -1,7 +1,8 @@
 """The kiosk page in a real headless Chromium, served by a real daemon docking simulated
 recorders: the tiles go from empty through the work to "done - safe to unplug", a gap
-without a spoken note turns a tile red, and screenshots (Chinese and English) land in
-docs/img/ for the README.
+without a spoken note turns a tile red; 25 ports fit one screen at 1024x600 and 1920x1080;
+Chinese pages carry no English and show times in the dock's zone. Screenshots go to a
+temporary directory; ``DOCKD_REFRESH_DOCS_IMG=1`` writes them to docs/img/ for the README.
 
 Needs Debian's ``chromium`` (set-up installs ``chromium chromium-driver fonts-wqy-microhei``)
 and the Python ``playwright`` package (never ``playwright install``: the browser is Debian's).
@@ -10,6 +11,7 @@ and the Python ``playwright`` package (never ``playwright install``: the browser
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +32,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-dev-shm-usage"]
-IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
+DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 VIEWPORT = {"width": 1024, "height": 600}
 
 # records every state each tile shows (tiles are re-rendered on each poll)
@@ -63,6 +65,7 @@ def dock(tmp_path: Path) -> Iterator[tuple[Config, WebHandle]]:
     cfg = for_workdir(tmp_path / "w")
     cfg = dataclasses.replace(
         cfg, dock=dataclasses.replace(cfg.dock, ports=3),
+        web=dataclasses.replace(cfg.web, port=0),
         offload=dataclasses.replace(cfg.offload, settle_seconds=0.3))
     generate_key(cfg.paths.key_file, cfg.paths.public_key_file)
     state = State(cfg.paths.database)
@@ -96,15 +99,33 @@ def _recorders(cfg: Config, where: Path) -> list[tuple[int, Path]]:
     return out
 
 
+@pytest.fixture
+def img_dir(tmp_path: Path) -> Iterator[Path]:
+    """Where screenshots go: docs/img/ only when asked (DOCKD_REFRESH_DOCS_IMG=1); the
+    documentation's images are never rewritten by an ordinary test run."""
+    if os.environ.get("DOCKD_REFRESH_DOCS_IMG") == "1":
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        yield DOCS_IMG
+        return
+    before = {p.name: p.stat().st_mtime_ns for p in DOCS_IMG.glob("*")} \
+        if DOCS_IMG.exists() else {}
+    out = tmp_path / "img"
+    out.mkdir()
+    yield out
+    after = {p.name: p.stat().st_mtime_ns for p in DOCS_IMG.glob("*")} \
+        if DOCS_IMG.exists() else {}
+    assert after == before, "a test wrote into docs/img/"
+
+
 def _tile(page: Any, port: str) -> Any:
     return page.locator(f'section.tile[data-port="{port}"]')
 
 
-def test_kiosk_tiles_follow_a_docking_until_safe_to_unplug(dock, tmp_path):
+def test_kiosk_tiles_follow_a_docking_until_safe_to_unplug(dock, tmp_path, img_dir):
     sync_playwright = _browser_or_fail()
     cfg, web = dock
     trees = _recorders(cfg, tmp_path / "sim")
-    IMG.mkdir(parents=True, exist_ok=True)
+    IMG = img_dir
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -130,6 +151,9 @@ def test_kiosk_tiles_follow_a_docking_until_safe_to_unplug(dock, tmp_path):
             assert "电量 92%" in t1 and "存储" in t1
             t2 = _tile(page, "port-02").inner_text()
             assert "录像中断但无语音说明" in t2 and "李四" in t2
+            # said once: may be unplugged, and the finding needs the supervisor
+            assert "可以拔出 — 请找负责人" in t2 and "完成 — 可以拔出" not in t2
+            assert "请联系负责人" not in t2 and t2.count("负责人") == 1
             assert "attention" in (_tile(page, "port-02").get_attribute("class") or "")
             page.screenshot(path=str(IMG / "kiosk-zh.png"))
 
@@ -156,3 +180,112 @@ def test_kiosk_tiles_follow_a_docking_until_safe_to_unplug(dock, tmp_path):
             browser.close()
     for name in ("kiosk-zh.png", "kiosk-en.png"):
         assert 5_000 < (IMG / name).stat().st_size < 400_000
+
+
+def _dock_of_25(workdir: Path) -> tuple[Config, Path]:
+    """The hand-built dock of test_status_data (copying, done with a finding, charging,
+    error, empty), repeated over 25 ports, as a Chinese station docks them."""
+    from dockd.state import State as _State
+
+    from .test_status_data import build_dock
+
+    d = build_dock(workdir)
+    cfg = dataclasses.replace(d.cfg, dock=dataclasses.replace(d.cfg.dock, ports=25))
+    st = _State(d.db)
+    rows = {r["port"]: r for r in st.query("SELECT * FROM ports")}
+    for n in range(6, 26):
+        src = dict(rows[f"port-{(n - 1) % 5 + 1:02d}"])
+        src.pop("port")
+        src.pop("updated_at", None)
+        st.set_port(f"port-{n:02d}", **src)
+    st.set_port("port-06", state="error", error="CopyError: stopped")
+    st.close()
+    return cfg, d.db
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1024, "height": 600},
+                                      {"width": 1920, "height": 1080}])
+def test_kiosk_shows_25_ports_without_scrolling(tmp_path, viewport, img_dir):
+    sync_playwright = _browser_or_fail()
+    cfg, db = _dock_of_25(tmp_path / "w")
+    web = start_web(cfg, db, port=0)
+    assert web is not None
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport=viewport, locale="zh-CN")
+                page.goto(f"{web.url}/?poll=500")
+                page.wait_for_selector('section.tile[data-port="port-25"]', timeout=15000)
+                page.wait_for_selector("body[data-loaded='1']")
+                boxes = page.evaluate("""() => [...document.querySelectorAll('section.tile')]
+                  .map(t => { const r = t.getBoundingClientRect(),
+                                    b = t.querySelector('.big').getBoundingClientRect();
+                    return {port: t.dataset.port, x: r.x, y: r.y, r: r.right, b: r.bottom,
+                            bigBottom: b.bottom, bigRight: b.right, text: t.innerText}; })""")
+                assert len(boxes) == 25
+                w, h = viewport["width"], viewport["height"]
+                for bx in boxes:
+                    assert bx["x"] >= 0 and bx["y"] >= 0, bx
+                    assert bx["r"] <= w and bx["b"] <= h, (viewport, bx)
+                    # the tile's state line is not cut off inside the tile
+                    assert bx["bigBottom"] <= bx["b"] and bx["bigRight"] <= bx["r"] + 1, bx
+                scroll = page.evaluate("() => [document.documentElement.scrollHeight, "
+                                       "document.documentElement.scrollWidth]")
+                assert scroll[0] <= h and scroll[1] <= w, scroll
+                texts = {bx["port"]: bx["text"] for bx in boxes}
+                for port, text in texts.items():
+                    assert not ("完成 — 可以拔出" in text and "负责人" in text), (port, text)
+                # port-02 (and 07, 12, ...): done, a gap without a note, 0/3 uploaded
+                assert "可以拔出 — 请找负责人" in texts["port-07"]
+                assert "已上传 0/3，采集站继续上传" in texts["port-07"]
+                # raw daemon English never reaches the Chinese tile
+                assert "采集被中断（采集站服务停止）" in texts["port-06"]
+                assert "stopped" not in texts["port-06"]
+                import re
+
+                for port, text in texts.items():  # no English words on the Chinese page
+                    words = set(re.findall(r"[A-Za-z]{3,}", text)) - {"GiB", "MiB", "KiB"}
+                    assert not words, (port, words, text)
+                page.screenshot(path=str(img_dir / f"kiosk-25-{w}x{h}.png"))
+            finally:
+                browser.close()
+    finally:
+        web.stop()
+
+
+def test_chinese_it_and_fleet_pages_have_no_english_and_zoned_times(tmp_path, img_dir):
+    sync_playwright = _browser_or_fail()
+    cfg, db = _dock_of_25(tmp_path / "w")
+    web = start_web(cfg, db, port=0)
+    assert web is not None
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900},
+                                        locale="en-US", timezone_id="America/New_York")
+                page.goto(f"{web.url}/it?lang=zh&poll=500")
+                page.wait_for_selector("body[data-loaded='1'] .cards")
+                main = page.inner_text("main")
+                assert "文件状态：" in main
+                for english in ("delivered", "discovered", "signed", "copied", "deadline",
+                                "forecast", "waiting", "failed permanently"):
+                    assert english not in main.replace("delivery_failed", ""), english
+                assert "上传期限" in main
+                # times in the dock's zone (Asia/Shanghai, UTC+8) with the zone named, not in
+                # the browser's (New York) and not raw ISO
+                assert "GMT+8" in main and "GMT-5" not in main
+                assert not __import__("re").search(r"\d{4}-\d\d-\d\dT\d\d:", main)
+                assert "GMT+8" in page.inner_text("#clock")
+                page.screenshot(path=str(img_dir / "it-zh.png"))
+                page.goto(f"{web.url}/fleet?lang=zh&poll=500")
+                page.wait_for_selector("tr[data-serial]")
+                fleet = page.inner_text("main")
+                assert "GMT+8" in fleet
+                for english in ("unknown", "charging", "NTP-synchronised", "corrected"):
+                    assert english not in fleet, english
+            finally:
+                browser.close()
+    finally:
+        web.stop()

@@ -7,7 +7,10 @@ One docking of one recorder becomes one directory (or key prefix)::
         manifest.json
         manifest.json.sig
 
-The date and time are the dock's clock at docking, in UTC. Public keys of the docks that
+The leaf's time is the dock's clock at docking, in UTC. The date folder is the recording's
+LOCAL date in the dock's time zone (:func:`recording_date`: the earliest clip's start, else
+the docking's): a clip recorded at 00:36 on 1 December in Beijing is filed under
+``2026-12-01``, not under the UTC date 30 November. Public keys of the docks that
 signed manifests are published as ``_keys/<key id with ':' as '_'>.pub``.
 
 Every component comes from the recorder (which may be hostile or broken) and is
@@ -22,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, tzinfo
 
 from ..model import RecorderIdentity
 
@@ -68,10 +72,23 @@ def sanitize_component(value: str, limit: int = MAX_COMPONENT) -> str:
     return safe
 
 
+def recording_date(starts: Iterable[datetime | None], docked_at: datetime, tz: tzinfo) -> date:
+    """The local date (in ``tz``, the dock's zone) a docking is filed under: that of its
+    earliest recording start, else that of the docking itself."""
+    aware = [s for s in starts if s is not None and s.tzinfo is not None]
+    first = min(aware, default=docked_at)
+    if first.tzinfo is None or first.utcoffset() is None:
+        raise ValueError("docked_at must be timezone-aware")
+    return first.astimezone(tz).date()
+
+
 def docking_prefix(
-    recorder: RecorderIdentity, docked_at: datetime, dock_id: str, port: str, docking_id: int
+    recorder: RecorderIdentity, docked_at: datetime, dock_id: str, port: str, docking_id: int,
+    *, local_date: date | None = None,
 ) -> str:
-    """The directory (key prefix) of one docking; see the module docstring."""
+    """The directory (key prefix) of one docking; see the module docstring. ``local_date``
+    (from :func:`recording_date`) names the date folder; without it (manifests written
+    before it existed) the UTC date of the docking does."""
     if docked_at.tzinfo is None or docked_at.utcoffset() is None:
         raise ValueError("docked_at must be timezone-aware")
     t = docked_at.astimezone(UTC)
@@ -87,7 +104,7 @@ def docking_prefix(
         sanitize_component(recorder.unit_no),
         sanitize_component(recorder.officer_no),
         sanitize_component(recorder.serial),
-        t.strftime("%Y-%m-%d"),
+        local_date.isoformat() if local_date is not None else t.strftime("%Y-%m-%d"),
         leaf,
     ]
     return "/".join(parts)

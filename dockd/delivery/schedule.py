@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import time as dtime
+from typing import Any
 
 from ..config import parse_size
 
@@ -54,6 +55,8 @@ class Forecast:
     clips_left: int
     level: str
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    codes: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    """The reasons as data (``code`` and values, times in UTC ISO) for translated pages."""
 
 
 def forecast(items: Sequence[Pending], now: datetime, throughput_bps: float | None, *,
@@ -68,25 +71,34 @@ def forecast(items: Sequence[Pending], now: datetime, throughput_bps: float | No
                if throughput_bps and throughput_bps > 0 else None)
         margin = (it.deadline - eta).total_seconds() if eta else None
         reasons: list[str] = []
+        codes: list[dict[str, Any]] = []
         level = OK
         if it.clips_left and now >= it.deadline:
             level = ALARM
             reasons.append(f"deadline {it.deadline.isoformat(timespec='minutes')} missed with "
                            f"{it.clips_left} clip(s) undelivered")
+            codes.append({"code": "missed", "deadline": it.deadline.isoformat(),
+                          "clips": it.clips_left})
         if it.permanent_failures:
             level = ALARM
             reasons.append(f"{it.permanent_failures} delivery(ies) failed permanently")
+            codes.append({"code": "failed", "count": it.permanent_failures})
         if level != ALARM and it.clips_left:
             if eta is not None and eta > it.deadline - warn_margin:
                 level = WARNING
                 reasons.append(f"forecast completion {eta.isoformat(timespec='minutes')} is "
                                f"within {warn_margin} of the deadline")
+                codes.append({"code": "late", "eta": eta.isoformat(),
+                              "margin_h": round(warn_margin.total_seconds() / 3600, 1)})
             if now - it.docked_at > warn_age:
                 level = WARNING
                 reasons.append(f"clips waiting {_hours(now - it.docked_at)} since docking "
                                f"(warn after {_hours(warn_age)})")
+                codes.append({"code": "waiting",
+                              "hours": round((now - it.docked_at).total_seconds() / 3600, 1),
+                              "warn_h": round(warn_age.total_seconds() / 3600, 1)})
         out.append(Forecast(it.docking_id, it.serial, it.port, it.deadline, eta, margin,
-                            it.bytes_left, it.clips_left, level, tuple(reasons)))
+                            it.bytes_left, it.clips_left, level, tuple(reasons), tuple(codes)))
     return out
 
 

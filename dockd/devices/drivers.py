@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 SCORE_INFO_FILE = 10
 SCORE_MODEL_MATCH = 10
 SCORE_GENERIC = 1
+SCORE_NAMES = 5
+"""No info file, but clip names that the profile's pattern reads a serial from."""
+NAMES_SAMPLE = 200
 
 DEVICE_TIME_FORMATS = (
     "%Y-%m-%d %H:%M:%S",
@@ -140,6 +144,40 @@ def find_info_file(root: Path, name: str) -> Path | None:
     return root / (name if name in candidates else candidates[0])
 
 
+def identity_from_names(root: Path, profile: ProfileConfig,
+                        sample: int = NAMES_SAMPLE) -> tuple[str, str] | None:
+    """(serial, officer number) from the clip names, through the profile's named groups
+    ``serial`` and ``officer`` (``<serial>_<officer>_<time>_<seq>``): the value most clips
+    carry. None when the pattern has no ``serial`` group or no clip name matches it."""
+    from ..ingest.scan import scan_recorder
+
+    rx = profile.regex
+    if "serial" not in rx.groupindex:
+        return None
+    scan = scan_recorder(root, profile, max_files=sample)
+    serials: Counter[str] = Counter()
+    officers: Counter[str] = Counter()
+    for e in scan.entries:
+        m = rx.match(e.rel_path.rsplit("/", 1)[-1])
+        if not m:
+            continue
+        serial = _printable(m.group("serial") or "")
+        if not serial:
+            continue
+        serials[serial] += 1
+        for key in ("officer", "officer_no"):
+            if key in rx.groupindex and m.group(key):
+                officers[_printable(m.group(key))] += 1
+                break
+    if not serials:
+        return None
+    if len(serials) > 1:
+        log.warning("recorder at %s: clip names carry %d serials %s; using the most common",
+                    root, len(serials), sorted(serials)[:5])
+    officer = officers.most_common(1)[0][0] if officers else ""
+    return serials.most_common(1)[0][0], officer
+
+
 def _require_aware(now: datetime) -> None:
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be a timezone-aware datetime")
@@ -171,7 +209,7 @@ class ProfileDriver:
     def match(self, root: Path, hints: Mapping[str, str]) -> int:
         path = find_info_file(root, self.profile.info_file)
         if path is None:
-            return 0
+            return self._match_names(root, hints)
         if not self.profile.match_models:
             return SCORE_INFO_FILE
         fields, _ = infofile.read_info(path, self.profile.info_encoding)
@@ -180,6 +218,19 @@ class ProfileDriver:
         if any(fnmatch.fnmatchcase(folded, p.casefold()) for p in self.profile.match_models):
             return SCORE_INFO_FILE + SCORE_MODEL_MATCH
         return 0
+
+    def _match_names(self, root: Path, hints: Mapping[str, str]) -> int:
+        """No info file: still this profile's recorder when its clip names say who it is (and
+        the udev model, if the profile names models, matches)."""
+        if self.profile.match_models:
+            model = hints.get("ID_MODEL", "").strip().casefold()
+            if not any(fnmatch.fnmatchcase(model, p.casefold())
+                       for p in self.profile.match_models):
+                return 0
+        try:
+            return SCORE_NAMES if identity_from_names(root, self.profile) else 0
+        except RecorderGone:
+            return 0
 
     def snapshot(self, root: Path, hints: Mapping[str, str], *, now: datetime) -> RecorderSnapshot:
         _require_aware(now)
@@ -205,10 +256,19 @@ class ProfileDriver:
         def get(key: str) -> str:
             return _printable(get_field(fields, key))
 
-        serial = get(infofile.KEY_SERIAL) or serial_from_hints(hints, root)
+        serial, officer_no = get(infofile.KEY_SERIAL), get(infofile.KEY_OFFICER_NO)
+        if not serial or not officer_no:
+            named = identity_from_names(root, self.profile)
+            if named:
+                log.info("recorder at %s: serial/officer taken from clip names (%s, %s)",
+                         root, named[0], named[1] or "?")
+                if not serial or serial == named[0]:  # never another recorder's officer
+                    officer_no = officer_no or named[1]
+                serial = serial or named[0]
+        serial = serial or serial_from_hints(hints, root)
         identity = RecorderIdentity(
             serial=serial,
-            officer_no=get(infofile.KEY_OFFICER_NO),
+            officer_no=officer_no,
             officer_name=get(infofile.KEY_OFFICER_NAME),
             unit_no=get(infofile.KEY_UNIT_NO),
             unit_name=get(infofile.KEY_UNIT_NAME),

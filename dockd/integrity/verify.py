@@ -35,7 +35,7 @@ import os
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -538,8 +538,10 @@ def _check_place(d: Path, prefix: str, manifest: dict[str, Any], warnings: list[
         ident = RecorderIdentity(serial=str(rec["serial"]), officer_no=str(rec["officer_no"]),
                                  unit_no=str(rec["unit_no"]))
         docked_at = datetime.fromisoformat(manifest["docking"]["docked_at"])
+        folder = (manifest.get("extra") or {}).get("date_folder")
         expected = docking_prefix(ident, docked_at, str(manifest["dock"]),
-                                  str(manifest["port"]), int(manifest["docking"]["id"]))
+                                  str(manifest["port"]), int(manifest["docking"]["id"]),
+                                  local_date=date.fromisoformat(folder) if folder else None)
     except (KeyError, TypeError, ValueError):
         warnings.append(f"{prefix}/{MANIFEST_NAME}: cannot work out where it belongs")
         return

@@ -22,10 +22,12 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from ..cli_text import tr
 from ..config import Config
 from ..devices import health
 from ..devices.health import HealthSample
 from ..state import State, parse_iso
+from .timefmt import local_time, zone_label, zone_of
 from .views import human_bytes, human_duration
 
 log = logging.getLogger(__name__)
@@ -210,8 +212,12 @@ def _json(text: str | None) -> Any:
 
 
 def _local(iso_text: str | None, tz: ZoneInfo) -> str:
-    dt = parse_iso(iso_text)
-    return dt.astimezone(tz).strftime("%Y-%m-%d %H:%M") if dt else "-"
+    """In the dock's zone; the zone is named once, in the table's title (see _zone_note)."""
+    return local_time(iso_text, tz, zone=False)
+
+
+def _zone_note(tz: ZoneInfo) -> str:
+    return tr("devices.zone", zone=zone_of(tz))
 
 
 def _offset(value: float | None) -> str:
@@ -220,13 +226,12 @@ def _offset(value: float | None) -> str:
 
 def _clock_line(dock: dict[str, Any] | None) -> Text:
     if dock is None:
-        return Text("dock clock: not checked", style="dim")
+        return Text(tr("clock.not_checked"), style="dim")
     if dock["ntp_synced"] is True:
-        return Text(f"dock clock: NTP-synchronised ({dock['detail']})", style="green")
+        return Text(tr("clock.synced", detail=dock["detail"]), style="green")
     if dock["ntp_synced"] is False:
-        return Text(f"dock clock: NOT NTP-synchronised ({dock['detail']}): recorder clock "
-                    "offsets may be wrong", style="bold red")
-    return Text(f"dock clock: NTP state unknown ({dock['detail']})", style="yellow")
+        return Text(tr("clock.not_synced", detail=dock["detail"]), style="bold red")
+    return Text(tr("clock.unknown", detail=dock["detail"]), style="yellow")
 
 
 def render_devices(data: dict[str, Any]) -> Group:
@@ -234,19 +239,19 @@ def render_devices(data: dict[str, Any]) -> Group:
     parts: list[Any] = [_clock_line(data["dock_clock"])]
     recs = data["recorders"]
     if not recs:
-        parts.append(Text("no recorder docked yet" if data["serial"] is None
-                          else f"no recorder {data['serial']}"))
+        parts.append(Text(tr("devices.none") if data["serial"] is None
+                          else tr("devices.no_such", serial=data["serial"])))
         return Group(*parts)
-    t = Table(title=f"recorders: {len(recs)}, not fit for the next shift: {data['unfit']}",
+    t = Table(title=tr("devices.title", n=len(recs), unfit=data["unfit"], zone=_zone_note(tz)),
               title_justify="left", box=box.SIMPLE, show_lines=True)
-    t.add_column("fit", no_wrap=True)
-    t.add_column("recorder", no_wrap=True)
-    t.add_column("officer / unit", ratio=1, overflow="fold")
-    t.add_column("batt.", justify="right", no_wrap=True)
-    t.add_column("storage", no_wrap=True)
-    t.add_column("clock", justify="right", no_wrap=True)
-    t.add_column("last docked", no_wrap=True)
-    t.add_column("pend.", justify="right", no_wrap=True)
+    t.add_column(tr("col.fit"), no_wrap=True)
+    t.add_column(tr("col.recorder"), no_wrap=True)
+    t.add_column(tr("col.officer_unit"), ratio=1, overflow="fold")
+    t.add_column(tr("col.batt"), justify="right", no_wrap=True)
+    t.add_column(tr("col.storage"), no_wrap=True)
+    t.add_column(tr("col.clock"), justify="right", no_wrap=True)
+    t.add_column(tr("col.last_docked"), no_wrap=True)
+    t.add_column(tr("col.pending"), justify="right", no_wrap=True)
     for r in recs:
         t.add_row(*_row_cells(r, tz))
     parts.append(t)
@@ -305,7 +310,7 @@ def _render_history(r: dict[str, Any], tz: ZoneInfo) -> list[Any]:
     ntp = {d["docking_id"]: (d["dock_clock"] or {}).get("ntp_synced")
            for d in r["docking_list"]}
     h = Table(title=f"{r['serial']}: health per reading (dock.: docking, NTP: the dock's clock "
-                    "then)", title_justify="left", box=box.SIMPLE)
+                    f"then; {_zone_note(tz)})", title_justify="left", box=box.SIMPLE)
     for col in ("read at", "dock.", "batt.", "free", "clips", "oldest", "fs", "clock", "NTP",
                 "fw"):
         h.add_column(col, no_wrap=True)
@@ -335,7 +340,7 @@ def _render_history(r: dict[str, Any], tz: ZoneInfo) -> list[Any]:
                                                                         "no data")))
     if r["clock_set"]:
         cs = r["clock_set"]
-        parts.append(Text(f"clock set by the dock at {_local(cs['ts'], tz)} to "
+        parts.append(Text(f"clock set by the dock at {local_time(cs['ts'], tz)} to "
                           f"{cs.get('new_time_local')} (was {_offset(cs.get('old_offset_s'))})",
                           style="yellow"))
     if r["clips"]:
@@ -351,7 +356,11 @@ def _render_history(r: dict[str, Any], tz: ZoneInfo) -> list[Any]:
 
 
 def _short(iso_text: str | None) -> str:
-    return iso_text[:19].replace("T", " ") if iso_text else "-"
+    """A time that carries its own offset (the recorder's spelling), with that zone shown."""
+    dt = parse_iso(iso_text) if iso_text else None
+    if dt is None or dt.tzinfo is None:
+        return iso_text[:19].replace("T", " ") if iso_text else "-"
+    return f"{dt:%Y-%m-%d %H:%M:%S} {zone_label(dt)}"
 
 
 # --------------------------------------------------------------------------- command line

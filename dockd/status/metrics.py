@@ -36,8 +36,8 @@ LEVELS = {"ok": 0, "warning": 1, "alarm": 2}
 
 METRIC_NAMES = (
     "dockd_up", "dockd_info", "dockd_scrape_ok", "dockd_scrape_duration_seconds",
-    "dockd_port_state", "dockd_port_bytes_copied", "dockd_port_bytes_total",
-    "dockd_port_clips_copied", "dockd_port_clips_total", "dockd_port_rate_bytes_per_second",
+    "dockd_port_state", "dockd_port_bytes_copied", "dockd_port_bytes_expected",
+    "dockd_port_clips_copied", "dockd_port_clips_expected", "dockd_port_rate_bytes_per_second",
     "dockd_port_attention",
     "dockd_clips", "dockd_queue_clips", "dockd_queue_bytes", "dockd_queue_oldest_age_seconds",
     "dockd_deadline_level", "dockd_deadline_remaining_seconds", "dockd_deadline_margin_seconds",
@@ -116,9 +116,9 @@ class DockdCollector(Collector):
                                labels=["port", "state"])
         fams = {k: GaugeMetricFamily(n, doc, labels=["port"]) for k, n, doc in (
             ("bytes_done", "dockd_port_bytes_copied", "Bytes copied in the current docking"),
-            ("bytes_total", "dockd_port_bytes_total", "Bytes to copy in the current docking"),
+            ("bytes_total", "dockd_port_bytes_expected", "Bytes to copy in the current docking"),
             ("clips_done", "dockd_port_clips_copied", "Clips copied in the current docking"),
-            ("clips_total", "dockd_port_clips_total", "Clips in the current docking"),
+            ("clips_total", "dockd_port_clips_expected", "Clips in the current docking"),
             ("rate_bps", "dockd_port_rate_bytes_per_second", "Current copy rate"))}
         attention = GaugeMetricFamily("dockd_port_attention",
                                       "1 when the port is in error", labels=["port"])

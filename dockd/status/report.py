@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import UTC, tzinfo
 from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from ..cli_text import tr
 from ..state import State
+from .timefmt import local_time, zone_of
 from .views import human_duration
 
 VERDICT_LABELS = {
@@ -113,40 +116,47 @@ def _identity(d: dict[str, Any]) -> list[dict[str, Any]]:
             str(f.get("kind", "")).startswith("identity_")]
 
 
-def render_report(data: dict[str, Any]) -> Group:
+def render_report(data: dict[str, Any], tz: tzinfo = UTC) -> Group:
+    """The timelines as tables; times in ``tz`` (the dock's zone), the zone in each title."""
     parts: list[Any] = []
+
+    def hms(iso_text: str | None) -> str:
+        return local_time(iso_text, tz, seconds=True, date=False, zone=False)
+
     for d in data["dockings"]:
         officer = " ".join(x for x in (d["officer_no"], d["officer_name"]) if x)
         offset = d["clock_offset_s"]
-        title = (f"docking {d['docking_id']}: recorder {d['serial']} ({officer}), {d['port']}, "
-                 f"docked {d['docked_at'][:16]}Z, clock "
-                 f"{f'{offset:+.1f} s' if offset is not None else 'unknown'}")
+        title = tr("report.title", docking=d["docking_id"], serial=d["serial"], officer=officer,
+                   port=d["port"], docked=local_time(d["docked_at"], tz),
+                   clock=f"{offset:+.1f} s" if offset is not None else tr("unknown"))
         lab = d.get("labels") or {}
         if not d["analyzed"]:
-            parts.append(Text(f"{title}: timeline not analysed yet ({d['state']})", style="dim"))
+            parts.append(Text(tr("report.not_analysed", title=title, state=d["state"]),
+                              style="dim"))
             continue
         t = Table(title=title, expand=False, title_justify="left")
-        t.add_column("from (UTC)", no_wrap=True)
-        t.add_column("to", no_wrap=True)
-        t.add_column("length", no_wrap=True)
-        t.add_column("what", no_wrap=True)
-        t.add_column("spoken note / reason", ratio=1, overflow="fold")
+        t.add_column(tr("report.from", zone=zone_of(tz).split(", ")[-1]), no_wrap=True)
+        t.add_column(tr("report.to"), no_wrap=True)
+        t.add_column(tr("report.length"), no_wrap=True)
+        t.add_column(tr("report.what"), no_wrap=True)
+        t.add_column(tr("report.note"), ratio=1, overflow="fold")
         events: list[tuple[str, list[Any]]] = []
         for i, s in enumerate(d["sessions"], 1):
             for r in s["runs"]:
-                events.append((r["start"], [r["start"][11:19], r["end"][11:19],
+                events.append((r["start"], [hms(r["start"]), hms(r["end"]),
                                             human_duration(r["length_s"]),
-                                            f"S{i} recording ({len(r['clips'])} seg.)",
+                                            tr("report.recording", i=i, n=len(r["clips"])),
                                             ""]))
         for g in d["gaps"]:
             if g["kind"] == "session_break":
-                events.append((g["start"], [g["start"][11:19], g["end"][11:19],
+                events.append((g["start"], [hms(g["start"]), hms(g["end"]),
                                             human_duration(g["length_s"]),
-                                            Text("new session", style="dim"),
-                                            Text("place/time changed: no note needed",
+                                            Text(tr("report.new_session"), style="dim"),
+                                            Text(tr("report.no_note_needed"),
                                                  style="dim")]))
                 continue
-            label = VERDICT_LABELS.get(g["verdict"], g["verdict"])
+            label = (tr(f"verdict.{g['verdict']}") if g["verdict"] in VERDICT_LABELS
+                     else g["verdict"])
             note = label
             if g["reason"]:
                 note += f": {g['reason']}"
@@ -155,17 +165,17 @@ def render_report(data: dict[str, Any]) -> Group:
             if g.get("review"):
                 note += f" (review: {'; '.join(g['review'])})"
             style = "green" if not g["needs_review"] else "bold red"
-            events.append((g["start"], [g["start"][11:19], g["end"][11:19],
+            events.append((g["start"], [hms(g["start"]), hms(g["end"]),
                                         human_duration(g["length_s"]),
-                                        Text("GAP", style="bold"),
+                                        Text(tr("report.gap"), style="bold"),
                                         Text(note + ("" if not g["needs_review"]
-                                                     else "  -> supervisor review"),
+                                                     else tr("report.review")),
                                              style=style)]))
         for _, row in sorted(events, key=lambda e: e[0]):
             t.add_row(*row)
         parts.append(t)
         if d["needs_review"]:
-            parts.append(Text(f"  {d['needs_review']} gap(s) need the supervisor's review",
+            parts.append(Text(tr("report.need_review", n=d["needs_review"]),
                               style="bold red"))
         if lab.get("docking"):
             parts.append(Text(f"  labels: {_label_text(lab['docking'])}", style="cyan"))
@@ -173,7 +183,8 @@ def render_report(data: dict[str, Any]) -> Group:
             parts.append(Text(f"  label {name}: {_label_text(cl)}", style="cyan"))
         other = [f for f in d["findings"] if not f["kind"].startswith("interruption")]
         for f in other:
-            parts.append(Text(f"  finding: {f['kind']}: {f['message']}", style="yellow"))
+            parts.append(Text(tr("report.finding", kind=f["kind"], message=f["message"]),
+                              style="yellow"))
     if not parts:
-        parts.append(Text("no dockings"))
+        parts.append(Text(tr("report.none")))
     return Group(*parts)

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
@@ -26,6 +26,7 @@ from rich.text import Text
 
 from ..config import Config
 from ..state import State, utcnow
+from .timefmt import local_time
 from .views import human_bytes, human_duration
 from .web_data import api_queue, disk_data, kiosk_ports
 
@@ -43,7 +44,7 @@ STATE_WORD = {"empty": "empty", "identifying": "identifying", "copying": "copyin
 def top_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
     """Everything one frame shows (plain data)."""
     q = api_queue(state, cfg, now)
-    return {"dock": cfg.dock.id, "now": now, "ports": kiosk_ports(state, cfg), "queue": q,
+    return {"dock": cfg.dock.id, "now": now, "tz": cfg.tz, "ports": kiosk_ports(state, cfg), "queue": q,
             "disk": q["disk"] if "disk" in q else disk_data(cfg)}
 
 
@@ -84,7 +85,7 @@ def render_top(data: dict[str, Any], *, height: int = 24) -> RenderableType:
     level = q["level"]
     head = Text.assemble(
         ("dockd top ", "bold"), (f"{data['dock']}  ", "bold cyan"),
-        (data["now"].strftime("%H:%M:%SZ "), ""),
+        (local_time(data["now"], data.get("tz") or UTC, seconds=True, date=False) + " ", ""),
         (f" {level.upper()} ", LEVEL_STYLE.get(level, "")),
         (f"  staging {human_bytes(disk['free'])} free"
          + (f" ({disk['free_percent']:.0f}%)" if disk["free_percent"] is not None else ""),

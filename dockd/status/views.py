@@ -6,14 +6,16 @@ rich tables for the terminal. Nothing here writes.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from ..cli_text import tr
 from ..state import State, parse_iso
+from .timefmt import local_time
 
 PORT_LABELS = {
     "empty": "empty",
@@ -120,21 +122,25 @@ def _state_style(state: str) -> str:
             "identifying": "cyan", "error": "bold red", "empty": "dim"}.get(state, "")
 
 
-def render_status(data: dict[str, Any], *, show_empty: bool = True, width: int = 120) -> Group:
-    """Rich tables for the terminal; below 110 columns a compact port table is used."""
+def render_status(data: dict[str, Any], *, show_empty: bool = True, width: int = 120,
+                  tz: tzinfo = UTC) -> Group:
+    """Rich tables for the terminal; below 110 columns a compact port table is used. Times
+    are shown in ``tz`` (the dock's zone) with the zone named."""
     compact = width < 110
-    ports = Table(title=f"dock {data['dock']} - ports", expand=False)
+    ports = Table(title=tr("status.ports", dock=data["dock"]), expand=False)
     cols = (("port", "recorder", "state", "copied", "delivered") if compact
-            else ("port", "recorder", "officer", "state", "clips", "bytes", "rate", "ETA",
+            else ("port", "recorder", "officer", "state", "clips", "bytes", "rate", "eta",
                   "delivered", "note"))
     for col in cols:
-        ports.add_column(col, no_wrap=col in ("port", "recorder", "copied", "delivered"),
+        ports.add_column(tr(f"col.{col}"),
+                         no_wrap=col in ("port", "recorder", "copied", "delivered"),
                          overflow="fold" if col in ("note", "state") else "ellipsis")
     for p in data["ports"]:
         if not show_empty and p["state"] == "empty":
             continue
         deliv = p["delivered"]
-        state = Text(p["label"], style=_state_style(p["state"]))
+        label = tr(f"port.{p['state']}") if p["state"] in PORT_LABELS else p["label"]
+        state = Text(label, style=_state_style(p["state"]))
         note = Text(p["error"] or p["message"] or "", style="red" if p["error"] else "")
         delivered = f"{deliv['done']}/{deliv['total']}" if deliv else "-"
         if compact:
@@ -156,22 +162,22 @@ def render_status(data: dict[str, Any], *, show_empty: bool = True, width: int =
             f"{human_bytes(p['rate_bps'])}/s" if p["rate_bps"] else "-",
             human_duration(p["eta_s"]), delivered, note)
     backlog = data["backlog"]
-    bl = Table(title=f"backlog: {backlog['clips']} clip(s), {human_bytes(backlog['bytes'])} "
-                     "not yet delivered", expand=False)
+    bl = Table(title=tr("status.backlog", clips=backlog["clips"],
+                        size=human_bytes(backlog["bytes"])), expand=False)
     for col in ("docking", "recorder", "port", "clips", "bytes", "states", "deadline", "left"):
-        bl.add_column(col)
+        bl.add_column(tr(f"col.{col}"))
     for d in backlog["dockings"]:
         bl.add_row(str(d["docking_id"]), d["serial"], d["port"], str(d["clips"]),
-                   human_bytes(d["bytes"]), ",".join(d["states"]), d["deadline_at"] or "-",
+                   human_bytes(d["bytes"]), ",".join(d["states"]),
+                   local_time(d["deadline_at"], tz),
                    Text(human_duration(d["remaining_s"]),
                         style="bold red" if d["overdue"] else ""))
     parts: list[Any] = [ports, bl if backlog["dockings"] else
-                        Text("backlog: empty - everything docked is delivered and verified",
-                             style="green")]
+                        Text(tr("status.backlog_empty"), style="green")]
     if backlog["delivery_errors"]:
-        errs = Table(title="delivery errors", expand=False)
+        errs = Table(title=tr("status.errors"), expand=False)
         for col in ("clip", "target", "attempts", "state", "error"):
-            errs.add_column(col)
+            errs.add_column(tr(f"col.{col}"))
         for e in backlog["delivery_errors"]:
             errs.add_row(str(e["clip_id"]), e["target"], str(e["attempts"]), e["state"],
                          Text(e["last_error"] or "", style="red"))

@@ -205,7 +205,7 @@ def create_app(cfg: Config, state_path: Path | str, *,
             lang = i18n.pick_language(request.query_params.get("lang"), default_lang)
             text = i18n.catalog(lang)
             conf: dict[str, Any] = {"lang": lang, "view": view, "dock": cfg.dock.id, "dock_name": cfg.dock.name,
-                    "poll_ms": _poll_ms(request), "t": text}
+                    "poll_ms": _poll_ms(request), "t": text, "tz": cfg.dock.timezone}
             blob = json.dumps(conf, ensure_ascii=False).replace("<", "\\u003c")
             html = (template.replace("{{html_lang}}", text["html_lang"])
                     .replace("{{title}}", text[f"title.{view}"])
@@ -260,12 +260,16 @@ def _bind(host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, addr = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(addr)
-        sock.listen(64)
-        sock.set_inheritable(True)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(addr)
+            sock.listen(64)
+            sock.set_inheritable(True)
+        except OSError:
+            sock.close()
+            raise
         return sock
     except OSError as exc:
         if sock is not None:  # e.g. the port is taken: do not leak the socket

@@ -187,6 +187,12 @@ def _from_devices(r: dict[str, Any]) -> dict[str, Any]:
                             "value": _check_value(name, check)})
         elif check.get("status") == "charging":
             reasons.append({"code": "charging", "value": _check_value(name, check)})
+    note_codes = [{"code": f"{check.get('status')}", "check": name,
+                   "value": _check_value(name, check)}
+                  for name, check in (v.get("checks") or {}).items()
+                  if check.get("status") in ("unknown", "charging", "corrected")]
+    if any("NTP" in str(n) for n in v.get("notes") or []):
+        note_codes.append({"code": "dock_not_ntp", "check": "clock", "value": None})
     label = v.get("label") or ("fit" if v.get("fit") else "unfit")
     return {
         "serial": r["serial"], "officer_no": r.get("officer_no") or None,
@@ -200,7 +206,7 @@ def _from_devices(r: dict[str, Any]) -> dict[str, Any]:
         "registered": bool((r.get("officer_no") or "").strip()),
         "fit": None if label in ("fit?", "unknown") else bool(v.get("fit")), "label": label,
         "reasons": reasons, "notes": [str(n) for n in v.get("notes") or []],
-        "verdict_source": "verdict",
+        "note_codes": note_codes, "verdict_source": "verdict",
     }
 
 
@@ -218,6 +224,7 @@ def fleet_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
             rv = recorder_view(row, cfg.health)
             rv["label"] = {True: "fit", False: "unfit", None: "unknown"}[rv["fit"]]
             rv["notes"] = []
+            rv["note_codes"] = []
             recs.append(rv)
     order = {"unfit": 0, "charging": 1, "fit?": 2, "unknown": 2, "fit": 3}
     recs.sort(key=lambda r: (order.get(r["label"], 2), r["serial"]))
@@ -276,6 +283,27 @@ def _display(port: dict[str, Any]) -> tuple[str, int | None]:
     return (st if st in DISPLAY_STATES else "error"), None
 
 
+# what went wrong on a port, as a code the pages translate (the text is the daemon's, English)
+PORT_ERROR_REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("stopped", ("stopped", "stop requested", "shutting down", "shutdown")),
+    ("removed", ("removed", "is gone", "unplugged", "no such device", "no such file")),
+    ("disk_full", ("no space", "enospc", "disk full", "min_free", "staging disk")),
+    ("io_error", ("i/o error", "input/output", "eio")),
+    ("mount_failed", ("mount",)),
+    ("permission", ("permission", "not permitted", "eacces", "eperm")),
+    ("timeout", ("timed out", "timeout")),
+)
+
+
+def port_error_reason(text: str | None) -> str:
+    """The kind of a port's error (``stopped``, ``removed``, ``disk_full``, ...; ``other``)."""
+    low = (text or "").lower()
+    for code, needles in PORT_ERROR_REASONS:
+        if any(n in low for n in needles):
+            return code
+    return "other"
+
+
 def docking_problems(state: State, docking_id: int) -> list[dict[str, Any]]:
     """What the officer of this docking must be told (gaps needing review, errors found)."""
     data = report_data(state, docking_id=docking_id, limit=1)["dockings"]
@@ -321,8 +349,9 @@ def kiosk_ports(state: State, cfg: Config) -> list[dict[str, Any]]:
         display, percent = _display(p)
         problems: list[dict[str, Any]] = []
         if p["state"] == "error" or p["error"]:
+            detail = p["error"] or p["message"] or ""
             problems.append({"code": "port_error", "severity": ALERT, "count": 1,
-                             "detail": p["error"] or p["message"] or ""})
+                             "reason": port_error_reason(detail), "detail": detail})
         if p["serial"] and p["state"] != "identifying" and not is_registered(rec):
             problems.append({"code": "not_registered", "severity": ALERT, "count": 1,
                              "detail": p["serial"]})

@@ -58,7 +58,11 @@ def _schemas() -> dict[str, S]:
     problem = _obj({"code": {"type": "string", "enum": [
         "not_registered", "gap_no_note", "gap_review", "port_error", "finding_error"]},
         "severity": {"type": "string", "enum": ["alert", "notice"]}, "count": INT,
-        "detail": NSTR}, description="Something the officer must be told (red tile).")
+        "detail": NSTR}, {"reason": {"type": "string", "enum": [
+            "stopped", "removed", "disk_full", "io_error", "mount_failed", "permission",
+            "timeout", "other"], "description": "port_error only: what kind of error "
+                                                "(`detail` is the daemon's English text)"}},
+        description="Something the officer must be told (red tile).")
     reason = _obj({"code": STR}, {"value": NSTR})
     disk = _obj({"path": STR, "total": NINT, "used": NINT, "free": NINT,
                  "free_percent": NNUM, "min_free": INT, "low": NBOOL},
@@ -71,7 +75,11 @@ def _schemas() -> dict[str, S]:
     alert = _obj({"ts": STR, "level": STR, "kind": STR, "subject": STR, "message": NSTR})
     forecast = _obj({"docking_id": INT, "serial": STR, "port": STR, "deadline_at": STR,
                      "remaining_s": NUM, "eta": NSTR, "margin_s": NNUM, "bytes_left": INT,
-                     "clips_left": INT, "level": LEVEL, "reasons": _arr(STR)})
+                     "clips_left": INT, "level": LEVEL, "reasons": _arr(STR)},
+                    {"reason_codes": _arr(_obj({"code": {"type": "string", "enum": [
+                        "missed", "failed", "late", "waiting"]}}, {
+                        "deadline": STR, "clips": INT, "count": INT, "eta": STR,
+                        "margin_h": NUM, "hours": NUM, "warn_h": NUM}))})
     target = _obj({"required": BOOL, "throughput_bps": NNUM, "clips_left": INT,
                    "bytes_left": INT})
     who = {"docking_id": INT, "serial": STR, "port": STR, "officer_no": NSTR,
@@ -107,6 +115,9 @@ def _schemas() -> dict[str, S]:
             "registered": BOOL, "fit": NBOOL, "reasons": _arr(_ref("Reason")),
             "label": {"type": "string", "enum": ["fit", "unfit", "charging", "fit?", "unknown"]},
             "notes": _arr(STR),
+            "note_codes": _arr(_obj({"code": {"type": "string", "enum": [
+                "unknown", "charging", "corrected", "dock_not_ntp"]}, "check": STR},
+                {"value": NSTR})),
             "verdict_source": {"type": "string", "enum": ["verdict", "thresholds"]}},
             description="`fit` null: not enough readings to decide (`label` fit? or unknown)."),
         "Recorders": _obj({

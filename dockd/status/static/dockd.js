@@ -35,11 +35,22 @@
     return sign + (h ? h + "h" + String(m).padStart(2, "0") + "m"
                      : m + "m" + String(sec).padStart(2, "0") + "s");
   }
+  /* every time shown in the dock's time zone (conf.tz), with the zone named; the API
+     carries UTC ISO times */
+  var LOCALE = lang === "zh" ? "zh-CN" : "en-GB";
+  function fmt(opts) {
+    var o = Object.assign({ hour12: false }, opts);
+    try { return new Intl.DateTimeFormat(LOCALE, Object.assign({ timeZone: conf.tz }, o)); }
+    catch (e) { return new Intl.DateTimeFormat(LOCALE, o); }  // unknown zone: the browser's
+  }
+  var WHEN = fmt({ year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+                   minute: "2-digit", timeZoneName: "short" });
+  var CLOCK = fmt({ hour: "2-digit", minute: "2-digit", second: "2-digit",
+                    timeZoneName: "short" });
   function when(iso) {
     if (!iso) { return "–"; }
     var d = new Date(iso);
-    return isNaN(d) ? iso : d.toLocaleString(lang === "zh" ? "zh-CN" : "en-GB",
-                                             { hour12: false });
+    return isNaN(d) ? iso : WHEN.format(d);
   }
   function withLang(path, l) {
     var q = new URLSearchParams(window.location.search);
@@ -85,10 +96,8 @@
     sw.textContent = t("lang.switch");
     sw.href = withLang(window.location.pathname, t("lang.other"));
     var clock = document.getElementById("clock");
-    function tick() {
-      clock.textContent = new Date().toLocaleTimeString(lang === "zh" ? "zh-CN" : "en-GB",
-                                                        { hour12: false });
-    }
+    clock.title = t("time_zone", { zone: conf.tz });
+    function tick() { clock.textContent = CLOCK.format(new Date()); }
     tick();
     setInterval(tick, 1000);
   }
@@ -96,11 +105,17 @@
   /* ------------------------------------------------------------------ kiosk */
   function bigText(p) {
     if (p.display === "copying") { return t("display.copying", { percent: p.percent || 0 }); }
+    // a finding for the supervisor never hides that the recorder may be unplugged: said once
+    if (p.display === "done" && p.attention) { return t("display.done_attention"); }
     return t("display." + p.display);
   }
   function problemText(pr) {
-    return t("problem." + pr.code, { detail: pr.detail || "" }) +
-      (pr.count > 1 ? " ×" + pr.count : "");
+    var detail = pr.detail || "";
+    if (pr.code === "port_error") { detail = t("port_error." + (pr.reason || "other")); }
+    // findings are described by the daemon in English: the Chinese tile counts them, the
+    // report (and the tile's tooltip) has the words
+    if (pr.code === "finding_error" && lang !== "en") { detail = ""; }
+    return t("problem." + pr.code, { detail: detail }) + (pr.count > 1 ? " ×" + pr.count : "");
   }
   function tile(p) {
     var d = el("section", "tile d-" + p.display + (p.attention ? " attention" : ""));
@@ -123,11 +138,19 @@
       var bits = [t("clips", { done: p.clips_done, total: p.clips_total })];
       if (p.eta_s !== null && p.eta_s !== undefined) { bits.push(t("eta", { eta: dur(p.eta_s) })); }
       d.appendChild(el("div", "meta", bits.join(" · ")));
-    } else if (p.delivered && p.display !== "empty") {
-      d.appendChild(el("div", "meta", t("delivered", p.delivered)));
+    }
+    (p.problems || []).forEach(function (pr) {
+      var line = el("div", "problem p-" + pr.code, problemText(pr));
+      if (pr.detail) { line.title = pr.detail; }
+      d.appendChild(line);
+    });
+    if (p.attention && p.display !== "done") { d.appendChild(el("div", "meta", t("attention"))); }
+    if (p.delivered && p.display !== "empty" && p.display !== "copying") {
+      var dv = p.delivered, pending = dv.done < dv.total && p.display === "done";
+      d.appendChild(el("div", "meta delivered", t(pending ? "delivered.pending" : "delivered", dv)));
     }
     if (p.serial) {
-      var meta = el("div", "meta");
+      var meta = el("div", "meta health");
       if (p.battery_percent !== null && p.battery_percent !== undefined) {
         meta.appendChild(el("span", p.fit === false ? "battery-low" : null,
                             t("battery", { value: Math.round(p.battery_percent) })));
@@ -139,22 +162,51 @@
       }
       d.appendChild(meta);
     }
-    (p.problems || []).forEach(function (pr) {
-      d.appendChild(el("div", "problem p-" + pr.code, problemText(pr)));
-    });
-    if (p.attention) { d.appendChild(el("div", "meta", t("attention"))); }
     return d;
   }
+  /* the grid that gives the largest text with every tile on screen: for c columns and
+     r = ceil(n / c) rows, the font is bounded by the tile's height (~11 lines) and width
+     (~17 characters); ties keep fewer columns */
+  function fitTiles(grid, n) {
+    var W = grid.clientWidth, H = grid.clientHeight;
+    if (!n || !W || !H) { return; }
+    var best = null;
+    for (var c = 1; c <= n; c += 1) {
+      var r = Math.ceil(n / c);
+      var font = Math.min(H / r / 11, W / c / 17);
+      if (!best || font > best.font + 0.01) { best = { c: c, r: r, font: font }; }
+    }
+    var f = Math.max(6, Math.min(20, best.font));
+    var gap = Math.max(3, Math.round(f * 0.5));
+    var rowH = Math.floor((H - gap * (best.r - 1)) / best.r);
+    rowH = Math.min(rowH, Math.round(f * 13));
+    grid.style.gap = gap + "px";
+    grid.style.gridTemplateColumns = "repeat(" + best.c + ", minmax(0, 1fr))";
+    grid.style.gridTemplateRows = "repeat(" + best.r + ", " + rowH + "px)";
+    grid.style.fontSize = f.toFixed(1) + "px";
+    grid.classList.toggle("compact", f < 12);
+    grid.dataset.cols = String(best.c);
+  }
+  var lastPorts = null;
   function kiosk(main) {
     return getJSON("/api/ports").then(function (data) {
       var grid = el("div", "tiles");
       data.ports.forEach(function (p) { grid.appendChild(tile(p)); });
       main.replaceChildren(grid);
+      lastPorts = data.ports.length;
+      fitTiles(grid, lastPorts);
     });
   }
+  window.addEventListener("resize", function () {
+    var grid = document.querySelector("#main .tiles");
+    if (grid && lastPorts) { fitTiles(grid, lastPorts); }
+  });
 
   /* ------------------------------------------------------------------ fleet */
   function reasonText(r) { return t("reason." + r.code, { value: r.value || "" }); }
+  function noteText(n) {
+    return t("note." + n.code, { what: t("check." + n.check), value: n.value || "" });
+  }
   function fleet(main) {
     return getJSON("/api/recorders").then(function (data) {
       var th = data.thresholds;
@@ -173,7 +225,8 @@
           r.clock_offset_s === null ? "–" : (r.clock_offset_s >= 0 ? "+" : "") +
             r.clock_offset_s.toFixed(1) + " s",
           r.firmware || "–", when(r.last_seen),
-          ((r.reasons || []).length ? r.reasons.map(reasonText) : (r.notes || [])).join("; ")],
+          ((r.reasons || []).length ? r.reasons.map(reasonText)
+                                    : (r.note_codes || []).map(noteText)).join("; ")],
           r.fit === false ? "unfit" : "");
         tr.firstChild.className = "status" + (r.fit ? " fit" : "");
         tr.dataset.serial = r.serial;
@@ -198,6 +251,23 @@
 
   /* ------------------------------------------------------------------ IT */
   function levelSpan(level) { return el("span", "level-" + level, t("level." + level)); }
+  function deadlineReason(rc) {
+    var v = Object.assign({}, rc);
+    if (v.deadline) { v.deadline = when(v.deadline); }
+    if (v.eta) { v.eta = when(v.eta); }
+    return t("dreason." + rc.code, v);
+  }
+  function alertText(a, q) {
+    // deadline alerts: the docking's reasons, translated; others: the daemon's detail
+    var m = /^docking\/(\d+)$/.exec(a.subject || "");
+    if (a.kind === "deadline" && m) {
+      var d = q.dockings.filter(function (x) { return String(x.docking_id) === m[1]; })[0];
+      if (d && (d.reason_codes || []).length) {
+        return d.reason_codes.map(deadlineReason).join("; ");
+      }
+    }
+    return a.message ? t("detail", { detail: a.message }) : "";
+  }
   function it(main) {
     return getJSON("/api/queue").then(function (q) {
       var parts = [];
@@ -215,8 +285,8 @@
                     (dk.low ? " " + t("it.disk_low") : ""));
       cards.appendChild(disk);
       var states = Object.keys(q.clips_by_state).map(function (k) {
-        return k + " " + q.clips_by_state[k];
-      }).join(", ");
+        return t("clipstate." + k) + " " + q.clips_by_state[k];
+      }).join(lang === "zh" ? "，" : ", ");
       cards.appendChild(el("div", "card", t("it.clips_by_state", { states: states || "–" })));
       parts.push(cards);
 
@@ -228,7 +298,8 @@
           q.dockings.map(function (d) {
             var lvl = el("span");
             lvl.appendChild(levelSpan(d.level));
-            if (d.reasons.length) { lvl.appendChild(el("div", "hint", d.reasons.join("; "))); }
+            var rs = (d.reason_codes || []).map(deadlineReason);
+            if (rs.length) { lvl.appendChild(el("div", "hint", rs.join("; "))); }
             return row([d.docking_id, d.serial, d.port, d.clips_left, bytes(d.bytes_left),
                         when(d.deadline_at), dur(d.remaining_s), d.eta ? when(d.eta) : "–", lvl]);
           })));
@@ -246,7 +317,10 @@
       else {
         parts.push(table(["col.time", "col.level", "col.kind", "col.subject", "col.message"],
           q.alerts.map(function (a) {
-            return row([when(a.ts), levelSpan(a.level), a.kind, a.subject, a.message || ""]);
+            var kind = t("alertkind." + a.kind);
+            return row([when(a.ts), levelSpan(a.level),
+                        kind === "alertkind." + a.kind ? a.kind : kind, a.subject,
+                        alertText(a, q)]);
           })));
       }
       main.replaceChildren.apply(main, parts);
@@ -264,8 +338,7 @@
     function tick() {
       views[conf.view](main).then(function () {
         offline.hidden = true;
-        updated.textContent = t("updated", { time: new Date().toLocaleTimeString(
-          lang === "zh" ? "zh-CN" : "en-GB", { hour12: false }) });
+        updated.textContent = t("updated", { time: CLOCK.format(new Date()) });
         document.body.dataset.loaded = "1";
       }).catch(function () {
         offline.hidden = false;
