@@ -23,7 +23,7 @@ def test_clip_recorded_after_local_midnight_lands_under_its_local_date(workdir, 
     manifest = json.loads((workdir / "target" / prefix / "manifest.json").read_text())
     assert manifest["extra"]["date_folder"] == "2026-12-01"
     assert manifest["docking"]["docked_at"].endswith("+00:00")  # UTC kept in the data
-    v = run_dockd("verify", str(workdir / "target"))
+    v = run_dockd("verify", str(workdir / "target"), "--workdir", str(workdir))
     assert v.returncode == 0 and "belongs under" not in v.stdout, v.stdout
 
 
