@@ -290,7 +290,7 @@ class SftpTarget:
         except (OSError, asyncssh.KeyImportError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "encrypted or not a key"
             raise DeliveryError(f"{self.name}: cannot load the private key file "
-                                f"{self.key_file} ({reason})", retry=False) from exc
+                                f"{self.key_file} ({reason})", target_state=True) from exc
 
     async def _disconnect(self) -> None:
         conn, self._conn, self._sftp = self._conn, None, None

@@ -38,9 +38,11 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
            + "ORDER BY d.id DESC LIMIT ?")
     out = []
     for d in state.query(sql, (*params, limit)):
+        # a gap may start at a clip of an earlier docking of the same recorder (R1 spans
+        # dockings): names come from the recorder's clips
         clips = {c["id"]: c for c in state.query(
-            "SELECT id, safe_name, start_utc, duration_s, state FROM clips WHERE docking_id = ?",
-            (d["id"],))}
+            "SELECT id, docking_id, safe_name, start_utc, duration_s, state FROM clips "
+            "WHERE serial = ?", (d["serial"],))}
         cont = json.loads(d["continuity"]) if d.get("continuity") else None
         gaps = []
         for g in state.query("SELECT * FROM gaps WHERE docking_id = ? ORDER BY start",
@@ -57,7 +59,10 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
             })
         sessions = []
         if cont:
+            own = {c for c, row in clips.items() if row["docking_id"] == d["id"]}
             for s in cont["timeline"].get("sessions", []):
+                if not any(c in own for r in s.get("runs", []) for c in r["clips"]):
+                    continue  # recorded before this docking: in the earlier docking's report
                 sessions.append({
                     "start": s.get("start"), "end": s.get("end"),
                     "runs": [{"start": r["start"], "end": r["end"], "length_s": r["length_s"],
@@ -73,8 +78,20 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
             "sessions": sessions, "gaps": gaps,
             "needs_review": sum(g["needs_review"] for g in gaps),
             "findings": cont.get("findings", []) if cont else [],
+            "incomplete": _incomplete(d),
         })
     return {"dockings": out}
+
+
+def _incomplete(d: dict[str, Any]) -> dict[str, Any] | None:
+    """Clips left on the recorder when this docking closed; ``open`` until the recorder is
+    re-docked (``resolved_by``) or someone acknowledged it (``acked_at``)."""
+    if not d.get("incomplete"):
+        return None
+    return {"uncopied": d["incomplete"], "resolved_by": d.get("resolved_by"),
+            "acked_at": d.get("acked_at"), "acked_by": d.get("acked_by"),
+            "open": not d.get("resolved_by") and not d.get("acked_at"),
+            "why": d.get("error")}
 
 
 def render_report(data: dict[str, Any]) -> Group:
@@ -85,6 +102,14 @@ def render_report(data: dict[str, Any]) -> Group:
         title = (f"docking {d['docking_id']}: recorder {d['serial']} ({officer}), {d['port']}, "
                  f"docked {d['docked_at'][:16]}Z, clock "
                  f"{f'{offset:+.1f} s' if offset is not None else 'unknown'}")
+        inc = d.get("incomplete")
+        if inc:
+            state = ("OPEN - plug the recorder back in, or `dockd ack`" if inc["open"] else
+                     f"re-docked (docking {inc['resolved_by']})" if inc["resolved_by"] else
+                     f"acknowledged {inc['acked_at'][:16]}Z")
+            parts.append(Text(f"docking {d['docking_id']}: COPY INCOMPLETE, {inc['uncopied']} "
+                              f"clip(s) left on the recorder: {state}",
+                              style="bold yellow" if inc["open"] else "yellow"))
         if not d["analyzed"]:
             parts.append(Text(f"{title}: timeline not analysed yet ({d['state']})", style="dim"))
             continue
