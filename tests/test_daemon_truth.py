@@ -245,9 +245,10 @@ def test_ready_and_watchdog_while_the_backlog_is_slow(workdir, make_recorder, tm
     tools = (f'[tools]\nexiftool = "{_blocking_tool(tmp_path / "exiftool", "exiftool", flag)}"'
              f'\nffprobe = "{_blocking_tool(tmp_path / "ffprobe", "ffprobe", flag)}"\n')
     config, cfg = _setup(workdir, tools)
-    r1 = make_recorder(cfg, dest=workdir / "ports" / ".incoming" / "r1", segments=2,
+    # built with the real tools (cfg's are the blocking wrappers)
+    r1 = make_recorder(dest=workdir / "ports" / ".incoming" / "r1", segments=2,
                        serial="C0000001")
-    r2 = make_recorder(cfg, dest=workdir / "ports" / ".incoming" / "r2", segments=8,
+    r2 = make_recorder(dest=workdir / "ports" / ".incoming" / "r2", segments=8,
                        target_size=BIG * 2, serial="C0000002")
     log = tmp_path / "daemon.log"
     d = Dockd(workdir, config, log).start()

@@ -264,7 +264,7 @@ class SftpTarget:
             if not Path(self.known_hosts).is_file():
                 raise DeliveryError(f"{self.name}: known_hosts file {self.known_hosts} does not "
                                     "exist; refusing to connect without host-key checking",
-                                    retry=False)
+                                    target_state=True)
             client_key = self._load_key()
             try:
                 self._conn = await asyncssh.connect(
