@@ -328,3 +328,52 @@ def test_target_not_a_directory_is_retried_and_the_alarm_clears(workdir, make_re
         assert d.stop() == 0
     finally:
         d.ensure_dead()
+
+
+def test_stop_while_a_slow_recorder_is_read_is_not_an_unplug(workdir, make_recorder,
+                                                              monkeypatch):
+    """#10 defect 5 deterministically: a recorder slow to answer (USB 2.0, a busy card) is
+    still being read when dockd stops. The stop must not be recorded as a removal: no
+    partial manifest, the docking resumes after the restart."""
+    import dataclasses
+    import threading
+
+    import dockd.pipeline as pipeline_mod
+    from dockd.config import for_workdir
+    from dockd.daemon import Daemon
+    from dockd.integrity.keys import generate_key
+    from dockd.state import State
+
+    cfg = for_workdir(workdir)
+    cfg = dataclasses.replace(cfg, offload=dataclasses.replace(cfg.offload, settle_seconds=0.3),
+                              web=dataclasses.replace(cfg.web, enabled=False))
+    generate_key(cfg.paths.key_file, cfg.paths.public_key_file)
+    rec = make_recorder(cfg, dest=workdir / "ports" / ".incoming" / "r1", segments=4)
+    real_copy = pipeline_mod.copy_clip
+    opened = threading.Event()
+
+    def slow_copy(*args, **kw):
+        opened.set()
+        time.sleep(2.0)  # the device takes a while to answer the first read
+        return real_copy(*args, **kw)
+
+    monkeypatch.setattr(pipeline_mod, "copy_clip", slow_copy)
+    state = State(cfg.paths.database)
+    daemon = Daemon(cfg, state=state, install_signals=False)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        assert daemon.ready.wait(30)
+        plug(rec, cfg.paths.ports_dir, 1)
+        assert opened.wait(30)
+        daemon.request_stop()
+        thread.join(60)
+        assert not thread.is_alive()
+        dockings = state.query("SELECT state, error FROM dockings")
+        assert [d["state"] for d in dockings] == ["offloading"], dockings
+        assert state.query("SELECT 1 FROM manifests") == []
+        assert state.query("SELECT 1 FROM audit WHERE action = 'undocked'") == []
+    finally:
+        daemon.request_stop()
+        thread.join(60)
+        state.close()
