@@ -120,6 +120,8 @@ class Daemon:
         """Probing, spoken-note checks and signing outside the supervisor loop (one worker:
         the supervisor only supervises, so the watchdog is never starved)."""
         self._resuming: Future[Any] | None = None
+        self.redocked: set[str] = set()
+        """Ports docked again while the job of the previous recorder there still ran."""
         self.source: Any
         if cfg.devices.source == "udev":
             from .devices.udev import UdevSource
@@ -246,6 +248,7 @@ class Daemon:
             log.info("port %s: recorder removed", ev.port)
             self.docked.pop(ev.port, None)
             self.retry_at.pop(ev.port, None)
+            self.redocked.discard(ev.port)
             # the tile first (a "plug it back in" tile stays), then the docking is closed
             tiles.port_emptied(self.state, ev.port)
             self.pipeline.undocked(ev.port)
@@ -257,6 +260,8 @@ class Daemon:
 
     def _submit(self, port: str, root: Path, pool: ThreadPoolExecutor) -> None:
         if port in self.jobs:
+            if self.jobs[port].gone.is_set():  # the last recorder is still being wound up
+                self.redocked.add(port)
             return
         gone = threading.Event()
 
@@ -287,14 +292,20 @@ class Daemon:
             if not job.future.done():
                 continue
             del self.jobs[port]
+            again = port in self.redocked and port in self.docked
+            self.redocked.discard(port)
             exc = job.future.exception()
             if exc is not None:
                 log.error("port %s: docking failed: %s", port, exc,
                           exc_info=not isinstance(exc, DockdError))
-                self.state.set_port(port, state="error", error=str(exc))
-            elif self._keep_mounted(port) is False:
+                if not again:
+                    self.state.set_port(port, state="error", error=str(exc))
+            elif not again and self._keep_mounted(port) is False:
                 # everything is copied: unmount (udev source) so the officer may unplug
                 getattr(self.source, "release", lambda _p: None)(port)
+            if again:  # the recorder came back while the last one was wound up
+                log.info("port %s: recorder docked again: starting its docking", port)
+                self._submit(port, self.docked[port], pool)
         for port, when in list(self.retry_at.items()):
             if time.monotonic() >= when and port in self.docked and port not in self.jobs:
                 del self.retry_at[port]

@@ -377,3 +377,30 @@ def test_stop_while_a_slow_recorder_is_read_is_not_an_unplug(workdir, make_recor
         daemon.request_stop()
         thread.join(60)
         state.close()
+
+
+def test_redocked_while_the_partial_docking_is_still_checked(workdir, make_recorder, tmp_path):
+    """Plugged back in while the part copied before the unplug is still being checked: the
+    new docking starts once that work is done (the Docked event is not lost)."""
+    flag = tmp_path / "tools-may-run"
+    tools = (f'[tools]\nexiftool = "{_blocking_tool(tmp_path / "exiftool", "exiftool", flag)}"'
+             f'\nffprobe = "{_blocking_tool(tmp_path / "ffprobe", "ffprobe", flag)}"\n')
+    config, cfg = _setup(workdir, tools)
+    rec = make_recorder(dest=workdir / "ports" / ".incoming" / "r1", segments=8,
+                        target_size=BIG * 2)
+    d = Dockd(workdir, config, tmp_path / "daemon.log").start()
+    try:
+        plug(rec, cfg.paths.ports_dir, 1)
+        wait_db(workdir, _some_copied(8), "some clips copied")
+        kept = workdir / "ports" / ".incoming" / "pulled"
+        unplug(cfg.paths.ports_dir, 1, keep_to=kept)
+        wait_db(workdir, lambda s: s.query("SELECT 1 FROM dockings WHERE state = 'interrupted'"),
+                "partial docking closed, being checked")
+        plug(kept, cfg.paths.ports_dir, 1)
+        wait_for(lambda: d.text().count("recorder tree appeared") >= 2, 30, 0.1, "re-docked")
+        time.sleep(1.0)
+        flag.touch()
+        wait_db(workdir, _all_delivered(8, 2), "re-docked and delivered", 120)
+        assert d.stop() == 0
+    finally:
+        d.ensure_dead()
