@@ -847,41 +847,10 @@ class Pipeline:
 
     def reattach(self, port: str, root: Path, hints: Mapping[str, str] | None = None
                  ) -> int | None:
-        """The recorder in ``port`` never left since its docking finished copying (dockd was
-        restarted, or the port re-announced it): that docking goes on, with its findings and
-        tile; nothing new is signed for a recorder with nothing new. Returns its id, or None
-        when this is a new docking (another recorder, new clips, or it had left)."""
-        d = self.state.query_one(
-            "SELECT * FROM dockings WHERE port = ? AND undocked_at IS NULL AND "
-            "state != 'offloading' ORDER BY id DESC LIMIT 1", (port,))
-        if d is None:
-            return None
-        hints = dict(hints or {})
-        snap = self.registry.select(root, hints).snapshot(root, hints, now=self.state.clock())
-        if snap.identity.serial == d["serial"]:
-            scan = scan_recorder(root, self.profile(d["profile"]))
-            seen = {(r["rel_path"], r["size"]) for r in self.state.query(
-                "SELECT rel_path, size FROM clips WHERE serial = ?", (d["serial"],))}
-            new = [e for e in scan.entries if (e.rel_path, e.size) not in seen]
-            if not new:
-                self._restore_tile(port, d)
-                log.info("port %s serial %s: resuming docking %d (recorder still docked, "
-                         "nothing new on it)", port, d["serial"], d["id"])
-                if d["state"] in ("offloaded", "interrupted"):
-                    self.finish(d["id"])
-                return int(d["id"])
-        self.undocked(port)  # another recorder, or new clips: a new docking
-        return None
+        """The docking still going on in ``port`` (see :func:`dockd.reattach.reattach`)."""
+        from .reattach import reattach
 
-    def _restore_tile(self, port: str, d: dict[str, Any]) -> None:
-        n = self.state.query_one("SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM clips "
-                                 "WHERE docking_id = ? AND state != 'discovered'", (d["id"],))
-        assert n is not None
-        self._port_msg(port, state="done", serial=d["serial"], docking_id=d["id"], error=None,
-                       message="delivering", clips_done=n["n"], clips_total=d["clips_total"],
-                       bytes_done=n["b"], bytes_total=d["bytes_total"], rate_bps=None)
-        if d["state"] == "delivered":
-            tiles.refresh_delivered_message(self.state, d["id"])
+        return reattach(self, port, root, hints)
 
     def finish(self, docking_id: int) -> bool:
         """Probe, check and sign whatever of the docking is copied (idempotent). Returns False
