@@ -203,6 +203,7 @@ class Prober:
                         pass
             proc.wait()
         et._process = None  # nothing left for pyexiftool's __del__ to do
+        et._running = False  # (its __del__ would poll the process it no longer has)
 
     def close(self) -> None:
         """Stop the exiftool process (if started)."""
