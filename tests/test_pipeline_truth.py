@@ -165,3 +165,52 @@ def test_ack_clears_the_incomplete_tile(cfg, make_recorder, workdir):
         assert st.query("SELECT 1 FROM audit WHERE action = 'acknowledged'")
     r = run_cli("ack", "port-02", "--workdir", str(workdir))
     assert r.returncode == 1 and "nothing to acknowledge" in r.stderr
+
+
+def test_missing_sftp_key_is_retried_and_delivers_once_the_key_is_back(cfg, make_recorder,
+                                                                       tmp_path, workdir):
+    """Issue #12 defect 6 with a real OpenSSH on 127.0.0.1: the off-site key file is missing
+    at docking: the clips wait (pending, retried with backoff, an alarm), nothing counts as
+    delivered; the key put back, the next pass delivers them and the alarm clears."""
+    from dockd.config import TargetConfig
+    from dockd.oneshot import ingest_tree
+
+    from .sshd import SshdServer
+
+    server = SshdServer(tmp_path / "sshd").start()
+    key = tmp_path / "offsite_key"
+    offsite = TargetConfig(name="offsite", kind="sftp", host=server.host, port=server.port,
+                           user=server.user, key_file=str(key),
+                           known_hosts=str(server.known_hosts), path=server.root,
+                           verify="readback")
+    cfg = dataclasses.replace(cfg, targets=(cfg.targets[0], offsite))
+    rec = make_recorder(cfg, segments=2)
+    try:
+        res = ingest_tree(cfg, rec, attempts=2)
+        assert not res["ok"]
+        with State(cfg.paths.database) as st:
+            rows = st.query("SELECT state, attempts, last_error FROM deliveries "
+                            "WHERE target = 'offsite'")
+            assert {r["state"] for r in rows} == {"pending"}
+            assert all("private key" in r["last_error"] for r in rows)
+            assert {r["state"] for r in st.query("SELECT state FROM clips")} == {"signed"}
+            alarms = st.query("SELECT kind, subject FROM alerts WHERE resolved_at IS NULL")
+            assert alarms == [{"kind": "target_unusable", "subject": "target/offsite"}]
+            port = next(p for p in ports_view(st) if p["port"] == "manual")
+            assert port["delivered"]["done"] == 0
+            assert port["message"] != "delivered and verified"
+        key.write_bytes(Path(server.client_key).read_bytes())
+        key.chmod(0o600)
+        with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+            pipe = build_pipeline(cfg, st, prober)
+            try:
+                pipe.deliver_pending(ignore_backoff=True)
+            finally:
+                for t in pipe.targets:
+                    t.close()
+            assert {r["state"] for r in st.query("SELECT state FROM clips")} == {"delivered"}
+            assert st.query("SELECT 1 FROM alerts WHERE resolved_at IS NULL") == []
+            assert st.query_one("SELECT state FROM dockings")["state"] == "delivered"
+    finally:
+        server.stop()
+    assert len(list(server.root.rglob("*.MP4"))) == 2
