@@ -247,6 +247,7 @@ def create_app(cfg: Config, state_path: Path | str, *,
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    sock: socket.socket | None = None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, addr = infos[0]
@@ -259,6 +260,8 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.set_inheritable(True)
         return sock
     except OSError as exc:
+        if sock is not None:
+            sock.close()  # no socket left for the garbage collector to warn about
         raise WebError(f"web status page cannot listen on {host}:{port}: {exc}") from exc
 
 
