@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .status.top import add_top_parser
     add_top_parser(sub, parents=[common])
 
+    from .operator import add_operator_parsers
+    add_operator_parsers(sub, parents=[common])
+
     p = sub.add_parser("ingest", parents=[common],
                        help="one-shot import of a recorder tree mounted at PATH")
     p.add_argument("path", type=Path)

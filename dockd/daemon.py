@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import tiles
 from .alerts import check_deadlines
 from .config import Config
+from .delivery.recheck import retry_deliveries
 from .delivery.targets import open_targets
 from .devices.drivers import registry_from_config
 from .devices.watch import DirectorySource, Docked, Undocked, scan_ports
@@ -120,7 +122,12 @@ class Daemon:
         self.hints: dict[str, dict[str, str]] = {}
         self.web: Any = None
         self.retry_at: dict[str, float] = {}
-        self._redock: set[str] = set()
+        self.finisher: ThreadPoolExecutor | None = None
+        """Probing, spoken-note checks and signing outside the supervisor loop (one worker:
+        the supervisor only supervises, so the watchdog is never starved)."""
+        self._resuming: Future[Any] | None = None
+        self.redocked: set[str] = set()
+        """Ports docked again while the job of the previous recorder there still ran."""
         self.source: Any
         if cfg.devices.source == "udev":
             from .devices.udev import UdevSource
@@ -150,7 +157,11 @@ class Daemon:
             self.pipeline = build_pipeline(cfg, self.state, prober)
             # udev recorders are remounted read-write through the helper for one step only
             self.pipeline.writable_for = getattr(self.source, "writable", None)
-            self.pipeline.resume()
+            self.pipeline.cancel = self.stop_event  # uploads in flight end when dockd stops
+            # a start is a re-check: what failed on a target that may be fixed now (or is
+            # configured differently now) is tried again
+            retry_deliveries(self.state, actor="dockd", why="start-up re-check")
+            self.finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")
             for label in self.port_labels():
                 self.state.set_port(label)
             pool = ThreadPoolExecutor(max_workers=cfg.offload.workers,
@@ -160,6 +171,7 @@ class Daemon:
             deliverer.start()
             self.notifier.notify("READY=1\nSTATUS=watching ports")
             self.ready.set()
+            self._resume_in_background()  # the backlog drains after READY=1, in a worker
             log.info("dockd %s ready: watching %s (%d ports), %d target(s)", cfg.dock.id,
                      cfg.paths.ports_dir, cfg.dock.ports, len(self.pipeline.targets))
             wd = self.notifier.watchdog_interval()
@@ -183,17 +195,23 @@ class Daemon:
                     self.web.stop()
                 self.notifier.notify("STOPPING=1")
                 self.source.stop()
-                for job in self.jobs.values():
-                    job.gone.set()
-                pool.shutdown(wait=True, cancel_futures=True)
+                # a stop is not an unplug: dockings in progress stay 'offloading' and resume
+                # after the restart; uploads in flight end at their next chunk (stop_event)
+                self.stop_event.set()
                 self.work_event.set()
-                deliverer.join(timeout=30)
+                pool.shutdown(wait=True, cancel_futures=True)
+                self.finisher.shutdown(wait=True, cancel_futures=True)
+                deliverer.join(timeout=60)
+                stuck = deliverer.is_alive()
+                if stuck:
+                    log.warning("delivery thread still busy at stop; its work resumes after "
+                                "restart")
                 for target in self.pipeline.targets:
                     try:
                         target.close()
                     except Exception as exc:  # closing must not mask the shutdown
                         log.warning("closing target %s: %s", target.name, exc)
-                if self._own_state:
+                if self._own_state and not stuck:
                     self.state.close()
                 log.info("dockd stopped")
         return 0
@@ -245,21 +263,20 @@ class Daemon:
             log.info("port %s: recorder removed", ev.port)
             self.docked.pop(ev.port, None)
             self.retry_at.pop(ev.port, None)
-            self._redock.discard(ev.port)
+            self.redocked.discard(ev.port)
+            # the tile first (a "plug it back in" tile stays), then the docking is closed
+            tiles.port_emptied(self.state, ev.port)
+            self.pipeline.undocked(ev.port)
             job = self.jobs.get(ev.port)
             if job is not None:
                 job.gone.set()
             else:
                 self._interrupt_port(ev.port)
-            self.state.set_port(ev.port, state="empty", serial=None, docking_id=None,
-                                message=None, error=None, clips_done=0, clips_total=0,
-                                bytes_done=0, bytes_total=0, rate_bps=None)
 
     def _submit(self, port: str, root: Path, pool: ThreadPoolExecutor) -> None:
         if port in self.jobs:
-            # re-plugged while the previous docking of this port is still finishing: run it
-            # once that job is reaped, never drop it
-            self._redock.add(port)
+            if self.jobs[port].gone.is_set():  # the last recorder is still being wound up
+                self.redocked.add(port)
             return
         gone = threading.Event()
 
@@ -275,7 +292,10 @@ class Daemon:
                     if d is not None:
                         self.pipeline.mark_interrupted(d, f"recorder removed: {exc}")
                         self.pipeline.finish(d)
-                elif not self.stop_event.is_set():
+                elif self.stop_event.is_set():
+                    log.info("port %s: offload paused because dockd is stopping; the same "
+                             "docking resumes after the restart", port)
+                else:
                     self.retry_at[port] = time.monotonic() + self.cfg.delivery.retry_seconds
                     raise
             self.work_event.set()
@@ -287,20 +307,19 @@ class Daemon:
             if not job.future.done():
                 continue
             del self.jobs[port]
-            redock = port in self._redock and port in self.docked
-            self._redock.discard(port)
+            again = port in self.redocked and port in self.docked
+            self.redocked.discard(port)
             exc = job.future.exception()
             if exc is not None:
                 log.error("port %s: docking failed: %s", port, exc,
                           exc_info=not isinstance(exc, DockdError))
-                if not redock:
+                if not again:
                     self.state.set_port(port, state="error", error=str(exc))
-            elif not redock and self._keep_mounted(port) is False:
+            elif not again and self._keep_mounted(port) is False:
                 # everything is copied: unmount (udev source) so the officer may unplug
                 getattr(self.source, "release", lambda _p: None)(port)
-            if redock:
-                log.info("port %s: recorder re-plugged while its last docking was finishing: "
-                         "docking it now", port)
+            if again:  # the recorder came back while the last one was wound up
+                log.info("port %s: recorder docked again: starting its docking", port)
                 self._submit(port, self.docked[port], pool)
         for port, when in list(self.retry_at.items()):
             if time.monotonic() >= when and port in self.docked and port not in self.jobs:
@@ -323,17 +342,48 @@ class Daemon:
         d = self._active_docking(port)
         if d is not None:
             self.pipeline.mark_interrupted(d, "recorder removed")
-            self.pipeline.finish(d)
-            self.work_event.set()
+            self._finish_in_background(d)
 
     def _close_orphaned_dockings(self, present: Any) -> None:
-        """Dockings left 'offloading' by a killed daemon whose port is empty now. A port that
-        still holds a recorder keeps its docking: the Docked event after settling resumes it."""
-        for row in self.state.query("SELECT id, port FROM dockings WHERE state = 'offloading'"):
-            if row["port"] not in present:
+        """Dockings whose port is empty after a restart: one left 'offloading' by a killed
+        daemon is interrupted (and finished in a worker); a finished one is over. A port
+        that still holds a recorder keeps its docking: the Docked event resumes it."""
+        for row in self.state.query("SELECT id, port, state FROM dockings WHERE "
+                                    "undocked_at IS NULL OR state = 'offloading'"):
+            if row["port"] in present:
+                continue
+            if row["state"] == "offloading":
                 self.pipeline.mark_interrupted(row["id"], "recorder not present after restart")
-                self.pipeline.finish(row["id"])
+                self._finish_in_background(row["id"])
+            else:
+                self.pipeline.undocked(row["port"])
+
+    def _finish_in_background(self, docking_id: int) -> None:
+        def work() -> None:
+            try:
+                self.pipeline.finish(docking_id)
+            except DockdError as exc:
+                log.error("docking %d cannot finish yet: %s", docking_id, exc)
+            self.work_event.set()
+
+        assert self.finisher is not None
+        self.finisher.submit(work)
+
+    def _resume_in_background(self) -> None:
+        """Carry dockings forward (probe, check, sign) in the finishing worker; one at a time."""
+        if self.finisher is None or self.stop_event.is_set():
+            return
+        if self._resuming is not None and not self._resuming.done():
+            return
+
+        def work() -> None:
+            if self.pipeline.resume():
                 self.work_event.set()
+
+        try:
+            self._resuming = self.finisher.submit(work)
+        except RuntimeError:  # shutting down
+            pass
 
     # ------------------------------------------------------------------ delivery
 
@@ -363,7 +413,7 @@ class Daemon:
                     self._clear_docked()
                 if time.monotonic() - last_resume > 30:
                     last_resume = time.monotonic()
-                    self.pipeline.resume()  # dockings a failed job left half-checked
+                    self._resume_in_background()  # dockings a failed job left half-checked
                 if time.monotonic() - last_reread > self.cfg.health.reread_minutes * 60:
                     last_reread = time.monotonic()
                     self._reread_docked()

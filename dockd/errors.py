@@ -67,7 +67,19 @@ class VerifyError(DockdError):
 class DeliveryError(DockdError):
     """Delivery to a storage target failed. ``retry`` says whether trying later may help."""
 
-    def __init__(self, message: str, *, retry: bool = True, retry_after: float | None = None):
+    def __init__(self, message: str, *, retry: bool = True, retry_after: float | None = None,
+                 target_state: bool = False):
         super().__init__(message)
-        self.retry = retry
+        self.retry = retry or target_state
         self.retry_after = retry_after
+        self.target_state = target_state
+        """The target itself is unusable (read-only, not a directory, permission, a missing
+        key or credentials, authentication refused): retried with backoff and alarmed, unlike
+        a store that refuses this content (``retry=False``)."""
+
+
+class DeliveryCancelled(DeliveryError):
+    """An upload stopped because dockd is stopping: not a failure, resumed after restart."""
+
+    def __init__(self, message: str = "dockd is stopping"):
+        super().__init__(message, retry=True)

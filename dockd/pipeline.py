@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import tiles
 from .alerts import raise_alert
 from .config import Config, ProfileConfig
 from .delivery.base import StorageTarget
@@ -30,9 +31,11 @@ from .delivery.layout import (
     SIGNATURE_NAME,
     clip_key,
     docking_prefix,
+    key_path,
     recording_date,
 )
 from .delivery.publish import manifest_token, publish_checkpoints, publish_keys
+from .delivery.recheck import DELIVERY_FAILED, TARGET_UNUSABLE, target_delivered
 from .delivery.schedule import Pacer, parse_bandwidth
 from .delivery.targets import retention_for
 from .devices.clock import dock_clock_doc, set_clock_after_offload
@@ -47,6 +50,7 @@ from .devices.health import (
 )
 from .errors import (
     CopyError,
+    DeliveryCancelled,
     DeliveryError,
     DockdError,
     ProbeError,
@@ -63,6 +67,7 @@ from .integrity.continuity import ClipTiming, ContinuityParams, build_timeline
 from .integrity.identity import identity_findings, usb_serial_of
 from .integrity.manifest import build_manifest, canonical_bytes, manifest_sha256, sign_manifest
 from .integrity.notes import NoteAnalyzer, NoteResult, gap_finding
+from .integrity.span import attributed, recorder_clips
 from .lifecycle import deadline_for, retry_delay
 from .model import ClipEntry, Finding, RecorderSnapshot
 from .state import State, decode_row, dumps, encode_path, iso, parse_iso
@@ -119,12 +124,28 @@ class Pipeline:
         self.on_progress: Callable[..., None] | None = None
         """port -> context manager making that recorder writable (the udev source's
         ``writable``); None: recorders need no remount (the directory source)."""
+        self.cancel = threading.Event()
+        """Set when dockd stops: uploads in flight end at their next chunk (resumed later)."""
         for t in self.targets:
             tcfg = next((c for c in cfg.targets if c.name == t.name), None)
-            if tcfg is not None and tcfg.bandwidth_limit and hasattr(t, "throttle"):
+            pacer = None
+            if tcfg is not None and tcfg.bandwidth_limit:
                 pacer = Pacer(parse_bandwidth(tcfg.bandwidth_limit),
-                              now=lambda: datetime.now(cfg.tz))
-                t.throttle = pacer.consume
+                              now=lambda: datetime.now(cfg.tz), sleep=self._paced_sleep)
+            if hasattr(t, "throttle"):
+                t.throttle = self._throttle(pacer)
+
+    def _paced_sleep(self, seconds: float) -> None:
+        if self.cancel.wait(seconds):
+            raise DeliveryCancelled()
+
+    def _throttle(self, pacer: Pacer | None) -> Callable[[int], object]:
+        """Every chunk sent: stop here when dockd stops, and keep the bandwidth cap."""
+        def throttle(n: int) -> object:
+            if self.cancel.is_set():
+                raise DeliveryCancelled()
+            return pacer.consume(n) if pacer is not None else 0.0
+        return throttle
 
     # ------------------------------------------------------------------ helpers
 
@@ -149,6 +170,16 @@ class Pipeline:
 
     def _port_msg(self, port: str, **fields: Any) -> None:
         self.state.set_port(port, **fields)
+
+    def _docking_msg(self, port: str, docking_id: int, **fields: Any) -> None:
+        """Update the port tile only while it shows this docking at work (not once the
+        recorder left, nor when it says "plug it back in")."""
+        fields = {**fields, "updated_at": self.state.now()}
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.state.tx() as conn:
+            conn.execute(f"UPDATE ports SET {sets} WHERE port = ? AND docking_id = ? AND "
+                         "state NOT IN ('empty', 'incomplete')",
+                         (*fields.values(), port, docking_id))
 
     # ------------------------------------------------------------------ 1. identify + register
 
@@ -207,6 +238,9 @@ class Pipeline:
                 self.state.audit("docked", f"docking/{docking_id}",
                                  {"port": port, "serial": ident.serial,
                                   "clock_offset_s": health.clock_offset_s}, conn=conn)
+                tiles.resolve_by_redock(conn, ident.serial, docking_id)
+                conn.execute("UPDATE dockings SET undocked_at = ? WHERE serial = ? AND id != ? "
+                             "AND undocked_at IS NULL", (iso(now), ident.serial, docking_id))
             else:
                 conn.execute("UPDATE dockings SET root = ? WHERE id = ?", (str(root), docking_id))
                 log.info("port %s serial %s: resuming docking %d", port, ident.serial, docking_id)
@@ -298,13 +332,19 @@ class Pipeline:
         port, serial = d["port"], d["serial"]
         out = DockingOutcome(docking_id)
         chunk = self.cfg.offload.chunk_size
+        earlier: list[int] = []
         try:
             for entry, prior in known:
                 if should_stop():
                     raise CopyError("stopped")
                 size, digest = hash_file(root / entry.rel_path, chunk)
                 if size == prior["size"] and digest == prior["sha256"]:
-                    out.skipped_known += 1
+                    # only a verified delivery counts as delivered: a clip an earlier docking
+                    # copied but could not deliver yet is listed as such, not as handled
+                    if self.state.clip(prior["id"])["state"] in ("delivered", "cleared"):
+                        out.skipped_known += 1
+                    else:
+                        earlier.append(prior["id"])
                     continue
                 log.warning("port %s serial %s: %s differs from the copy handled in docking %s "
                             "(sha256 %s vs %s): copying it as a new clip", port, serial,
@@ -319,10 +359,12 @@ class Pipeline:
                     if not exists:
                         self._insert_clip(conn, docking_id, serial, entry, d["deadline_at"],
                                           self.state.now(), (finding,))
-            if out.skipped_known:
+            if out.skipped_known or earlier:
                 with self.state.tx() as conn:
-                    conn.execute("UPDATE dockings SET skipped_known = ? WHERE id = ?",
-                                 (out.skipped_known, docking_id))
+                    conn.execute("UPDATE dockings SET skipped_known = ?, earlier_pending = ? "
+                                 "WHERE id = ?", (out.skipped_known,
+                                                  dumps(sorted(earlier)) if earlier else None,
+                                                  docking_id))
             pending = self.state.clips_of(docking_id, "discovered")
             done = self.state.query(
                 "SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM clips "
@@ -380,8 +422,11 @@ class Pipeline:
             self.mark_interrupted(docking_id, f"recorder removed during copy: {exc}")
             return out
         except (StagingFull, CopyError) as exc:
-            log.error("port %s serial %s: offload stopped: %s", port, serial, exc)
             out.errors.append(str(exc))
+            if should_stop():  # removed or dockd stopping: the caller says which
+                log.info("port %s serial %s: offload stopped: %s", port, serial, exc)
+                raise
+            log.error("port %s serial %s: offload stopped: %s", port, serial, exc)
             self._port_msg(port, state="error", error=str(exc))
             raise
         with self.state.tx() as conn:
@@ -409,9 +454,23 @@ class Pipeline:
                                 "state = 'discovered'", (docking_id,)).fetchone()[0]
             new = "interrupted" if left else "offloaded"
             self.state._advance_docking(conn, docking_id, "offloading", new,
-                                        {"undocked_at": self.state.now(), "error": why})
+                                        {"undocked_at": self.state.now(), "error": why,
+                                         "incomplete": left or None})
             self.state.audit("undocked", f"docking/{docking_id}",
                              {"port": cur["port"], "uncopied": left, "why": why}, conn=conn)
+        if left:
+            log.warning("port %s: docking %d closed with %d clip(s) not copied (%s): "
+                        "copy incomplete, plug the recorder back in", cur["port"], docking_id,
+                        left, why)
+            tiles.show_incomplete(self.state, docking_id)
+
+    def undocked(self, port: str) -> None:
+        """The recorder left ``port``: its finished docking is over (a later docking of the
+        same recorder is a new one; one still docked across a restart is the same)."""
+        with self.state.tx() as conn:
+            conn.execute("UPDATE dockings SET undocked_at = ? WHERE port = ? AND "
+                         "undocked_at IS NULL AND state != 'offloading'",
+                         (self.state.now(), port))
 
     # ------------------------------------------------------------------ 3. probe + check
 
@@ -422,7 +481,8 @@ class Pipeline:
         tz = self.cfg.tz
         offset = d["clock_offset_s"]
         for c in self.state.clips_of(docking_id, "copied"):
-            self._port_msg(port, state="checking", message=f"checking {c['safe_name']}")
+            self._docking_msg(port, docking_id, state="checking",
+                              message=f"checking {c['safe_name']}")
             try:
                 with self._probe_lock:
                     probe = self.prober.probe(Path(c["staged_path"]))
@@ -459,11 +519,15 @@ class Pipeline:
         clips = self.state.clips_of(docking_id, "checked")
         params = ContinuityParams(self.cfg.continuity.split_tolerance_s,
                                   self.cfg.continuity.session_break_s)
+        # R1/R2 on the recorder's whole timeline: clips of its earlier (judged) dockings take
+        # part, and a gap belongs to the docking that completes it
+        earlier = recorder_clips(self.state, d["serial"], docking_id)
+        own = {c["id"] for c in clips}
         timings = [ClipTiming(c["id"], c["safe_name"], parse_iso(c["start_utc"]),  # type: ignore[arg-type]
-                              c["duration_s"]) for c in clips if c["start_utc"]]
+                              c["duration_s"]) for c in [*clips, *earlier] if c["start_utc"]]
         untimed = [c["safe_name"] for c in clips if not c["start_utc"]]
-        timeline = build_timeline(timings, params)
-        by_id = {c["id"]: c for c in clips}
+        timeline = attributed(build_timeline(timings, params), own)
+        by_id = {c["id"]: c for c in [*clips, *earlier]}
         rows, findings = [], list(timeline.findings)
         if untimed:
             findings.append(Finding("untimed_clips", "warning",
@@ -498,6 +562,7 @@ class Pipeline:
         doc = {"params": {"split_tolerance_s": params.split_tolerance_s,
                           "session_break_s": params.session_break_s},
                "timeline": timeline.to_dict(), "findings": findings,
+               "earlier_clips": sorted(c["id"] for c in earlier),
                "notes": {"model": self.notes.model_dir.name  # the model in use, if any
                          if self.notes and self.notes.model_dir else None,
                          "enabled": self.cfg.notes.enabled}}
@@ -522,8 +587,8 @@ class Pipeline:
     def _listen(self, clip: dict[str, Any], docking: dict[str, Any]) -> NoteResult | None:
         if self.notes is None:
             return None
-        self._port_msg(docking["port"], state="checking",
-                       message=f"listening for a spoken note in {clip['safe_name']}")
+        self._docking_msg(docking["port"], docking["id"], state="checking",
+                          message=f"listening for a spoken note in {clip['safe_name']}")
         return self.notes.analyze(clip["staged_path"], label=f"port {docking['port']} serial "
                                   f"{docking['serial']} {clip['safe_name']}")
 
@@ -569,6 +634,11 @@ class Pipeline:
                 "interrupted": d["state"] == "interrupted",
                 "not_copied": [c["safe_name"] for c in not_copied],
                 "skipped_already_delivered": d["skipped_known"] or 0,
+                "copied_earlier_not_delivered": [
+                    {"clip": r["safe_name"], "docking_id": r["docking_id"]} for r in
+                    conn.execute("SELECT safe_name, docking_id FROM clips WHERE id IN "
+                                 "(SELECT value FROM json_each(?)) ORDER BY id",
+                                 (d.get("earlier_pending") or "[]",))],
                 "deadline_at": d["deadline_at"],
                 "profile": d["profile"], "driver": d["driver"],
                 "dock_clock": json_obj(d.get("dock_clock")) or None,
@@ -612,7 +682,7 @@ class Pipeline:
                               "key_id": self.signer.key_id}, conn=conn)
         log.info("port %s serial %s: docking %d signed (%d clips, manifest %s)", d["port"],
                  d["serial"], docking_id, len(checked), digest)
-        self._port_msg(d["port"], state="done", message="delivering")
+        self._docking_msg(d["port"], docking_id, state="done", message="delivering")
         return digest
 
     # ------------------------------------------------------------------ 5. deliver
@@ -668,6 +738,8 @@ class Pipeline:
                     target.put_bytes(token, f"{m['prefix']}/{MANIFEST_NAME}{TOKEN_SUFFIX}")
                 target.put_bytes(bytes(m["manifest"]), f"{m['prefix']}/{MANIFEST_NAME}")
                 target.put_bytes(bytes(m["signature"]), f"{m['prefix']}/{SIGNATURE_NAME}")
+            except DeliveryCancelled:
+                continue
             except (DeliveryError, OSError) as exc:
                 self._delivery_failed("manifest_deliveries", "manifest_id", m["id"], target, exc)
                 continue
@@ -706,6 +778,10 @@ class Pipeline:
                                       size=r["size"], retention=retention)
             if not target.verify(r["key"], sha256=r["sha256"], size=r["size"]):
                 self._corrupt_copy(target, r)
+        except DeliveryCancelled:
+            log.info("%s: upload of %s stopped (dockd stopping); resumed after restart",
+                     target.name, r["key"])
+            return False
         except (DeliveryError, OSError) as exc:
             self._delivery_failed("deliveries", "clip_id", r["clip_id"], target, exc)
             return False
@@ -749,6 +825,9 @@ class Pipeline:
         who = self._who_clip(clip_id)
         log.info("port %s serial %s: %s verified on %s", who["port"], who["serial"],
                  who["safe_name"], target)
+        target_delivered(self.state, target)
+        for waiting in tiles.dockings_waiting_for(self.state, clip_id):
+            tiles.refresh_delivered_message(self.state, waiting)
 
     def _who_clip(self, clip_id: int) -> dict[str, Any]:
         """Port, serial and name of a clip, for log lines."""
@@ -779,19 +858,18 @@ class Pipeline:
                                             {"delivered_at": self.state.now()})
                 self.state.audit("delivered", f"docking/{docking_id}",
                                  {"targets": sorted(have)}, conn=conn)
+        target_delivered(self.state, target)
         if finished:
             log.info("port %s serial %s: docking %d delivered and verified on %s", d["port"],
                      d["serial"], docking_id, ", ".join(sorted(have)))
-            with self.state.tx() as conn:  # the port tile, if it still shows this docking
-                conn.execute("UPDATE ports SET message = 'delivered and verified', "
-                             "updated_at = ? WHERE port = ? AND docking_id = ?",
-                             (self.state.now(), d["port"], docking_id))
+            tiles.refresh_delivered_message(self.state, docking_id)
             if not self.cfg.delivery.keep_staged:
                 shutil.rmtree(self.staging_dir(docking_id), ignore_errors=True)
 
     def _delivery_failed(self, table: str, idcol: str, ident: int, target: StorageTarget,
                          exc: BaseException) -> None:
         retry = getattr(exc, "retry", True)
+        unusable = bool(getattr(exc, "target_state", False))
         row = self.state.query_one(f"SELECT attempts FROM {table} WHERE {idcol} = ? AND "
                                    "target = ?", (ident, target.name))
         attempts = (row["attempts"] if row else 0) + 1
@@ -810,11 +888,18 @@ class Pipeline:
                 self.state.audit("delivery_failed", f"{table}/{ident}",
                                  {"target": target.name, "error": str(exc)}, conn=conn)
         if not retry:
-            raise_alert(self.state, level="alarm", kind="delivery_failed",
+            raise_alert(self.state, level="alarm", kind=DELIVERY_FAILED,
                         subject=f"target/{target.name}",
-                        message=f"{target.describe()}: permanent error, not retrying: {exc}",
+                        message=f"{target.describe()}: the store refused the content, not "
+                                f"retrying (fix it, then `dockd retry`): {exc}",
                         command=self.cfg.delivery.alert_command)
-        level = logging.WARNING if retry else logging.ERROR
+        elif unusable:
+            raise_alert(self.state, level="alarm", kind=TARGET_UNUSABLE,
+                        subject=f"target/{target.name}",
+                        message=f"{target.describe()}: target unusable, retrying with "
+                                f"backoff until it is fixed: {exc}",
+                        command=self.cfg.delivery.alert_command)
+        level = logging.WARNING if retry and not unusable else logging.ERROR
         if table == "deliveries":
             who = self._who_clip(ident)
         else:
@@ -830,10 +915,21 @@ class Pipeline:
 
     def run_docking(self, port: str, root: Path, hints: Mapping[str, str] | None = None,
                     should_stop: StopFn = _never) -> DockingOutcome:
+        same = self.reattach(port, root, hints)
+        if same is not None:
+            return DockingOutcome(same)
         docking_id, known = self.begin_docking(port, root, hints)
         out = self.offload(docking_id, root, known, should_stop)
-        self.finish(docking_id)
+        if not self.cancel.is_set():  # stopping: the restart finishes it
+            self.finish(docking_id)
         return out
+
+    def reattach(self, port: str, root: Path, hints: Mapping[str, str] | None = None
+                 ) -> int | None:
+        """The docking still going on in ``port`` (see :func:`dockd.reattach.reattach`)."""
+        from .reattach import reattach
+
+        return reattach(self, port, root, hints)
 
     def finish(self, docking_id: int) -> bool:
         """Probe, check and sign whatever of the docking is copied (idempotent). Returns False
@@ -843,8 +939,10 @@ class Pipeline:
                 return False
             self._finishing.add(docking_id)
         try:
+            if self.cancel.is_set():
+                return False
             self.process(docking_id)
-            if self.ready_to_sign(docking_id):
+            if self.ready_to_sign(docking_id) and not self.cancel.is_set():
                 self.analyze_continuity(docking_id)
                 self.sign(docking_id)
             return True

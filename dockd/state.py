@@ -210,8 +210,25 @@ def _m_trust(db: sqlite_utils.Database) -> None:
     }, pk=("target", "key"))
 
 
+def _m6_incomplete(db: sqlite_utils.Database) -> None:
+    """What officers and IT see stays true: a docking closed with clips left on the recorder
+    (``incomplete``: how many) until it is re-docked (``resolved_by``) or acknowledged
+    (``acked_at``/``acked_by``); clips found again that an earlier docking copied but has not
+    delivered yet (``earlier_pending``: JSON list of clip ids)."""
+    cols = {c.name for c in db["dockings"].columns}
+    for name, kind in (("incomplete", int), ("resolved_by", int), ("acked_at", str),
+                       ("acked_by", str), ("earlier_pending", str)):
+        if name not in cols:
+            db["dockings"].add_column(name, kind)
+    db.execute("UPDATE dockings SET incomplete = (SELECT count(*) FROM clips c WHERE "
+               "c.docking_id = dockings.id AND c.state = 'discovered') "
+               "WHERE state = 'interrupted' OR error LIKE 'recorder removed%'")
+    db.execute("UPDATE dockings SET incomplete = NULL WHERE incomplete = 0")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_continuity, _m3_retention, _m4_queue, _m5_health, _m6_custody, _m_trust,
+    _m6_incomplete,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

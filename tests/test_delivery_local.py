@@ -228,23 +228,28 @@ def test_no_space_is_retryable_and_leaves_nothing(tmp_path: Path) -> None:
     assert _all_files(tmp_path / "t") == []
 
 
-@pytest.mark.parametrize(("code", "retry"), [
-    (errno.ENOSPC, True), (errno.EIO, True), (errno.EDQUOT, True), (errno.ESTALE, True),
-    (errno.EACCES, False), (errno.EPERM, False), (errno.EROFS, False),
+@pytest.mark.parametrize(("code", "retry", "target_state"), [
+    (errno.ENOSPC, True, False), (errno.EIO, True, False), (errno.EDQUOT, True, False),
+    (errno.ESTALE, True, False),
+    # the target's state (issue #12): retried with backoff and alarmed, never given up
+    (errno.EACCES, True, True), (errno.EPERM, True, True), (errno.EROFS, True, True),
+    (errno.ENOTDIR, True, True),
+    # a name the file system refuses, a symlink: the key would escape; never retried
+    (errno.ELOOP, False, False), (errno.ENAMETOOLONG, False, False),
 ])
-def test_os_error_retry_meaning(code: int, retry: bool) -> None:
+def test_os_error_retry_meaning(code: int, retry: bool, target_state: bool) -> None:
     err = os_error_to_delivery(OSError(code, os.strerror(code)), "primary", "k", "write")
-    assert err.retry is retry
+    assert (err.retry, err.target_state) == (retry, target_state)
     assert errno.errorcode[code] in str(err)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permissions")
-def test_permission_denied_is_not_retryable(tmp_path: Path, target: LocalTarget) -> None:
+def test_permission_denied_is_the_targets_state(tmp_path: Path, target: LocalTarget) -> None:
     target.root.chmod(0o555)
     try:
         with pytest.raises(DeliveryError) as e:
             target.put_bytes(b"x", "a/b")
-        assert e.value.retry is False
+        assert e.value.target_state is True and e.value.retry is True
     finally:
         target.root.chmod(0o755)
 

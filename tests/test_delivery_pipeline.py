@@ -135,18 +135,28 @@ def test_offsite_down_then_back_everything_delivered_once(workdir, make_recorder
     assert len([k for k in keys if k.endswith(".MP4")]) == 3  # one object version each
 
 
-def test_permanent_error_alarms_and_stops_retrying(workdir, make_recorder, moto, tmp_path):
-    cfg = _cfg(workdir, moto, "no-such-bucket", tmp_path)
+def test_missing_bucket_alarms_and_is_retried_until_fixed(workdir, make_recorder, moto,
+                                                          tmp_path):
+    """A missing bucket is the target's state, not the content's: retried with backoff and
+    alarmed (issue #12); once the bucket exists the clips land and the alarm clears."""
+    bucket = f"later-{uuid.uuid4().hex[:8]}"
+    cfg = _cfg(workdir, moto, bucket, tmp_path)
     rec = make_recorder(cfg, segments=2)
     res = ingest_tree(cfg, rec, attempts=3, create_key=True)
     assert not res["ok"]
     with State(cfg.paths.database) as st:
         rows = st.query("SELECT state, attempts FROM deliveries WHERE target = 'offsite'")
-        assert {r["state"] for r in rows} == {"failed"}
-        assert {r["attempts"] for r in rows} == {1}  # not retried after a permanent error
+        assert {r["state"] for r in rows} == {"pending"}
+        assert {r["attempts"] for r in rows} == {3}  # retried, not given up
         alarms = st.query("SELECT * FROM alerts WHERE resolved_at IS NULL")
-        assert [(a["level"], a["kind"]) for a in alarms] == [("alarm", "delivery_failed")]
+        assert [(a["level"], a["kind"]) for a in alarms] == [("alarm", "target_unusable")]
         assert "offsite" in alarms[0]["subject"]
+    moto.client().create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe = build_pipeline(cfg, st, prober)
+        pipe.deliver_pending(ignore_backoff=True)
+        assert {r["state"] for r in st.query("SELECT state FROM clips")} == {"delivered"}
+        assert st.query("SELECT * FROM alerts WHERE resolved_at IS NULL") == []
 
 
 class FlakyDisk:

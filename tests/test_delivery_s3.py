@@ -365,10 +365,11 @@ def test_server_down_is_retryable(tmp_path: Path, make_target: Callable[..., S3T
 def test_permanent_errors(tmp_path: Path, make_target: Callable[..., S3Target], endpoint: str,
                           bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     src, sha, size = _src(tmp_path, b"data")
-    # a bucket that does not exist (wrong config): NoSuchBucket, never retried
+    # a bucket that does not exist (wrong config): NoSuchBucket, the target's state: retried
+    # with backoff and alarmed until the configuration or the store is fixed
     with pytest.raises(DeliveryError) as e:
         make_target(bucket="no-such-bucket-here").put_file(src, KEY, sha256=sha, size=size)
-    assert e.value.retry is False and "NoSuchBucket" in str(e.value)
+    assert e.value.target_state is True and "NoSuchBucket" in str(e.value)
 
     # real authentication: moto checks keys against its IAM once auth is switched on
     iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
@@ -381,19 +382,19 @@ def test_permanent_errors(tmp_path: Path, make_target: Callable[..., S3Target], 
     with pytest.raises(DeliveryError) as e:
         unknown.put_file(src, KEY, sha256=sha, size=size)
     # HEAD answers carry no error body: the code is the bare status
-    assert e.value.retry is False and "HTTP 403" in str(e.value)
+    assert e.value.target_state is True and "HTTP 403" in str(e.value)
     wrong_secret = make_target(credentials=S3Credentials(key["AccessKeyId"], "not-the-secret"))
     with pytest.raises(DeliveryError) as e:
         wrong_secret.put_file(src, KEY, sha256=sha, size=size)
-    assert e.value.retry is False and "HTTP 403" in str(e.value)
+    assert e.value.target_state is True and "HTTP 403" in str(e.value)
     no_policy = make_target(credentials=S3Credentials(key["AccessKeyId"],
                                                       key["SecretAccessKey"]))
     with pytest.raises(DeliveryError) as e:
         no_policy.put_file(src, KEY, sha256=sha, size=size)
-    assert e.value.retry is False and "HTTP 403" in str(e.value)
+    assert e.value.target_state is True and "HTTP 403" in str(e.value)
     with pytest.raises(DeliveryError) as e:  # a GET does carry the code
         no_policy.verify(KEY, sha256=sha, size=size)
-    assert e.value.retry is False
+    assert e.value.target_state is True
 
 
 def _client_error(status: int, code: str, headers: dict[str, str] | None = None) -> ClientError:
@@ -402,22 +403,24 @@ def _client_error(status: int, code: str, headers: dict[str, str] | None = None)
                                              "HTTPHeaders": headers or {}}}, "PutObject")
 
 
-@pytest.mark.parametrize(("status", "code", "retry", "after"), [
-    (503, "SlowDown", True, 7.0),
-    (500, "InternalError", True, None),
-    (507, "InsufficientStorage", True, None),
-    (400, "InvalidArgument", False, None),
-    (400, "EntityTooLarge", False, None),
-    (403, "AccessDenied", False, None),
-    (403, "InvalidAccessKeyId", False, None),
-    (403, "SignatureDoesNotMatch", False, None),
-    (404, "NoSuchBucket", False, None),
-    (429, "TooManyRequests", True, None),
+@pytest.mark.parametrize(("status", "code", "retry", "after", "state"), [
+    (503, "SlowDown", True, 7.0, False),
+    (500, "InternalError", True, None, False),
+    (507, "InsufficientStorage", True, None, False),
+    (400, "InvalidArgument", False, None, False),
+    (400, "EntityTooLarge", False, None, False),
+    # the store's set-up, not the object: retried with backoff and alarmed (issue #12)
+    (403, "AccessDenied", True, None, True),
+    (403, "InvalidAccessKeyId", True, None, True),
+    (403, "SignatureDoesNotMatch", True, None, True),
+    (404, "NoSuchBucket", True, None, True),
+    (429, "TooManyRequests", True, None, False),
 ])
-def test_error_translation(status: int, code: str, retry: bool, after: float | None) -> None:
+def test_error_translation(status: int, code: str, retry: bool, after: float | None,
+                           state: bool) -> None:
     err = translate_error(_client_error(status, code, {"retry-after": "7"} if after else None),
                           "primary", KEY, "upload")
-    assert (err.retry, err.retry_after) == (retry, after)
+    assert (err.retry, err.retry_after, err.target_state) == (retry, after, state)
     assert code in str(err)
 
 
@@ -443,4 +446,4 @@ def test_from_config_with_credentials_file(tmp_path: Path, endpoint: str, bucket
     bad = TargetConfig(name="x", kind="s3", bucket=bucket, credentials_file=str(tmp_path / "no"))
     with pytest.raises(DeliveryError) as e:
         S3Target.from_config(bad, cfg)
-    assert e.value.retry is False
+    assert e.value.target_state is True and "cannot read S3 credentials" in str(e.value)

@@ -94,7 +94,7 @@ def test_unknown_host_key_is_refused(tmp_path: Path, server: SshdServer, store: 
     src, sha, size = src_file(tmp_path, b"x")
     with pytest.raises(DeliveryError, match="host key") as e:
         target.put_file(src, KEY, sha256=sha, size=size)
-    assert e.value.retry is False
+    assert e.value.target_state is True
     assert str(kh) in str(e.value)
     assert all_files(store) == []
 
@@ -107,7 +107,7 @@ def test_changed_host_key_is_refused(tmp_path: Path, server: SshdServer, store: 
     target = make_target(known_hosts=kh)
     with pytest.raises(DeliveryError, match="changed host key") as e:
         target.stat(KEY)
-    assert e.value.retry is False and str(kh) in str(e.value)
+    assert e.value.target_state is True and str(kh) in str(e.value)
 
 
 def test_missing_known_hosts_file_is_refused(tmp_path: Path,
@@ -115,7 +115,7 @@ def test_missing_known_hosts_file_is_refused(tmp_path: Path,
     target = make_target(known_hosts=tmp_path / "nope")
     with pytest.raises(DeliveryError, match="known_hosts file .*nope does not exist") as e:
         target.stat(KEY)
-    assert e.value.retry is False
+    assert e.value.target_state is True
 
 
 # --------------------------------------------------------------------------- credentials
@@ -127,7 +127,7 @@ def test_key_not_authorized_is_refused(tmp_path: Path,
     target = make_target(key_file=stranger)
     with pytest.raises(DeliveryError, match="refused key authentication") as e:
         target.stat(KEY)
-    assert e.value.retry is False
+    assert e.value.target_state is True
     assert "PRIVATE KEY" not in str(e.value)
 
 
@@ -141,7 +141,7 @@ def test_unreadable_key_file_is_refused(tmp_path: Path, make_target: Targets,
     target = make_target(key_file=key)
     with pytest.raises(DeliveryError, match="cannot load the private key file") as e:
         target.stat(KEY)
-    assert e.value.retry is False
+    assert e.value.target_state is True
 
 
 # --------------------------------------------------------------------------- network
@@ -236,18 +236,20 @@ def _tr(exc: BaseException) -> DeliveryError:
                              key_file="/etc/dockd/id")
 
 
+# the target's state (permission, read-only share, host key, key refused) is retried with
+# backoff and alarmed (issue #12); only a store refusing the content is never retried
 @pytest.mark.parametrize(("exc", "retry", "words"), [
     (asyncssh.SFTPFailure("No space left on device"), True, "no space"),
     (asyncssh.SFTPFailure("Disk quota exceeded"), True, "no space"),
     (asyncssh.SFTPNoSpaceOnFilesystem("full"), True, "no space"),
     (asyncssh.SFTPQuotaExceeded("quota"), True, "no space"),
     (asyncssh.SFTPFailure("Failure"), True, "Failure"),
-    (asyncssh.SFTPPermissionDenied("Permission denied"), False, "Permission denied"),
-    (asyncssh.SFTPWriteProtect("read-only"), False, "read-only"),
+    (asyncssh.SFTPPermissionDenied("Permission denied"), True, "Permission denied"),
+    (asyncssh.SFTPWriteProtect("read-only"), True, "read-only"),
     (asyncssh.SFTPConnectionLost("lost"), True, "lost"),
-    (asyncssh.HostKeyNotVerifiable("Host key is not trusted"), False, "/etc/dockd/known_hosts"),
-    (asyncssh.PermissionDenied("Permission denied"), False, "refused key authentication"),
-    (asyncssh.KeyExchangeFailed("no matching cipher"), False, "no common"),
+    (asyncssh.HostKeyNotVerifiable("Host key is not trusted"), True, "/etc/dockd/known_hosts"),
+    (asyncssh.PermissionDenied("Permission denied"), True, "refused key authentication"),
+    (asyncssh.KeyExchangeFailed("no matching cipher"), True, "no common"),
     (asyncssh.ConnectionLost("Connection lost"), True, "connection lost"),
     (asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "no"), False,
      "refused the SFTP channel"),
@@ -255,7 +257,7 @@ def _tr(exc: BaseException) -> DeliveryError:
     (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), True, "refused"),
     (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), True, "reset"),
     (TimeoutError(), True, "timed out"),
-    (OSError(errno.EACCES, "Permission denied"), False, "Permission denied"),
+    (OSError(errno.EACCES, "Permission denied"), True, "Permission denied"),
 ])
 def test_errors_are_translated_with_their_retry_meaning(exc: BaseException, retry: bool,
                                                         words: str) -> None:

@@ -289,3 +289,64 @@ def test_chinese_it_and_fleet_pages_have_no_english_and_zoned_times(tmp_path, im
                 browser.close()
     finally:
         web.stop()
+
+
+def test_kiosk_says_plug_it_back_in_after_an_unplug_mid_copy(dock, tmp_path):
+    """Issue #12 defect 1: a recorder pulled mid-copy leaves "copy incomplete — plug it back
+    in" on its tile, also after the partial docking is signed and delivered, until the
+    recorder is back; then the tile follows the new docking to "done"."""
+    from dockd.devices.simulator import unplug
+
+    sync_playwright = _browser_or_fail()
+    cfg, web = dock
+    spec = RecorderSpec(serial="C1111111", officer_no="034567", officer_name="王五",
+                        segments=8, segment_seconds=1.0, target_size=96 * 1024 * 1024)
+    incoming = cfg.paths.ports_dir / ".incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    root = simulate_recorder(incoming / "c", spec, profile=cfg.profiles[0], tz=cfg.tz,
+                             tools=cfg.tools).root
+
+    def db(sql: str) -> list[dict[str, Any]]:
+        with State(cfg.paths.database) as s:
+            return s.query(sql)
+
+    def wait_db(pred: Any, what: str, timeout: float = 90) -> None:
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT, locale="zh-CN")
+            page.goto(f"{web.url}/?poll=200")
+            page.wait_for_selector('section.tile[data-port="port-01"]', timeout=15000)
+            plug(root, cfg.paths.ports_dir, 1)
+            wait_db(lambda: 0 < len(db("SELECT 1 FROM clips WHERE state != 'discovered'")) < 8,
+                    "some clips copied")
+            kept = tmp_path / "pulled"
+            unplug(cfg.paths.ports_dir, 1, keep_to=incoming / "pulled")
+            page.wait_for_selector('section.tile[data-port="port-01"][data-display="incomplete"]',
+                                   timeout=30000)
+            # signing and delivering the part that was copied does not turn it green
+            wait_db(lambda: db("SELECT 1 FROM dockings WHERE state = 'delivered'"),
+                    "partial docking delivered")
+            page.wait_for_timeout(600)  # a few polls
+            tile = _tile(page, "port-01")
+            assert tile.get_attribute("data-display") == "incomplete"
+            text = tile.inner_text()
+            assert "采集未完成 — 请重新插入" in text and "王五" in text, text
+            assert "请重新插入记录仪" in text and "完成 — 可以拔出" not in text, text
+            page.screenshot(path=str(tmp_path / "kiosk-incomplete.png"))
+            plug(incoming / "pulled", cfg.paths.ports_dir, 1)
+            page.wait_for_selector('section.tile[data-port="port-01"][data-display="done"]',
+                                   timeout=90000)
+            assert "请重新插入" not in _tile(page, "port-01").inner_text()
+            assert not kept.exists()
+        finally:
+            browser.close()

@@ -12,8 +12,11 @@ Rules every backend keeps, because the upload queue relies on them:
 * **Checked.** ``put_file`` refuses a source whose content does not match the ``sha256``
   and ``size`` it was given, and the backend checks what landed before it is published.
 * **Retry meaning.** Errors are ``DeliveryError`` with ``retry`` set: transient trouble
-  (no space, I/O error, network) is ``retry=True``; what can never succeed (permission
-  denied, conflicting content, a key that escapes the target) is ``retry=False``.
+  (no space, I/O error, network) is ``retry=True``; the target's own state (read-only,
+  not a directory, permission denied, missing key or credentials, authentication refused)
+  is ``target_state=True`` (retried with backoff and alarmed until it is fixed); what the
+  store refuses for this content (conflicting content, a key that escapes the target) is
+  ``retry=False``.
 
 Keys are relative ``/``-separated paths built by ``dockd.delivery.layout``.
 """
@@ -37,9 +40,11 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 1024 * 1024
 
 _FATAL_ERRNOS = frozenset({
-    errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP, errno.ENOTDIR, errno.EISDIR,
-    errno.ENAMETOOLONG, errno.EINVAL, errno.EXDEV,
+    errno.ELOOP, errno.EISDIR, errno.ENAMETOOLONG, errno.EINVAL, errno.EXDEV,
 })
+# The target's own state (a share mounted read-only or not at all, wrong permissions): it
+# can be fixed without touching the evidence, so it is retried with backoff and alarmed.
+_TARGET_STATE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR})
 
 
 @dataclass(frozen=True)
@@ -122,16 +127,18 @@ def hash_stream(stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> tuple[int, st
 def os_error_to_delivery(exc: OSError, target: str, key: str, action: str) -> DeliveryError:
     """Translate an ``OSError`` into a ``DeliveryError`` with the right retry meaning.
 
-    No space / I/O / network trouble: retry. Permission, read-only file system, symlink or
-    not-a-directory (a key that would escape): never. Anything unknown: retry (the upload
-    queue alarms before the deadline, which is safer than dropping a clip).
+    No space / I/O / network trouble: retry. Permission, read-only file system or
+    not-a-directory: the target's state (retried and alarmed). A symlink or a name the
+    file system refuses (a key that would escape): never. Anything unknown: retry (the
+    upload queue alarms before the deadline, which is safer than dropping a clip).
     """
     code = exc.errno
     name = errno.errorcode.get(code, str(code)) if code is not None else "?"
     retry = code not in _FATAL_ERRNOS
+    state = code in _TARGET_STATE_ERRNOS
     message = f"{target}: cannot {action} {key}: {exc.strerror or exc} ({name})"
-    log.debug("%s (errno %s, retry=%s)", message, code, retry)
-    return DeliveryError(message, retry=retry)
+    log.debug("%s (errno %s, retry=%s, target state=%s)", message, code, retry, state)
+    return DeliveryError(message, retry=retry, target_state=state)
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")

@@ -87,6 +87,11 @@ _RETRY_CODES = frozenset({
     "ThrottlingException", "TooManyRequests", "RequestTimeTooSkewed", "OperationAborted",
     "XMinioStorageFull", "InsufficientStorage", "XMinioServerNotInitialized", "ExpiredToken",
 })
+# the store's set-up, not this object: a missing bucket, refused or unknown credentials
+_TARGET_STATE_CODES = frozenset({
+    "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+    "AllAccessDisabled", "AccountProblem", "InvalidToken",
+})
 _BAD_DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch",
                                "XAmzContentChecksumMismatch"})
 
@@ -119,9 +124,12 @@ def load_credentials(path: Path) -> S3Credentials:
         raise DeliveryError(str(exc), retry=False) from exc
     except UnicodeDecodeError as exc:
         raise DeliveryError(f"S3 credentials file {path} is not UTF-8", retry=False) from exc
+    except OSError as exc:
+        raise DeliveryError(f"cannot read S3 credentials file {path}: "
+                            f"{exc.strerror or exc}", target_state=True) from exc
     except (KeyError, configparser.Error) as exc:
         raise DeliveryError(f"S3 credentials file {path} needs [default] aws_access_key_id "
-                            "and aws_secret_access_key", retry=False) from exc
+                            "and aws_secret_access_key", target_state=True) from exc
 
 
 def b64_to_hex(value: str) -> str:
@@ -549,7 +557,7 @@ def translate_error(exc: BaseException, target: str, key: str, action: str) -> D
 
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return DeliveryError(f"{target}: no usable S3 credentials to {action} {key}",
-                             retry=False)
+                             target_state=True)
     if isinstance(exc, ClientError):
         meta = exc.response.get("ResponseMetadata", {})
         status = int(meta.get("HTTPStatusCode") or 0)
@@ -560,8 +568,10 @@ def translate_error(exc: BaseException, target: str, key: str, action: str) -> D
         if code == "403":  # HEAD answers have no body to carry the code
             code = "Forbidden (access denied or bad credentials)"
         msg = f"{target}: cannot {action} {key}: {code} (HTTP {status})"
-        log.debug("%s retry=%s", msg, retry)
-        return DeliveryError(msg, retry=retry, retry_after=retry_after if retry else None)
+        state = status in (401, 403) or code in _TARGET_STATE_CODES
+        log.debug("%s retry=%s target state=%s", msg, retry, state)
+        return DeliveryError(msg, retry=retry, retry_after=retry_after if retry else None,
+                             target_state=state)
     if isinstance(exc, (BotoCoreError, OSError)):
         return DeliveryError(f"{target}: cannot {action} {key}: {type(exc).__name__}: {exc}",
                              retry=True)

@@ -272,7 +272,7 @@ class SftpTarget:
             if not Path(self.known_hosts).is_file():
                 raise DeliveryError(f"{self.name}: known_hosts file {self.known_hosts} does not "
                                     "exist; refusing to connect without host-key checking",
-                                    retry=False)
+                                    target_state=True)
             client_key = self._load_key()
             try:
                 self._conn = await asyncssh.connect(
@@ -307,7 +307,7 @@ class SftpTarget:
             reason = ("wrong or missing passphrase" if isinstance(exc, asyncssh.KeyEncryptionError)
                       or "passphrase" in str(exc).lower() else "not a private key")
             raise DeliveryError(f"{self.name}: cannot load the private key file "
-                                f"{self.key_file} ({reason})", retry=False) from exc
+                                f"{self.key_file} ({reason})", target_state=True) from exc
 
     async def _disconnect(self) -> None:
         conn, self._conn, self._sftp = self._conn, None, None

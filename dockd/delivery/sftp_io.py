@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# permission or a read-only / misconfigured share on the server: the target's state
+_TARGET_STATE_SFTP_CODES = frozenset({
+    asyncssh.FX_PERMISSION_DENIED, asyncssh.FX_WRITE_PROTECT, asyncssh.FX_NOT_A_DIRECTORY,
+})
 _FATAL_SFTP_CODES = frozenset({
     asyncssh.FX_PERMISSION_DENIED, asyncssh.FX_WRITE_PROTECT, asyncssh.FX_OP_UNSUPPORTED,
     asyncssh.FX_INVALID_FILENAME, asyncssh.FX_LINK_LOOP, asyncssh.FX_NOT_A_DIRECTORY,
@@ -130,14 +134,14 @@ def translate(exc: BaseException, *, target: str, where: str, action: str,
         return DeliveryError(
             f"{prefix}: the server's host key is not in known_hosts file {known_hosts} or "
             f"does not match it (unknown server or changed host key); refusing to connect. "
-            f"Check the server's key fingerprint and add it to {known_hosts}", retry=False)
+            f"Check the server's key fingerprint and add it to {known_hosts}", target_state=True)
     if isinstance(exc, asyncssh.PermissionDenied):
         return DeliveryError(
             f"{prefix}: the server refused key authentication for user {user!r} with the "
-            f"key in {key_file} ({exc.reason})", retry=False)
+            f"key in {key_file} ({exc.reason})", target_state=True)
     if isinstance(exc, asyncssh.KeyExchangeFailed):
         return DeliveryError(f"{prefix}: no common key exchange/cipher with the server "
-                             f"({exc.reason})", retry=False)
+                             f"({exc.reason})", target_state=True)
     if isinstance(exc, asyncssh.SFTPError):
         reason = exc.reason or ""
         if exc.code in (asyncssh.FX_NO_SPACE_ON_FILESYSTEM, asyncssh.FX_QUOTA_EXCEEDED) or (
@@ -146,8 +150,9 @@ def translate(exc: BaseException, *, target: str, where: str, action: str,
             return DeliveryError(f"{prefix}: no space or quota left on the server ({reason})",
                                  retry=True)
         retry = exc.code not in _FATAL_SFTP_CODES
+        state = exc.code in _TARGET_STATE_SFTP_CODES
         return DeliveryError(f"{prefix}: {reason or 'SFTP error'} (SFTP status {exc.code})",
-                             retry=retry)
+                             retry=retry, target_state=state)
     if isinstance(exc, asyncssh.ChannelOpenError):
         retry = exc.code != asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
         return DeliveryError(f"{prefix}: the server refused the SFTP channel ({exc.reason})",

@@ -26,19 +26,19 @@ from ..config import Config
 from ..lifecycle import CLIP_STATES
 from ..state import State, parse_iso
 from .queue import pending_by_target, queue_data
-from .views import backlog_view, ports_view
+from .views import backlog_view, incomplete_view, ports_view
 from .web_data import disk_data, fleet_data
 
 log = logging.getLogger(__name__)
 
-PORT_STATES = ("empty", "identifying", "copying", "checking", "done", "error")
+PORT_STATES = ("empty", "identifying", "copying", "checking", "done", "incomplete", "error")
 LEVELS = {"ok": 0, "warning": 1, "alarm": 2}
 
 METRIC_NAMES = (
     "dockd_up", "dockd_info", "dockd_scrape_ok", "dockd_scrape_duration_seconds",
     "dockd_port_state", "dockd_port_bytes_copied", "dockd_port_bytes_expected",
     "dockd_port_clips_copied", "dockd_port_clips_expected", "dockd_port_rate_bytes_per_second",
-    "dockd_port_attention",
+    "dockd_port_attention", "dockd_dockings_incomplete",
     "dockd_clips", "dockd_queue_clips", "dockd_queue_bytes", "dockd_queue_oldest_age_seconds",
     "dockd_deadline_level", "dockd_deadline_remaining_seconds", "dockd_deadline_margin_seconds",
     "dockd_target_required", "dockd_target_throughput_bytes_per_second",
@@ -127,10 +127,16 @@ class DockdCollector(Collector):
                 st.add_metric([p["port"], s], 1 if p["state"] == s else 0)
             for key, fam in fams.items():
                 fam.add_metric([p["port"]], float(p[key] or 0))
-            attention.add_metric([p["port"]], 1 if p["state"] == "error" or p["error"] else 0)
+            attention.add_metric([p["port"]], 1 if p["state"] in ("error", "incomplete")
+                                 or p["error"] else 0)
         yield st
         yield from fams.values()
         yield attention
+        inc = GaugeMetricFamily("dockd_dockings_incomplete",
+                                "Dockings closed with clips left on the recorder, not re-docked "
+                                "or acknowledged")
+        inc.add_metric([], len(incomplete_view(state)))
+        yield inc
 
     def _queue(self, state: State, now: datetime) -> Iterator[Metric]:
         q = queue_data(state, self.cfg, now)

@@ -42,9 +42,11 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
            + "ORDER BY d.id DESC LIMIT ?")
     out = []
     for d in state.query(sql, (*params, limit)):
+        # a gap may start at a clip of an earlier docking of the same recorder (R1 spans
+        # dockings): names come from the recorder's clips
         clips = {c["id"]: c for c in state.query(
-            "SELECT id, safe_name, start_utc, duration_s, state FROM clips WHERE docking_id = ?",
-            (d["id"],))}
+            "SELECT id, docking_id, safe_name, start_utc, duration_s, state FROM clips "
+            "WHERE serial = ?", (d["serial"],))}
         cont = json.loads(d["continuity"]) if d.get("continuity") else None
         notes_by_clip = {  # the note check behind each interruption: why it needs review
             f["detail"]["gap"]["after_clip"]: f["detail"].get("note", {})
@@ -67,7 +69,10 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
             })
         sessions = []
         if cont:
+            own = {c for c, row in clips.items() if row["docking_id"] == d["id"]}
             for s in cont["timeline"].get("sessions", []):
+                if not any(c in own for r in s.get("runs", []) for c in r["clips"]):
+                    continue  # recorded before this docking: in the earlier docking's report
                 sessions.append({
                     "start": s.get("start"), "end": s.get("end"),
                     "runs": [{"start": r["start"], "end": r["end"], "length_s": r["length_s"],
@@ -84,6 +89,7 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
             "needs_review": sum(g["needs_review"] for g in gaps),
             "findings": [*_identity(d), *(cont.get("findings", []) if cont else [])],
             "labels": _labels(state, d["id"]),
+            "incomplete": _incomplete(d),
         })
     return {"dockings": out}
 
@@ -116,6 +122,17 @@ def _identity(d: dict[str, Any]) -> list[dict[str, Any]]:
             str(f.get("kind", "")).startswith("identity_")]
 
 
+def _incomplete(d: dict[str, Any]) -> dict[str, Any] | None:
+    """Clips left on the recorder when this docking closed; ``open`` until the recorder is
+    re-docked (``resolved_by``) or someone acknowledged it (``acked_at``)."""
+    if not d.get("incomplete"):
+        return None
+    return {"uncopied": d["incomplete"], "resolved_by": d.get("resolved_by"),
+            "acked_at": d.get("acked_at"), "acked_by": d.get("acked_by"),
+            "open": not d.get("resolved_by") and not d.get("acked_at"),
+            "why": d.get("error")}
+
+
 def render_report(data: dict[str, Any], tz: tzinfo = UTC) -> Group:
     """The timelines as tables; times in ``tz`` (the dock's zone), the zone in each title."""
     parts: list[Any] = []
@@ -129,6 +146,14 @@ def render_report(data: dict[str, Any], tz: tzinfo = UTC) -> Group:
         title = tr("report.title", docking=d["docking_id"], serial=d["serial"], officer=officer,
                    port=d["port"], docked=local_time(d["docked_at"], tz),
                    clock=f"{offset:+.1f} s" if offset is not None else tr("unknown"))
+        inc = d.get("incomplete")
+        if inc:
+            state = ("OPEN - plug the recorder back in, or `dockd ack`" if inc["open"] else
+                     f"re-docked (docking {inc['resolved_by']})" if inc["resolved_by"] else
+                     f"acknowledged {inc['acked_at'][:16]}Z")
+            parts.append(Text(f"docking {d['docking_id']}: COPY INCOMPLETE, {inc['uncopied']} "
+                              f"clip(s) left on the recorder: {state}",
+                              style="bold yellow" if inc["open"] else "yellow"))
         lab = d.get("labels") or {}
         if not d["analyzed"]:
             parts.append(Text(tr("report.not_analysed", title=title, state=d["state"]),

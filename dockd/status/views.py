@@ -6,6 +6,7 @@ rich tables for the terminal. Nothing here writes.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
@@ -15,6 +16,7 @@ from rich.text import Text
 
 from ..cli_text import tr
 from ..state import State, parse_iso
+from ..tiles import OPEN_INCOMPLETE_SQL, earlier_pending
 from .timefmt import local_time
 
 PORT_LABELS = {
@@ -23,6 +25,7 @@ PORT_LABELS = {
     "copying": "copying",
     "checking": "checking",
     "done": "done - safe to unplug",
+    "incomplete": "COPY INCOMPLETE - plug it back in",
     "error": "ERROR",
 }
 
@@ -58,11 +61,18 @@ def ports_view(state: State) -> list[dict[str, Any]]:
         eta = left / rate if (rate and r["state"] == "copying" and left > 0) else None
         delivered = None
         if r.get("docking_id"):
+            # its own clips and those an earlier docking copied that it found again: only a
+            # verified delivery counts
+            dk = state.query_one("SELECT earlier_pending, skipped_known FROM dockings "
+                                 "WHERE id = ?", (r["docking_id"],))
+            ids = earlier_pending(dk["earlier_pending"]) if dk else []
+            known = (dk["skipped_known"] or 0) if dk else 0  # verified before this docking
             d = state.query_one(
                 "SELECT count(*) AS total, sum(state IN ('delivered', 'cleared')) AS done "
-                "FROM clips WHERE docking_id = ?", (r["docking_id"],))
+                "FROM clips WHERE docking_id = ? OR id IN (SELECT value FROM json_each(?))",
+                (r["docking_id"], json.dumps(ids)))
             if d:
-                delivered = {"done": d["done"] or 0, "total": d["total"]}
+                delivered = {"done": (d["done"] or 0) + known, "total": d["total"] + known}
         out.append({
             "port": r["port"], "state": r["state"], "label": PORT_LABELS.get(r["state"], r["state"]),
             "serial": r.get("serial"), "officer_no": r.get("officer_no"),
@@ -107,6 +117,20 @@ def backlog_view(state: State, now: datetime) -> dict[str, Any]:
     }
 
 
+def incomplete_view(state: State) -> list[dict[str, Any]]:
+    """Dockings closed with clips left on the recorder, not re-docked, not acknowledged."""
+    rows = state.query(
+        "SELECT d.id, d.serial, d.port, d.docked_at, d.undocked_at, d.incomplete, "
+        "d.clips_total, d.error, r.officer_no, r.officer_name FROM dockings d LEFT JOIN "
+        f"recorders r ON r.serial = d.serial WHERE {OPEN_INCOMPLETE_SQL.replace('state', 'd.state')} "
+        "ORDER BY d.id")
+    return [{"docking_id": r["id"], "serial": r["serial"], "port": r["port"],
+             "officer_no": r["officer_no"], "officer_name": r["officer_name"],
+             "docked_at": r["docked_at"], "undocked_at": r["undocked_at"],
+             "uncopied": r["incomplete"], "clips_total": r["clips_total"],
+             "why": r["error"]} for r in rows]
+
+
 def status_data(state: State, dock_id: str, now: datetime) -> dict[str, Any]:
     return {
         "dock": dock_id,
@@ -114,12 +138,14 @@ def status_data(state: State, dock_id: str, now: datetime) -> dict[str, Any]:
         "ports": ports_view(state),
         "clips_by_state": state.counts_by_state(),
         "backlog": backlog_view(state, now),
+        "incomplete": incomplete_view(state),
     }
 
 
 def _state_style(state: str) -> str:
     return {"done": "bold green", "copying": "bold cyan", "checking": "cyan",
-            "identifying": "cyan", "error": "bold red", "empty": "dim"}.get(state, "")
+            "identifying": "cyan", "error": "bold red", "empty": "dim",
+            "incomplete": "bold yellow"}.get(state, "")
 
 
 def render_status(data: dict[str, Any], *, show_empty: bool = True, width: int = 120,
@@ -174,6 +200,17 @@ def render_status(data: dict[str, Any], *, show_empty: bool = True, width: int =
                         style="bold red" if d["overdue"] else ""))
     parts: list[Any] = [ports, bl if backlog["dockings"] else
                         Text(tr("status.backlog_empty"), style="green")]
+    if data.get("incomplete"):
+        inc = Table(title="INCOMPLETE copies: recorder pulled before every clip was copied "
+                          "(plug it back in, or `dockd ack PORT`)", expand=False)
+        for col in ("docking", "recorder", "officer", "port", "not copied", "undocked"):
+            inc.add_column(col)
+        for i in data["incomplete"]:
+            inc.add_row(str(i["docking_id"]), i["serial"],
+                        " ".join(x for x in (i["officer_no"], i["officer_name"]) if x) or "-",
+                        i["port"], f"{i['uncopied']}/{i['clips_total']}",
+                        i["undocked_at"] or "-", style="yellow")
+        parts.append(inc)
     if backlog["delivery_errors"]:
         errs = Table(title=tr("status.errors"), expand=False)
         for col in ("clip", "target", "attempts", "state", "error"):

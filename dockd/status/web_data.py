@@ -24,11 +24,12 @@ from ..errors import StateError
 from ..state import State, utcnow
 from .queue import queue_data
 from .report import report_data
-from .views import backlog_view, ports_view, status_data
+from .views import backlog_view, incomplete_view, ports_view, status_data
 
 log = logging.getLogger(__name__)
 
-DISPLAY_STATES = ("empty", "identifying", "copying", "checking", "done", "charging", "error")
+DISPLAY_STATES = ("empty", "identifying", "copying", "checking", "done", "charging",
+                  "incomplete", "error")
 ALERT, NOTICE = "alert", "notice"
 FINDINGS_LIMIT = 50  # most recent dockings scanned for /api/findings
 FLEET_LIMIT = 500  # recorders listed (bounded: the metrics labels come from here too)
@@ -226,6 +227,11 @@ def fleet_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
             rv["notes"] = []
             rv["note_codes"] = []
             recs.append(rv)
+    incomplete: dict[str, list[int]] = {}
+    for i in incomplete_view(state):
+        incomplete.setdefault(i["serial"], []).append(i["docking_id"])
+    for r in recs:
+        r["incomplete_dockings"] = incomplete.get(r["serial"], [])
     order = {"unfit": 0, "charging": 1, "fit?": 2, "unknown": 2, "fit": 3}
     recs.sort(key=lambda r: (order.get(r["label"], 2), r["serial"]))
     recs = recs[:FLEET_LIMIT]
@@ -237,6 +243,7 @@ def fleet_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
                        "max_clock_offset_s": h.max_clock_offset_s,
                        "charging_minutes": h.charging_minutes},
         "unfit": sum(1 for r in recs if r["fit"] is False),
+        "incomplete": sum(1 for r in recs if r["incomplete_dockings"]),
         "recorders": recs,
         "cases": labelled_dockings(state),
     }
@@ -348,14 +355,18 @@ def kiosk_ports(state: State, cfg: Config) -> list[dict[str, Any]]:
             rec = state.query_one("SELECT * FROM recorders WHERE serial = ?", (p["serial"],))
         display, percent = _display(p)
         problems: list[dict[str, Any]] = []
-        if p["state"] == "error" or p["error"]:
+        if p["state"] == "incomplete":
+            left = max(0, (p["clips_total"] or 0) - (p["clips_done"] or 0))
+            problems.append({"code": "copy_incomplete", "severity": ALERT, "count": left,
+                             "detail": str(left)})
+        elif p["state"] == "error" or p["error"]:
             detail = p["error"] or p["message"] or ""
             problems.append({"code": "port_error", "severity": ALERT, "count": 1,
                              "reason": port_error_reason(detail), "detail": detail})
         if p["serial"] and p["state"] != "identifying" and not is_registered(rec):
             problems.append({"code": "not_registered", "severity": ALERT, "count": 1,
                              "detail": p["serial"]})
-        if p["docking_id"] and p["state"] != "empty":
+        if p["docking_id"] and p["state"] not in ("empty", "incomplete"):
             problems.extend(docking_problems(state, p["docking_id"]))
         rv = recorder_view(rec, cfg.health) if rec else None
         out.append({
@@ -410,6 +421,7 @@ def api_queue(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
             "backlog": {"clips": b["clips"], "bytes": b["bytes"],
                         "oldest_deadline_at": b["oldest_deadline_at"]},
             "delivery_errors": b["delivery_errors"],
+            "incomplete": incomplete_view(state),
             "clips_by_state": state.counts_by_state()}
 
 

@@ -226,7 +226,9 @@
             r.clock_offset_s.toFixed(1) + " s",
           r.firmware || "–", when(r.last_seen),
           ((r.reasons || []).length ? r.reasons.map(reasonText)
-                                    : (r.note_codes || []).map(noteText)).join("; ")],
+                                    : (r.note_codes || []).map(noteText))
+            .concat((r.incomplete_dockings || []).length ? [t("fleet.incomplete")] : [])
+            .join("; ")],
           r.fit === false ? "unfit" : "");
         tr.firstChild.className = "status" + (r.fit ? " fit" : "");
         tr.dataset.serial = r.serial;
@@ -303,6 +305,15 @@
             return row([d.docking_id, d.serial, d.port, d.clips_left, bytes(d.bytes_left),
                         when(d.deadline_at), dur(d.remaining_s), d.eta ? when(d.eta) : "–", lvl]);
           })));
+      }
+      if ((q.incomplete || []).length) {  /* recorders pulled before every clip was copied */
+        parts.push(el("h2", "incomplete", t("it.incomplete")));
+        parts.push(table(["col.docking", "col.recorder", "col.officer", "col.port",
+                          "col.clips", "col.time"], q.incomplete.map(function (i) {
+          return row([i.docking_id, i.serial, [i.officer_no, i.officer_name].filter(Boolean)
+            .join(" "), i.port, t("it.not_copied", { n: i.uncopied, total: i.clips_total }),
+            when(i.undocked_at)], "unfit");
+        })));
       }
       parts.push(el("h2", null, t("it.targets")));
       parts.push(table(["col.target", "col.required", "col.throughput", "col.clips",

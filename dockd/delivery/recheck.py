@@ -1,0 +1,54 @@
+"""Deliveries that failed, tried again: ``dockd retry [--target NAME]`` and the automatic
+re-check at start-up (a configuration change takes effect with a restart, so it is
+re-checked then too), and the alarms that clear once a target delivers again."""
+
+from __future__ import annotations
+
+import logging
+
+from ..alerts import resolve_alerts
+from ..state import State
+
+log = logging.getLogger(__name__)
+
+TARGET_UNUSABLE = "target_unusable"
+"""Alert kind: the target itself cannot take anything now (read-only, not a directory,
+permission, key or credentials, authentication); retried with backoff until it can."""
+DELIVERY_FAILED = "delivery_failed"
+"""Alert kind: the store refused some content (conflict, write-once copy wrong)."""
+
+
+def retry_deliveries(state: State, target: str | None = None, *, actor: str = "operator",
+                     why: str = "retry requested") -> int:
+    """Set failed deliveries (clips and manifests) of ``target`` (all when None) back to
+    pending and due now; pending ones waiting out a backoff are due now too. Returns how many
+    failed ones were set back."""
+    where, params = "", ()
+    if target is not None:
+        where, params = " AND target = ?", (target,)
+    with state.tx() as conn:
+        n = 0
+        for table in ("deliveries", "manifest_deliveries"):
+            n += conn.execute(f"UPDATE {table} SET state = 'pending', next_try_at = NULL "
+                              f"WHERE state = 'failed'{where}", params).rowcount
+            conn.execute(f"UPDATE {table} SET next_try_at = NULL WHERE state = 'pending'"
+                         f"{where}", params)
+        if n:
+            state.audit("delivery_retry", f"target/{target or '*'}",
+                        {"failed_set_back": n, "why": why}, actor=actor, conn=conn)
+    if n:
+        log.info("%s: %d failed deliver%s to %s set back to pending", why, n,
+                 "y" if n == 1 else "ies", target or "every target")
+    return n
+
+
+def target_delivered(state: State, target: str) -> None:
+    """Something landed verified on ``target``: it is usable again; and once nothing of it is
+    failed any more, its failure alarm is over too."""
+    resolve_alerts(state, TARGET_UNUSABLE, f"target/{target}")
+    left = state.query_one(
+        "SELECT (SELECT count(*) FROM deliveries WHERE target = :t AND state = 'failed') + "
+        "(SELECT count(*) FROM manifest_deliveries WHERE target = :t AND state = 'failed') "
+        "AS n", {"t": target})
+    if left is not None and left["n"] == 0:
+        resolve_alerts(state, DELIVERY_FAILED, f"target/{target}")
