@@ -31,7 +31,6 @@ from .delivery.layout import (
     SIGNATURE_NAME,
     clip_key,
     docking_prefix,
-    key_path,
     recording_date,
 )
 from .delivery.publish import manifest_token, publish_checkpoints, publish_keys
