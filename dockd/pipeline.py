@@ -24,8 +24,9 @@ from typing import Any
 from .alerts import raise_alert
 from .config import Config, ProfileConfig
 from .delivery.base import StorageTarget
-from .delivery.clearing import ClearOutcome, clear_recorder
+from .delivery.clearing import ClearOutcome, clear_recorder, verify_with
 from .delivery.layout import MANIFEST_NAME, SIGNATURE_NAME, clip_key, docking_prefix, key_path
+from .delivery.repair import docking_complete, repair_copies
 from .delivery.schedule import Pacer, parse_bandwidth
 from .delivery.targets import retention_for
 from .devices.clock import dock_clock_doc, set_clock_after_offload
@@ -670,6 +671,11 @@ class Pipeline:
             if required <= have:
                 self.state._advance_clip(conn, clip_id, "signed", "delivered",
                                          {"delivered_at": self.state.now()})
+            docking_id = conn.execute("SELECT docking_id FROM clips WHERE id = ?",
+                                      (clip_id,)).fetchone()[0]
+        if docking_complete(self.state, docking_id, required) and \
+                not self.cfg.delivery.keep_staged:  # a re-sent copy completed it again
+            shutil.rmtree(self.staging_dir(docking_id), ignore_errors=True)
         who = self._who_clip(clip_id)
         log.info("port %s serial %s: %s verified on %s", who["port"], who["serial"],
                  who["safe_name"], target)
@@ -786,7 +792,9 @@ class Pipeline:
             out = clear_recorder(self.state, serial=d["serial"], root=root, port=port,
                                  required_targets=required,
                                  chunk_size=self.cfg.offload.chunk_size,
-                                 writable=self.writable(port, root))
+                                 verify_copy=verify_with({t.name: t for t in self.targets}),
+                                 writable=self.writable(port, root),
+                                 on_mismatch=lambda c, bad: self._repair(c, bad, root))
         except DockdError as exc:  # e.g. the recorder could not be made writable
             log.warning("port %s serial %s: recorder not cleared: %s", port, d["serial"], exc)
             self._port_msg(port, message=f"not cleared: {exc}")
@@ -795,6 +803,13 @@ class Pipeline:
             self._port_msg(port, message=f"erased {len(out.cleared)} delivered clip(s) "
                                          "from the recorder")
         return out
+
+    def _repair(self, clip: dict[str, Any], bad: list[str], root: Path | None) -> None:
+        """A delivered copy failed its re-check before clearing: see dockd.delivery.repair."""
+        repair_copies(self.state, clip, bad, targets={t.name: t for t in self.targets},
+                      staging_dir=self.staging_dir(clip["docking_id"]), root=root,
+                      chunk_size=self.cfg.offload.chunk_size,
+                      alert_command=self.cfg.delivery.alert_command)
 
     def reread_health(self, port: str, root: Path, hints: Mapping[str, str] | None = None
                       ) -> None:
