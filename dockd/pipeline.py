@@ -48,6 +48,7 @@ from .errors import (
     StagingFull,
     TransitionError,
 )
+from .ingest.duplicates import note_duplicate_serial, still_docked
 from .ingest.offload import copy_clip, hash_file
 from .ingest.probe import Prober
 from .ingest.scan import scan_recorder
@@ -155,6 +156,10 @@ class Pipeline:
                        message="identifying recorder")
         snapshot_doc = checks.snapshot_doc(snap)
         dock_clock = dock_clock_doc(self.cfg.health)
+        twins = {r["id"] for r in self.state.query(
+            "SELECT id, root FROM dockings WHERE serial = ? AND state = 'offloading' AND "
+            "port != ?", (ident.serial, port))
+            if still_docked(self.registry, r["root"], ident.serial, root, now)}
         with self.state.tx() as conn:
             conn.execute(
                 "INSERT INTO recorders (serial, first_seen) VALUES (?, ?) "
@@ -174,6 +179,8 @@ class Pipeline:
             for row in active:
                 if row["port"] == port and docking_id is None:
                     docking_id = row["id"]  # same recorder, same port: the daemon restarted
+                elif row["id"] in twins:
+                    continue  # another recorder with the same serial, still docked
                 else:
                     self.state._advance_docking(conn, row["id"], "offloading", "interrupted",
                                                 {"undocked_at": iso(now)})
@@ -203,6 +210,12 @@ class Pipeline:
         with self.state.tx() as conn:
             conn.execute(HEALTH_INSERT_SQL, health_row(sample))
         known = self._register_clips(docking_id, ident.serial, scan.entries, scan.findings)
+        if twins:
+            both = self.state.query(
+                "SELECT id, port FROM dockings WHERE id IN (%s)" % ",".join(
+                    "?" * (len(twins) + 1)), (*sorted(twins), docking_id))
+            note_duplicate_serial(self.state, ident.serial, [(r["id"], r["port"]) for r in both],
+                                  alert_command=self.cfg.delivery.alert_command)
         return docking_id, known
 
     def _register_clips(self, docking_id: int, serial: str, entries: Sequence[ClipEntry],
@@ -216,12 +229,17 @@ class Pipeline:
                          (dumps([f.as_dict() for f in scan_findings]), docking_id))
             for e in entries:
                 rows = conn.execute(
-                    "SELECT * FROM clips WHERE serial = ? AND rel_path = ? AND size = ? "
-                    "ORDER BY id DESC", (serial, encode_path(e.rel_path), e.size)).fetchall()
+                    "SELECT c.*, d.state AS docking_state FROM clips c JOIN dockings d ON "
+                    "d.id = c.docking_id WHERE c.serial = ? AND c.rel_path = ? AND c.size = ? "
+                    "ORDER BY c.id DESC", (serial, encode_path(e.rel_path), e.size)).fetchall()
                 mine = [r for r in rows if r["docking_id"] == docking_id]
                 if mine:
                     continue  # already registered in this docking (resumed)
-                pending = [r for r in rows if r["state"] == "discovered"]
+                # A clip still waiting in another *active* docking belongs to another
+                # recorder reporting the same serial: never take it over (its identity is
+                # its content, unknown until copied); only an ended docking hands over.
+                pending = [r for r in rows if r["state"] == "discovered"
+                           and r["docking_state"] != "offloading"]
                 handled = [r for r in rows if r["state"] != "discovered"]
                 if pending:
                     # Left uncopied by an earlier docking that was interrupted: continue it
