@@ -211,10 +211,10 @@ class Pipeline:
             conn.execute(HEALTH_INSERT_SQL, health_row(sample))
         known = self._register_clips(docking_id, ident.serial, scan.entries, scan.findings)
         if twins:
-            both = self.state.query(
-                "SELECT id, port FROM dockings WHERE id IN (%s)" % ",".join(
-                    "?" * (len(twins) + 1)), (*sorted(twins), docking_id))
-            note_duplicate_serial(self.state, ident.serial, [(r["id"], r["port"]) for r in both],
+            both = [(r["id"], r["port"]) for r in self.state.query(
+                "SELECT id, port FROM dockings WHERE serial = ? AND state = 'offloading'",
+                (ident.serial,)) if r["id"] in twins or r["id"] == docking_id]
+            note_duplicate_serial(self.state, ident.serial, both,
                                   alert_command=self.cfg.delivery.alert_command)
         return docking_id, known
 
