@@ -45,6 +45,7 @@ from .errors import (
     DockdError,
     ProbeError,
     RecorderGone,
+    SourceChanged,
     StagingFull,
     TransitionError,
 )
@@ -52,6 +53,7 @@ from .ingest.duplicates import note_duplicate_serial, still_docked
 from .ingest.offload import copy_clip, hash_file
 from .ingest.probe import Prober
 from .ingest.scan import scan_recorder
+from .ingest.settle import copy_settled, recorder_present
 from .integrity import checks
 from .integrity.continuity import ClipTiming, ContinuityParams, build_timeline
 from .integrity.manifest import build_manifest, canonical_bytes, manifest_sha256, sign_manifest
@@ -228,25 +230,33 @@ class Pipeline:
             conn.execute("UPDATE dockings SET findings = ? WHERE id = ?",
                          (dumps([f.as_dict() for f in scan_findings]), docking_id))
             for e in entries:
-                rows = conn.execute(
+                same_path = conn.execute(
                     "SELECT c.*, d.state AS docking_state FROM clips c JOIN dockings d ON "
-                    "d.id = c.docking_id WHERE c.serial = ? AND c.rel_path = ? AND c.size = ? "
-                    "ORDER BY c.id DESC", (serial, encode_path(e.rel_path), e.size)).fetchall()
-                mine = [r for r in rows if r["docking_id"] == docking_id]
+                    "d.id = c.docking_id WHERE c.serial = ? AND c.rel_path = ? "
+                    "ORDER BY c.id DESC", (serial, encode_path(e.rel_path))).fetchall()
+                rows = [r for r in same_path if r["size"] == e.size]
+                mine = [r for r in same_path if r["docking_id"] == docking_id
+                        and (r["size"] == e.size or r["state"] == "discovered")]
                 if mine:
+                    if mine[0]["state"] == "discovered" and mine[0]["size"] != e.size:
+                        # still being written when first seen: copy what is there now
+                        conn.execute("UPDATE clips SET size = ?, mtime = ?, updated_at = ? "
+                                     "WHERE id = ?", (e.size, e.mtime, now, mine[0]["id"]))
                     continue  # already registered in this docking (resumed)
                 # A clip still waiting in another *active* docking belongs to another
                 # recorder reporting the same serial: never take it over (its identity is
-                # its content, unknown until copied); only an ended docking hands over.
-                pending = [r for r in rows if r["state"] == "discovered"
+                # its content, unknown until copied); only an ended docking hands over —
+                # whatever its size now (a file that grew since must not leave an orphan).
+                pending = [r for r in same_path if r["state"] == "discovered"
                            and r["docking_state"] != "offloading"]
                 handled = [r for r in rows if r["state"] != "discovered"]
                 if pending:
                     # Left uncopied by an earlier docking that was interrupted: continue it
                     # here, keeping the deadline of the docking that first saw it (R3).
                     conn.execute("UPDATE clips SET docking_id = ?, safe_name = ?, mtime = ?, "
-                                 "updated_at = ? WHERE id = ?",
-                                 (docking_id, e.safe_name, e.mtime, now, pending[0]["id"]))
+                                 "size = ?, updated_at = ? WHERE id = ?",
+                                 (docking_id, e.safe_name, e.mtime, e.size, now,
+                                  pending[0]["id"]))
                     continue
                 if handled:
                     known.append((e, decode_row(handled[0])))
@@ -318,6 +328,7 @@ class Pipeline:
             staging = self.staging_dir(docking_id)
             staging.mkdir(parents=True, exist_ok=True)
             last_report = [0.0]
+            unsettled: list[str] = []
 
             for i, c in enumerate(pending):
                 entry = ClipEntry(c["rel_path"], c["safe_name"], c["size"], c["mtime"])
@@ -330,13 +341,28 @@ class Pipeline:
                         rate = (before + n) / max(1e-3, now_m - started)
                         self._port_msg(port, bytes_done=base + n, rate_bps=rate)
 
-                res = copy_clip(root, entry, staging, chunk_size=chunk,
-                                verify=self.cfg.offload.verify_staged,
-                                min_free=self.cfg.offload.min_free,
-                                progress=progress, should_stop=should_stop)
+                def copy(e: ClipEntry, progress: Callable[[int], None] = progress) -> Any:
+                    return copy_clip(root, e, staging, chunk_size=chunk,
+                                     verify=self.cfg.offload.verify_staged,
+                                     min_free=self.cfg.offload.min_free,
+                                     progress=progress, should_stop=should_stop)
+
+                try:
+                    res, changed = copy_settled(copy, root, entry,
+                                                settle_s=self.cfg.offload.settle_seconds,
+                                                should_stop=should_stop,
+                                                where=f"port {port} serial {serial}: ")
+                except SourceChanged as exc:
+                    if should_stop() or not recorder_present(root, entry):
+                        raise
+                    unsettled.append(str(exc))  # the others first; this one later
+                    self.state.clip_error(c["id"], str(exc))
+                    continue
+                extra = {"findings": dumps(_json_list(c["findings"]) +
+                                           [f.as_dict() for f in changed])} if changed else {}
                 self.state.advance_clip(c["id"], "discovered", "copied", sha256=res.sha256,
                                         size=res.size, staged_path=str(res.staged_path),
-                                        copied_at=self.state.now())
+                                        copied_at=self.state.now(), **extra)
                 out.copied += 1
                 bytes_done += res.size
                 copied_bytes += res.size
@@ -345,6 +371,9 @@ class Pipeline:
                                rate_bps=rate)
                 log.info("port %s serial %s: copied %s (%d bytes, sha256 %s)", port, serial,
                          c["safe_name"], res.size, res.sha256)
+            if unsettled:
+                raise CopyError(f"{len(unsettled)} clip(s) changed while copying and did not "
+                                f"settle; retried later: {'; '.join(unsettled)}")
         except RecorderGone as exc:
             log.warning("port %s serial %s: recorder gone during offload: %s", port, serial, exc)
             out.interrupted = True
