@@ -25,6 +25,7 @@ from .alerts import raise_alert
 from .config import Config, ProfileConfig
 from .delivery.base import StorageTarget
 from .delivery.clearing import ClearOutcome, clear_recorder, verify_with
+from .delivery.early import make_room, promote_delivered
 from .delivery.layout import MANIFEST_NAME, SIGNATURE_NAME, clip_key, docking_prefix, key_path
 from .delivery.repair import docking_complete, repair_copies
 from .delivery.schedule import Pacer, parse_bandwidth
@@ -348,10 +349,15 @@ class Pipeline:
                                      progress=progress, should_stop=should_stop)
 
                 try:
-                    res, changed = copy_settled(copy, root, entry,
-                                                settle_s=self.cfg.offload.settle_seconds,
-                                                should_stop=should_stop,
-                                                where=f"port {port} serial {serial}: ")
+                    while True:
+                        try:
+                            res, changed = copy_settled(
+                                copy, root, entry, settle_s=self.cfg.offload.settle_seconds,
+                                should_stop=should_stop, where=f"port {port} serial {serial}: ")
+                            break
+                        except StagingFull as exc:
+                            if not self._make_room(docking_id, exc, should_stop):
+                                raise
                 except SourceChanged as exc:
                     if should_stop() or not recorder_present(root, entry):
                         raise
@@ -396,6 +402,20 @@ class Pipeline:
                                     self.profile(d["profile"]),
                                     writable=self.writable(port, root))
         return out
+
+    def _make_room(self, docking_id: int, exc: StagingFull, should_stop: StopFn) -> bool:
+        """Staging is full: alarm, and deliver this docking's copied clips ahead of its
+        manifest so they leave staging (dockd.delivery.early). True if room was made."""
+        d = self.state.docking(docking_id)
+        raise_alert(self.state, level="alarm", kind="staging_full", subject="staging",
+                    message=f"staging {self.cfg.paths.staging_dir} is full ({exc}); port "
+                            f"{d['port']} serial {d['serial']}: delivering copied clips ahead "
+                            "of signing to make room",
+                    command=self.cfg.delivery.alert_command)
+        freed = make_room(self, docking_id, should_stop)
+        log.warning("port %s serial %s: staging full: %d bytes freed by delivering ahead of "
+                    "signing", d["port"], d["serial"], freed)
+        return freed > 0
 
     def mark_interrupted(self, docking_id: int, why: str) -> None:
         with self.state.tx() as conn:
@@ -518,7 +538,10 @@ class Pipeline:
             return None
         self._port_msg(docking["port"], state="checking",
                        message=f"listening for a spoken note in {clip['safe_name']}")
-        return self.notes.analyze(clip["staged_path"], label=f"port {docking['port']} serial "
+        path = clip["staged_path"]
+        if path and not Path(path).is_file() and docking.get("root"):
+            path = str(Path(docking["root"]) / clip["rel_path"])  # delivered to make room
+        return self.notes.analyze(path, label=f"port {docking['port']} serial "
                                   f"{docking['serial']} {clip['safe_name']}")
 
     # ------------------------------------------------------------------ 4. sign
@@ -822,6 +845,8 @@ class Pipeline:
             if self.ready_to_sign(docking_id):
                 self.analyze_continuity(docking_id)
                 self.sign(docking_id)
+                promote_delivered(self.state, docking_id,  # clips delivered to make room
+                                  [t.name for t in self.targets if t.required])
             return True
         finally:
             with self._finishing_lock:
