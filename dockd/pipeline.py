@@ -289,11 +289,17 @@ class Pipeline:
         port, serial = d["port"], d["serial"]
         out = DockingOutcome(docking_id)
         chunk = self.cfg.offload.chunk_size
+        current: list[ClipEntry] = []  # the clip being read when the recorder failed
         try:
             for entry, prior in known:
                 if should_stop():
                     raise CopyError("stopped")
-                size, digest = hash_file(root / entry.rel_path, chunk)
+                current[:] = [entry]
+                try:
+                    size, digest = hash_file(root / entry.rel_path, chunk)
+                except OSError as exc:
+                    raise RecorderGone(f"{entry.safe_name}: cannot re-read it on the "
+                                       f"recorder: {exc.strerror or exc}") from exc
                 if size == prior["size"] and digest == prior["sha256"]:
                     out.skipped_known += 1
                     continue
@@ -333,6 +339,7 @@ class Pipeline:
 
             for i, c in enumerate(pending):
                 entry = ClipEntry(c["rel_path"], c["safe_name"], c["size"], c["mtime"])
+                current[:] = [entry]
                 base = bytes_done
 
                 def progress(n: int, base: int = base, before: int = copied_bytes) -> None:
@@ -381,6 +388,14 @@ class Pipeline:
                 raise CopyError(f"{len(unsettled)} clip(s) changed while copying and did not "
                                 f"settle; retried later: {'; '.join(unsettled)}")
         except RecorderGone as exc:
+            if current and not should_stop() and recorder_present(root, current[0]):
+                # the recorder is still there (a failing read, a stall): not a removal; the
+                # daemon retries the offload, an Undocked event interrupts it if it left
+                log.error("port %s serial %s: read error on the recorder: %s", port, serial,
+                          exc)
+                out.errors.append(str(exc))
+                self._port_msg(port, state="error", error=str(exc))
+                raise CopyError(f"read error on the recorder: {exc}") from exc
             log.warning("port %s serial %s: recorder gone during offload: %s", port, serial, exc)
             out.interrupted = True
             out.errors.append(str(exc))

@@ -110,7 +110,14 @@ def clear_recorder(state: State, *, serial: str, root: Path, port: str,
         return out
     with (writable or nullcontext)():
         for c, path in candidates:
-            size, digest = hash_file(path, chunk_size)
+            try:
+                size, digest = hash_file(path, chunk_size)
+            except OSError as exc:  # a failing card or a recorder pulled out: erase nothing
+                log.warning("port %s serial %s: cannot re-read %s on the recorder: %s; not "
+                            "erased", port, serial, c["safe_name"], exc)
+                out.kept.append((c["safe_name"], f"cannot re-read it on the recorder: "
+                                                 f"{exc.strerror or exc}"))
+                continue
             if size != c["size"] or digest != c["sha256"]:
                 log.warning("port %s serial %s: %s on the recorder differs from the delivered "
                             "copy (sha256 %s vs %s): not erased", port, serial, c["safe_name"],
