@@ -351,14 +351,20 @@ def target_copies(root: Path) -> Counter[str]:
 
 def check_invariants(dock: Dock) -> list[str]:
     """Every invariant of issue #10's fault matrix; returns the violations."""
+    return invariants(dock.cfg, dock.originals, dock.rec)
+
+
+def invariants(cfg: Config, originals: Counter[str], rec: Path) -> list[str]:
+    """Each recorder clip (``originals``: SHA-256 counts) once on every target, verified;
+    nothing marked delivered that is not; nothing erased without its copies; manifests and
+    audit chain verify; no partials, staging empty; every clip cleared, docking delivered."""
     problems: list[str] = []
-    cfg = dock.cfg
     targets = {t.name: t.path for t in cfg.targets}
     for name, root in targets.items():
         got = target_copies(root)
-        if got != dock.originals:
-            lost = dock.originals - got
-            extra = got - dock.originals
+        if got != originals:
+            lost = originals - got
+            extra = got - originals
             problems.append(f"{name}: copies differ from the recorder's clips: lost "
                             f"{sum(lost.values())}, duplicated or foreign {sum(extra.values())}")
         for d in {p.parent for p in root.rglob("manifest.json")}:
@@ -389,7 +395,7 @@ def check_invariants(dock: Dock) -> list[str]:
             if d["state"] != "delivered":
                 problems.append(f"docking {d['id']} left {d['state']}")
         problems.extend(st.verify_audit_chain())
-    if list(dock.rec.rglob("*.MP4")):
+    if list(rec.rglob("*.MP4")):
         problems.append("recorder not cleared although everything was delivered")
     return problems
 
