@@ -260,7 +260,11 @@ class Pipeline:
                                   pending[0]["id"]))
                     continue
                 if handled:
-                    known.append((e, decode_row(handled[0])))
+                    prior = decode_row(handled[0])
+                    # every copy under this name and size is a candidate: two recorders
+                    # reporting one serial each have their own (identity is the content)
+                    prior["known_sha256"] = [r["sha256"] for r in handled]
+                    known.append((e, prior))
                     continue
                 self._insert_clip(conn, docking_id, serial, e, docking["deadline_at"], now)
             total = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM clips "
@@ -300,7 +304,8 @@ class Pipeline:
                 except OSError as exc:
                     raise RecorderGone(f"{entry.safe_name}: cannot re-read it on the "
                                        f"recorder: {exc.strerror or exc}") from exc
-                if size == prior["size"] and digest == prior["sha256"]:
+                if size == prior["size"] and digest in prior.get("known_sha256",
+                                                                 [prior["sha256"]]):
                     out.skipped_known += 1
                     continue
                 log.warning("port %s serial %s: %s differs from the copy handled in docking %s "

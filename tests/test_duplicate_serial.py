@@ -92,3 +92,24 @@ def test_recorder_moved_to_another_port_still_continues_its_docking(cfg, make_re
         assert st.docking(d2)["state"] == "delivered"
         assert not st.query("SELECT * FROM alerts WHERE kind = 'duplicate_serial'")
         assert st.query("SELECT * FROM clips WHERE state = 'discovered'") == []
+
+
+def test_recorder_docked_again_after_its_twin_is_not_copied_twice(cfg, make_recorder,
+                                                                  tmp_path, workdir):
+    """Found by the soak: A delivered, then its same-serial twin B (same names and sizes),
+    then A again with the same clips. A's clips are already delivered: they must be
+    recognised by content among *all* earlier copies, not only the latest (B's)."""
+    a = make_recorder(cfg, segments=2)
+    b = _twin(a, tmp_path / "twin")
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe = build_pipeline(cfg, st, prober)
+        for port, rec in (("port-01", a), ("port-02", b), ("port-01", a)):
+            d, known = pipe.begin_docking(port, rec)
+            pipe.offload(d, rec, known)
+            pipe.mark_interrupted(d, "taken out")
+            pipe.finish(d)
+            pipe.deliver_pending(ignore_backoff=True)
+        last = st.docking(d)
+        assert last["skipped_known"] == 2 and last["clips_total"] == 0
+    landed = [_sha(p) for p in (workdir / "target").rglob("*.MP4")]
+    assert len(landed) == 4 and len(set(landed)) == 4  # each recording once
