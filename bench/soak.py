@@ -15,7 +15,8 @@ OpenSSH on 127.0.0.1, ``tests/sshd.py``), clearing on (``after_delivery``). For
 * ``kill -9`` of the daemon (restarted at once) and SIGTERM (restarted after it stopped);
 * the off-site target down for a while (sshd stopped) and erroring (sessions killed).
 
-Read errors, a full staging disk, wrong bytes / lying checksums on a target and clock jumps
+Spoken-note analysis (Whisper) is off: on a shared 2-core box it would dominate the CPU;
+it is tested on its own (tests/test_notes.py). Read errors, a full staging disk, wrong bytes / lying checksums on a target and clock jumps
 are covered state by state in ``tests/faults`` (they need in-process seams).
 
 Then every fault is healed, every recorder still holding clips is docked again until it is
@@ -86,6 +87,7 @@ class Soak:
         self.lock = threading.Lock()
         self.index: dict[str, Counter[str]] = {"primary": Counter(), "offsite": Counter()}
         self.seen: dict[Path, str] = {}
+        self.emptied: dict[int, float] = {}
 
     # ------------------------------------------------------------------ set-up
 
@@ -126,6 +128,8 @@ user = "{s.user}"
 key_file = "{s.client_key}"
 known_hosts = "{s.known_hosts}"
 path = "{s.root}"
+[notes]
+enabled = false
 [[profiles]]
 name = "zfy-generic"
 clear_policy = "after_delivery"
@@ -245,6 +249,7 @@ clear_policy = "after_delivery"
         with self.lock:
             assert r.port is not None
             unplug(self.ports_dir, r.port, keep_to=r.home)
+            self.emptied[r.port] = time.monotonic()  # a port stays empty a moment
             r.port = None
             self.check_erased(r)
 
@@ -298,8 +303,7 @@ clear_policy = "after_delivery"
                 self.unplug(r)
             elif time.monotonic() - r.docked_at > a.max_docked:
                 self.unplug(r)
-        free = [n for n in range(1, a.ports + 1)
-                if n not in {r.port for r in self.recorders}]
+        free = [n for n in self.free_ports()]
         for n in free:
             if self.rng.random() > a.p_dock:
                 continue
@@ -313,6 +317,18 @@ clear_policy = "after_delivery"
                     continue
                 self.faults["same serial in two ports"] += 1
             self.plug(r, n)
+
+    def log(self, msg: str) -> None:
+        if self.args.verbose:
+            print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+    def free_ports(self) -> list[int]:
+        """Empty ports whose recorder left more than 2 s ago (nobody swaps faster; the
+        directory source sees a port empty before it sees the next recorder)."""
+        used = {r.port for r in self.recorders if r.port is not None}
+        now = time.monotonic()
+        return [n for n in range(1, self.args.ports + 1)
+                if n not in used and now - self.emptied.get(n, 0.0) > 2.0]
 
     def fault(self) -> None:
         kind = self.rng.choice(["kill -9", "SIGTERM", "target down", "target erroring"])
@@ -368,16 +384,18 @@ clear_policy = "after_delivery"
                 if not any((self.ports_dir / f"port-{r.port:02d}" / rel).exists()
                            for rel in r.files) and time.monotonic() - r.docked_at > 2:
                     self.unplug(r)
-            used = {r.port for r in self.recorders if r.port is not None}
-            for n in range(1, self.args.ports + 1):
-                if n in used or not waiting:
-                    continue
+            for n in self.free_ports():
+                if not waiting:
+                    break
                 r = waiting.pop(0)
                 if r.twin_of is not None and r.twin_of.port is not None:
                     continue  # twins one after the other here
                 self.plug(r, n)
-                used.add(n)
+                self.log(f"drain: {r.name} docked in port-{n:02d} ({len(r.files)} clips)")
             time.sleep(0.5)
+        for r in self.recorders:  # what is still docked is taken out (and counted)
+            if r.port is not None:
+                self.unplug(r)
         return False
 
     def report(self, seconds: float, drained: bool) -> dict[str, Any]:
@@ -453,6 +471,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--json", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.fault_every is None:
         args.fault_every = min(60.0, max(10.0, args.minutes * 60 / 12))

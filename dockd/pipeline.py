@@ -321,10 +321,12 @@ class Pipeline:
                     if not exists:
                         self._insert_clip(conn, docking_id, serial, entry, d["deadline_at"],
                                           self.state.now(), (finding,))
-            if out.skipped_known:
-                with self.state.tx() as conn:
-                    conn.execute("UPDATE dockings SET skipped_known = ? WHERE id = ?",
-                                 (out.skipped_known, docking_id))
+            with self.state.tx() as conn:  # changed known clips were added: recount
+                conn.execute("UPDATE dockings SET skipped_known = max(coalesce(skipped_known, "
+                             "0), ?), clips_total = (SELECT count(*) FROM clips WHERE "
+                             "docking_id = ?), bytes_total = (SELECT coalesce(sum(size), 0) "
+                             "FROM clips WHERE docking_id = ?) WHERE id = ?",
+                             (out.skipped_known, docking_id, docking_id, docking_id))
             pending = self.state.clips_of(docking_id, "discovered")
             done = self.state.query(
                 "SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM clips "
