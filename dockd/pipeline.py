@@ -347,6 +347,9 @@ class Pipeline:
             for i, c in enumerate(pending):
                 entry = ClipEntry(c["rel_path"], c["safe_name"], c["size"], c["mtime"])
                 current[:] = [entry]
+                if self._already_handled(c, root, chunk, f"port {port} serial {serial}"):
+                    out.skipped_known += 1
+                    continue
                 base = bytes_done
 
                 def progress(n: int, base: int = base, before: int = copied_bytes) -> None:
@@ -424,6 +427,33 @@ class Pipeline:
                                     self.profile(d["profile"]),
                                     writable=self.writable(port, root))
         return out
+
+    def _already_handled(self, c: dict[str, Any], root: Path, chunk: int, who: str) -> bool:
+        """A pending clip taken over from an ended docking may be content that another row
+        (same serial, path and size: a same-serial twin's row was taken over first) already
+        copied. Confirmed by SHA-256 on the recorder; then the row goes (audited)."""
+        others = self.state.query(
+            "SELECT id, sha256 FROM clips WHERE serial = (SELECT serial FROM clips WHERE "
+            "id = ?) AND rel_path = ? AND size = ? AND state != 'discovered' AND id != ?",
+            (c["id"], encode_path(c["rel_path"]), c["size"], c["id"]))
+        if not others:
+            return False
+        try:
+            size, digest = hash_file(root / c["rel_path"], chunk)
+        except OSError as exc:
+            raise RecorderGone(f"{c['safe_name']}: cannot re-read it on the recorder: "
+                               f"{exc.strerror or exc}") from exc
+        same = [o["id"] for o in others if o["sha256"] == digest]
+        if size != c["size"] or not same:
+            return False
+        with self.state.tx() as conn:
+            conn.execute("DELETE FROM clips WHERE id = ? AND state = 'discovered'", (c["id"],))
+            self.state.audit("already_delivered", f"clip/{c['id']}",
+                             {"same_as_clip": same[0], "sha256": digest,
+                              "name": c["safe_name"]}, conn=conn)
+        log.info("%s: %s is already handled as clip %d (same SHA-256): not copied again",
+                 who, c["safe_name"], same[0])
+        return True
 
     def _make_room(self, docking_id: int, exc: StagingFull, should_stop: StopFn) -> bool:
         """Staging is full: alarm, and deliver this docking's copied clips ahead of its

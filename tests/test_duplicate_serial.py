@@ -113,3 +113,32 @@ def test_recorder_docked_again_after_its_twin_is_not_copied_twice(cfg, make_reco
         assert last["skipped_known"] == 2 and last["clips_total"] == 0
     landed = [_sha(p) for p in (workdir / "target").rglob("*.MP4")]
     assert len(landed) == 4 and len(set(landed)) == 4  # each recording once
+
+
+def test_interrupted_twins_taking_over_each_others_rows_copy_nothing_twice(
+        cfg, make_recorder, tmp_path, workdir):
+    """Found by the soak: A and its twin B both interrupted before copying (a stop); A comes
+    back and takes over B's uncopied rows (same serial, path, size), copies its clips; A
+    comes back again and takes over its own old rows: its clips are already delivered and
+    must be recognised by content, not copied a second time; no orphan rows remain."""
+    a = make_recorder(cfg, segments=2)
+    b = _twin(a, tmp_path / "twin")
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe = build_pipeline(cfg, st, prober)
+        da, _ = pipe.begin_docking("port-01", a)
+        db, _ = pipe.begin_docking("port-02", b)
+        for d in (da, db):
+            pipe.mark_interrupted(d, "stopped")
+            pipe.finish(d)
+        for _ in range(2):
+            d, known = pipe.begin_docking("port-01", a)
+            pipe.offload(d, a, known)
+            pipe.finish(d)
+            pipe.deliver_pending(ignore_backoff=True)
+        d, known = pipe.begin_docking("port-02", b)
+        pipe.offload(d, b, known)
+        pipe.finish(d)
+        pipe.deliver_pending(ignore_backoff=True)
+        assert st.query("SELECT * FROM clips WHERE state = 'discovered'") == []
+    landed = [_sha(p) for p in (workdir / "target").rglob("*.MP4")]
+    assert len(landed) == 4 and len(set(landed)) == 4
