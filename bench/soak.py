@@ -371,6 +371,7 @@ clear_policy = "after_delivery"
 
     def drain(self) -> bool:
         """Heal everything, dock every recorder still holding clips until it is cleared."""
+        self.args.p_change = 0.0  # healed: nothing writes to the recorders any more
         for r in self.recorders:
             if r.port is not None:
                 self.unplug(r)
@@ -383,6 +384,10 @@ clear_policy = "after_delivery"
             for r in docked:
                 if not any((self.ports_dir / f"port-{r.port:02d}" / rel).exists()
                            for rel in r.files) and time.monotonic() - r.docked_at > 2:
+                    self.unplug(r)
+                elif time.monotonic() - r.docked_at > 20:
+                    # a clip changed after dockd had checked it is kept (it differs from the
+                    # delivered copy) and read again only at the next docking: re-dock
                     self.unplug(r)
             for n in self.free_ports():
                 if not waiting:
