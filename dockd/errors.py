@@ -38,6 +38,11 @@ class RecorderGone(DockdError):
     retry = True
 
 
+class SourceChanged(RecorderGone):
+    """A clip's file on the recorder changed (grew, shrank) while it was copied. The recorder
+    may well still be there: settle and copy the clip again rather than end the docking."""
+
+
 class CopyError(DockdError):
     """A clip could not be copied to staging (I/O error, short read, hash mismatch)."""
 

@@ -23,6 +23,8 @@ CLIP_EDGES: frozenset[tuple[str, str]] = frozenset({
     ("checked", "signed"),
     ("signed", "delivered"),
     ("delivered", "cleared"),
+    # a delivered copy that no longer verifies (re-checked before clearing): not delivered
+    ("delivered", "signed"),
 })
 
 # A docking (one plug-in) is ``offloading`` while clips are copied; ``offloaded`` once every
@@ -37,6 +39,7 @@ DOCKING_EDGES: frozenset[tuple[str, str]] = frozenset({
     ("offloaded", "signed"),
     ("interrupted", "signed"),
     ("signed", "delivered"),
+    ("delivered", "signed"),  # one of its copies no longer verifies: sent again
 })
 
 

@@ -25,7 +25,8 @@ from . import tiles
 from .alerts import raise_alert
 from .config import Config, ProfileConfig
 from .delivery.base import StorageTarget
-from .delivery.clearing import ClearOutcome, clear_recorder
+from .delivery.clearing import ClearOutcome, clear_recorder, verify_with
+from .delivery.early import make_room, promote_delivered
 from .delivery.layout import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -35,6 +36,7 @@ from .delivery.layout import (
 )
 from .delivery.publish import manifest_token, publish_checkpoints, publish_keys
 from .delivery.recheck import DELIVERY_FAILED, TARGET_UNUSABLE, target_delivered
+from .delivery.repair import docking_complete, repair_copies
 from .delivery.schedule import Pacer, parse_bandwidth
 from .delivery.targets import retention_for
 from .devices.clock import dock_clock_doc, set_clock_after_offload
@@ -54,12 +56,15 @@ from .errors import (
     DockdError,
     ProbeError,
     RecorderGone,
+    SourceChanged,
     StagingFull,
     TransitionError,
 )
+from .ingest.duplicates import note_duplicate_serial, still_docked
 from .ingest.offload import copy_clip, hash_file
 from .ingest.probe import Prober
 from .ingest.scan import scan_recorder
+from .ingest.settle import copy_settled, recorder_present
 from .integrity import checks
 from .integrity.checkpoint import TOKEN_SUFFIX
 from .integrity.continuity import ClipTiming, ContinuityParams, build_timeline
@@ -201,6 +206,10 @@ class Pipeline:
         snapshot_doc = checks.snapshot_doc(snap)
         snapshot_doc["usb_serial"] = usb_serial_of(hints)
         dock_clock = dock_clock_doc(self.cfg.health)
+        twins = {r["id"] for r in self.state.query(
+            "SELECT id, root FROM dockings WHERE serial = ? AND state = 'offloading' AND "
+            "port != ?", (ident.serial, port))
+            if still_docked(self.registry, r["root"], ident.serial, root, now)}
         with self.state.tx() as conn:
             conn.execute(
                 "INSERT INTO recorders (serial, first_seen) VALUES (?, ?) "
@@ -220,6 +229,8 @@ class Pipeline:
             for row in active:
                 if row["port"] == port and docking_id is None:
                     docking_id = row["id"]  # same recorder, same port: the daemon restarted
+                elif row["id"] in twins:
+                    continue  # another recorder with the same serial, still docked
                 else:
                     self.state._advance_docking(conn, row["id"], "offloading", "interrupted",
                                                 {"undocked_at": iso(now)})
@@ -254,6 +265,12 @@ class Pipeline:
         id_findings = self._identity_findings(docking_id, ident.serial, hints)
         known = self._register_clips(docking_id, ident.serial, scan.entries,
                                      [*scan.findings, *id_findings])
+        if twins:
+            both = [(r["id"], r["port"]) for r in self.state.query(
+                "SELECT id, port FROM dockings WHERE serial = ? AND state = 'offloading'",
+                (ident.serial,)) if r["id"] in twins or r["id"] == docking_id]
+            note_duplicate_serial(self.state, ident.serial, both,
+                                  alert_command=self.cfg.delivery.alert_command)
         return docking_id, known
 
     def _identity_findings(self, docking_id: int, serial: str, hints: Mapping[str, str]
@@ -286,23 +303,44 @@ class Pipeline:
             conn.execute("UPDATE dockings SET findings = ? WHERE id = ?",
                          (dumps([f.as_dict() for f in scan_findings]), docking_id))
             for e in entries:
-                rows = conn.execute(
-                    "SELECT * FROM clips WHERE serial = ? AND rel_path = ? AND size = ? "
-                    "ORDER BY id DESC", (serial, encode_path(e.rel_path), e.size)).fetchall()
-                mine = [r for r in rows if r["docking_id"] == docking_id]
+                same_path = conn.execute(
+                    "SELECT c.*, d.state AS docking_state FROM clips c JOIN dockings d ON "
+                    "d.id = c.docking_id WHERE c.serial = ? AND c.rel_path = ? "
+                    "ORDER BY c.id DESC", (serial, encode_path(e.rel_path))).fetchall()
+                rows = [r for r in same_path if r["size"] == e.size]
+                mine = [r for r in same_path if r["docking_id"] == docking_id
+                        and (r["size"] == e.size or r["state"] == "discovered")]
                 if mine:
+                    if mine[0]["state"] == "discovered" and mine[0]["size"] != e.size:
+                        # still being written when first seen: copy what is there now
+                        conn.execute("UPDATE clips SET size = ?, mtime = ?, updated_at = ? "
+                                     "WHERE id = ?", (e.size, e.mtime, now, mine[0]["id"]))
                     continue  # already registered in this docking (resumed)
-                pending = [r for r in rows if r["state"] == "discovered"]
+                # A clip still waiting in another *active* docking belongs to another
+                # recorder reporting the same serial: never take it over (its identity is
+                # its content, unknown until copied); only an ended docking hands over —
+                # whatever its size now (a file that grew since must not leave an orphan).
+                pending = [r for r in same_path if r["state"] == "discovered"
+                           and r["docking_state"] != "offloading"]
                 handled = [r for r in rows if r["state"] != "discovered"]
                 if pending:
                     # Left uncopied by an earlier docking that was interrupted: continue it
                     # here, keeping the deadline of the docking that first saw it (R3).
                     conn.execute("UPDATE clips SET docking_id = ?, safe_name = ?, mtime = ?, "
-                                 "updated_at = ? WHERE id = ?",
-                                 (docking_id, e.safe_name, e.mtime, now, pending[0]["id"]))
+                                 "size = ?, updated_at = ? WHERE id = ?",
+                                 (docking_id, e.safe_name, e.mtime, e.size, now,
+                                  pending[0]["id"]))
                     continue
                 if handled:
-                    known.append((e, decode_row(handled[0])))
+                    prior = decode_row(handled[0])
+                    # every copy under this name and size is a candidate: two recorders
+                    # reporting one serial each have their own (identity is the content)
+                    prior["known_sha256"] = [r["sha256"] for r in handled]
+                    # sha256 -> (clip id, state), a delivered copy winning over one that
+                    # is not delivered yet
+                    prior["known"] = {r["sha256"]: (r["id"], r["state"]) for r in sorted(
+                        handled, key=lambda r: r["state"] in ("delivered", "cleared"))}
+                    known.append((e, prior))
                     continue
                 self._insert_clip(conn, docking_id, serial, e, docking["deadline_at"], now)
             total = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM clips "
@@ -332,18 +370,25 @@ class Pipeline:
         out = DockingOutcome(docking_id)
         chunk = self.cfg.offload.chunk_size
         earlier: list[int] = []
+        current: list[ClipEntry] = []  # the clip being read when the recorder failed
         try:
             for entry, prior in known:
                 if should_stop():
                     raise CopyError("stopped")
-                size, digest = hash_file(root / entry.rel_path, chunk)
-                if size == prior["size"] and digest == prior["sha256"]:
+                current[:] = [entry]
+                try:
+                    size, digest = hash_file(root / entry.rel_path, chunk)
+                except OSError as exc:
+                    raise RecorderGone(f"{entry.safe_name}: cannot re-read it on the "
+                                       f"recorder: {exc.strerror or exc}") from exc
+                hit = prior.get("known", {}).get(digest) if size == prior["size"] else None
+                if hit is not None:
                     # only a verified delivery counts as delivered: a clip an earlier docking
                     # copied but could not deliver yet is listed as such, not as handled
-                    if self.state.clip(prior["id"])["state"] in ("delivered", "cleared"):
+                    if hit[1] in ("delivered", "cleared"):
                         out.skipped_known += 1
                     else:
-                        earlier.append(prior["id"])
+                        earlier.append(hit[0])
                     continue
                 log.warning("port %s serial %s: %s differs from the copy handled in docking %s "
                             "(sha256 %s vs %s): copying it as a new clip", port, serial,
@@ -358,12 +403,14 @@ class Pipeline:
                     if not exists:
                         self._insert_clip(conn, docking_id, serial, entry, d["deadline_at"],
                                           self.state.now(), (finding,))
-            if out.skipped_known or earlier:
-                with self.state.tx() as conn:
-                    conn.execute("UPDATE dockings SET skipped_known = ?, earlier_pending = ? "
-                                 "WHERE id = ?", (out.skipped_known,
-                                                  dumps(sorted(earlier)) if earlier else None,
-                                                  docking_id))
+            with self.state.tx() as conn:  # changed known clips were added: recount
+                conn.execute("UPDATE dockings SET skipped_known = max(coalesce(skipped_known, "
+                             "0), ?), earlier_pending = coalesce(?, earlier_pending), "
+                             "clips_total = (SELECT count(*) FROM clips WHERE "
+                             "docking_id = ?), bytes_total = (SELECT coalesce(sum(size), 0) "
+                             "FROM clips WHERE docking_id = ?) WHERE id = ?",
+                             (out.skipped_known, dumps(sorted(earlier)) if earlier else None,
+                              docking_id, docking_id, docking_id))
             pending = self.state.clips_of(docking_id, "discovered")
             done = self.state.query(
                 "SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM clips "
@@ -382,9 +429,14 @@ class Pipeline:
             notify = self.on_progress or _no_progress
             notify("begin", clips_total=total_n, bytes_total=total_b, clips_done=done["n"],
                    bytes_done=bytes_done)
+            unsettled: list[str] = []
 
             for i, c in enumerate(pending):
                 entry = ClipEntry(c["rel_path"], c["safe_name"], c["size"], c["mtime"])
+                current[:] = [entry]
+                if self._already_handled(c, root, chunk, f"port {port} serial {serial}"):
+                    out.skipped_known += 1
+                    continue
                 base = bytes_done
 
                 notify("clip", name=c["safe_name"], size=c["size"])
@@ -398,13 +450,33 @@ class Pipeline:
                         rate = (before + n) / max(1e-3, now_m - started)
                         self._port_msg(port, bytes_done=base + n, rate_bps=rate)
 
-                res = copy_clip(root, entry, staging, chunk_size=chunk,
-                                verify=self.cfg.offload.verify_staged,
-                                min_free=self.cfg.offload.min_free,
-                                progress=progress, should_stop=should_stop)
+                def copy(e: ClipEntry, progress: Callable[[int], None] = progress) -> Any:
+                    return copy_clip(root, e, staging, chunk_size=chunk,
+                                     verify=self.cfg.offload.verify_staged,
+                                     min_free=self.cfg.offload.min_free,
+                                     progress=progress, should_stop=should_stop)
+
+                try:
+                    while True:
+                        try:
+                            res, changed = copy_settled(
+                                copy, root, entry, settle_s=self.cfg.offload.settle_seconds,
+                                should_stop=should_stop, where=f"port {port} serial {serial}: ")
+                            break
+                        except StagingFull as exc:
+                            if not self._make_room(docking_id, exc, should_stop):
+                                raise
+                except SourceChanged as exc:
+                    if should_stop() or not recorder_present(root, entry):
+                        raise
+                    unsettled.append(str(exc))  # the others first; this one later
+                    self.state.clip_error(c["id"], str(exc))
+                    continue
+                extra = {"findings": dumps(_json_list(c["findings"]) +
+                                           [f.as_dict() for f in changed])} if changed else {}
                 self.state.advance_clip(c["id"], "discovered", "copied", sha256=res.sha256,
                                         size=res.size, staged_path=str(res.staged_path),
-                                        copied_at=self.state.now())
+                                        copied_at=self.state.now(), **extra)
                 out.copied += 1
                 notify("copied", name=c["safe_name"], size=res.size)
                 bytes_done += res.size
@@ -414,7 +486,18 @@ class Pipeline:
                                rate_bps=rate)
                 log.info("port %s serial %s: copied %s (%d bytes, sha256 %s)", port, serial,
                          c["safe_name"], res.size, res.sha256)
+            if unsettled:
+                raise CopyError(f"{len(unsettled)} clip(s) changed while copying and did not "
+                                f"settle; retried later: {'; '.join(unsettled)}")
         except RecorderGone as exc:
+            if current and not should_stop() and recorder_present(root, current[0]):
+                # the recorder is still there (a failing read, a stall): not a removal; the
+                # daemon retries the offload, an Undocked event interrupts it if it left
+                log.error("port %s serial %s: read error on the recorder: %s", port, serial,
+                          exc)
+                out.errors.append(str(exc))
+                self._port_msg(port, state="error", error=str(exc))
+                raise CopyError(f"read error on the recorder: {exc}") from exc
             log.warning("port %s serial %s: recorder gone during offload: %s", port, serial, exc)
             out.interrupted = True
             out.errors.append(str(exc))
@@ -442,6 +525,47 @@ class Pipeline:
                                     self.profile(d["profile"]),
                                     writable=self.writable(port, root))
         return out
+
+    def _already_handled(self, c: dict[str, Any], root: Path, chunk: int, who: str) -> bool:
+        """A pending clip taken over from an ended docking may be content that another row
+        (same serial, path and size: a same-serial twin's row was taken over first) already
+        copied. Confirmed by SHA-256 on the recorder; then the row goes (audited)."""
+        others = self.state.query(
+            "SELECT id, sha256 FROM clips WHERE serial = (SELECT serial FROM clips WHERE "
+            "id = ?) AND rel_path = ? AND size = ? AND state != 'discovered' AND id != ?",
+            (c["id"], encode_path(c["rel_path"]), c["size"], c["id"]))
+        if not others:
+            return False
+        try:
+            size, digest = hash_file(root / c["rel_path"], chunk)
+        except OSError as exc:
+            raise RecorderGone(f"{c['safe_name']}: cannot re-read it on the recorder: "
+                               f"{exc.strerror or exc}") from exc
+        same = [o["id"] for o in others if o["sha256"] == digest]
+        if size != c["size"] or not same:
+            return False
+        with self.state.tx() as conn:
+            conn.execute("DELETE FROM clips WHERE id = ? AND state = 'discovered'", (c["id"],))
+            self.state.audit("already_delivered", f"clip/{c['id']}",
+                             {"same_as_clip": same[0], "sha256": digest,
+                              "name": c["safe_name"]}, conn=conn)
+        log.info("%s: %s is already handled as clip %d (same SHA-256): not copied again",
+                 who, c["safe_name"], same[0])
+        return True
+
+    def _make_room(self, docking_id: int, exc: StagingFull, should_stop: StopFn) -> bool:
+        """Staging is full: alarm, and deliver this docking's copied clips ahead of its
+        manifest so they leave staging (dockd.delivery.early). True if room was made."""
+        d = self.state.docking(docking_id)
+        raise_alert(self.state, level="alarm", kind="staging_full", subject="staging",
+                    message=f"staging {self.cfg.paths.staging_dir} is full ({exc}); port "
+                            f"{d['port']} serial {d['serial']}: delivering copied clips ahead "
+                            "of signing to make room",
+                    command=self.cfg.delivery.alert_command)
+        freed = make_room(self, docking_id, should_stop)
+        log.warning("port %s serial %s: staging full: %d bytes freed by delivering ahead of "
+                    "signing", d["port"], d["serial"], freed)
+        return freed > 0
 
     def mark_interrupted(self, docking_id: int, why: str) -> None:
         with self.state.tx() as conn:
@@ -588,7 +712,10 @@ class Pipeline:
             return None
         self._docking_msg(docking["port"], docking["id"], state="checking",
                           message=f"listening for a spoken note in {clip['safe_name']}")
-        return self.notes.analyze(clip["staged_path"], label=f"port {docking['port']} serial "
+        path = clip["staged_path"]
+        if path and not Path(path).is_file() and docking.get("root"):
+            path = str(Path(docking["root"]) / clip["rel_path"])  # delivered to make room
+        return self.notes.analyze(path, label=f"port {docking['port']} serial "
                                   f"{docking['serial']} {clip['safe_name']}")
 
     # ------------------------------------------------------------------ 4. sign
@@ -821,6 +948,11 @@ class Pipeline:
             if required <= have:
                 self.state._advance_clip(conn, clip_id, "signed", "delivered",
                                          {"delivered_at": self.state.now()})
+            docking_id = conn.execute("SELECT docking_id FROM clips WHERE id = ?",
+                                      (clip_id,)).fetchone()[0]
+        if docking_complete(self.state, docking_id, required) and \
+                not self.cfg.delivery.keep_staged:  # a re-sent copy completed it again
+            shutil.rmtree(self.staging_dir(docking_id), ignore_errors=True)
         who = self._who_clip(clip_id)
         log.info("port %s serial %s: %s verified on %s", who["port"], who["serial"],
                  who["safe_name"], target)
@@ -944,6 +1076,8 @@ class Pipeline:
             if self.ready_to_sign(docking_id) and not self.cancel.is_set():
                 self.analyze_continuity(docking_id)
                 self.sign(docking_id)
+                promote_delivered(self.state, docking_id,  # clips delivered to make room
+                                  [t.name for t in self.targets if t.required])
             return True
         finally:
             with self._finishing_lock:
@@ -961,7 +1095,9 @@ class Pipeline:
             out = clear_recorder(self.state, serial=d["serial"], root=root, port=port,
                                  required_targets=required,
                                  chunk_size=self.cfg.offload.chunk_size,
-                                 writable=self.writable(port, root))
+                                 verify_copy=verify_with({t.name: t for t in self.targets}),
+                                 writable=self.writable(port, root),
+                                 on_mismatch=lambda c, bad: self._repair(c, bad, root))
         except DockdError as exc:  # e.g. the recorder could not be made writable
             log.warning("port %s serial %s: recorder not cleared: %s", port, d["serial"], exc)
             self._port_msg(port, message=f"not cleared: {exc}")
@@ -970,6 +1106,13 @@ class Pipeline:
             self._port_msg(port, message=f"erased {len(out.cleared)} delivered clip(s) "
                                          "from the recorder")
         return out
+
+    def _repair(self, clip: dict[str, Any], bad: list[str], root: Path | None) -> None:
+        """A delivered copy failed its re-check before clearing: see dockd.delivery.repair."""
+        repair_copies(self.state, clip, bad, targets={t.name: t for t in self.targets},
+                      staging_dir=self.staging_dir(clip["docking_id"]), root=root,
+                      chunk_size=self.cfg.offload.chunk_size,
+                      alert_command=self.cfg.delivery.alert_command)
 
     def reread_health(self, port: str, root: Path, hints: Mapping[str, str] | None = None
                       ) -> None:

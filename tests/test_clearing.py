@@ -10,7 +10,8 @@ import os
 import pytest
 
 from dockd.config import for_workdir
-from dockd.delivery.clearing import clear_recorder, may_clear
+from dockd.delivery.clearing import clear_recorder, may_clear, verify_with
+from dockd.delivery.local import LocalTarget
 from dockd.oneshot import ingest_tree
 from dockd.state import State
 
@@ -33,6 +34,12 @@ def _cfg(workdir, policy="after_delivery"):
     cfg = for_workdir(workdir)
     prof = dataclasses.replace(cfg.profiles[0], clear_policy=policy)
     return dataclasses.replace(cfg, profiles=(prof,))
+
+
+def _primary(cfg):
+    """Clearing re-verifies the copy on the real local target before each erase."""
+    t = cfg.targets[0]
+    return verify_with({t.name: LocalTarget(t.name, t.path)})
 
 
 def _clips_on(rec):
@@ -76,7 +83,8 @@ def test_file_changed_on_recorder_after_delivery_is_not_erased(workdir, make_rec
     victim.write_bytes(bytes(data))
     with State(cfg.paths.database) as s:
         out = clear_recorder(s, serial="A1234567", root=rec, port="manual",
-                             required_targets=["primary"])
+                             required_targets=["primary"],
+                             verify_copy=_primary(cfg))
     assert [n for n, _ in out.kept] == [victim.name]
     assert "differs" in out.kept[0][1]
     assert victim.exists() and len(out.cleared) == 1
@@ -90,7 +98,8 @@ def test_undelivered_clip_is_not_erased(workdir, make_recorder):
     with State(cfg.paths.database) as s:
         s.conn.execute("UPDATE deliveries SET state = 'pending' WHERE clip_id = 1")
         out = clear_recorder(s, serial="A1234567", root=rec, port="manual",
-                             required_targets=["primary"])
+                             required_targets=["primary"],
+                             verify_copy=_primary(cfg))
         kept = s.clip(1)
         assert kept["state"] == "delivered"
     assert len(out.cleared) == 1 and len(_clips_on(rec)) == 1

@@ -484,7 +484,8 @@ def test_real_clearing_through_the_window(tmp_path: Path, workdir: Path, make_re
     """Delivered clips are erased from a loop-mounted recorder that is read-only before and
     after; the same tree ingested from a plain directory gives the clips' delivered state."""
     from dockd.config import for_workdir
-    from dockd.delivery.clearing import clear_recorder
+    from dockd.delivery.clearing import clear_recorder, verify_with
+    from dockd.delivery.local import LocalTarget
     from dockd.oneshot import ingest_tree
     from dockd.state import State
 
@@ -502,6 +503,8 @@ def test_real_clearing_through_the_window(tmp_path: Path, workdir: Path, make_re
     with State(cfg.paths.database) as s:
         out = clear_recorder(s, serial="A1234567", root=mnt, port="port-03",
                              required_targets=["primary"],
+                             verify_copy=verify_with({"primary": LocalTarget(
+                                 "primary", cfg.targets[0].path)}),
                              writable=lambda: src.writable("port-03"))
         assert {r["state"] for r in s.query("SELECT state FROM clips")} == {"cleared"}
     assert sorted(out.cleared) == sorted(p.name for p in clips) and out.kept == []

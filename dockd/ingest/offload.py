@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import CopyError, HostileName, RecorderGone, StagingFull
+from ..errors import CopyError, HostileName, RecorderGone, SourceChanged, StagingFull
 from ..model import ClipEntry, CopyResult
 from .scan import GONE_ERRNOS
 
@@ -415,13 +415,13 @@ def _pump(reader: _Reader, out: _StagedFile | None, syncer: _Syncer | None, what
 
 def _check_complete(done: int, extra: int, st_before: os.stat_result, st_after: os.stat_result,
                     what: str) -> None:
-    if done < st_before.st_size:
-        raise RecorderGone(f"{what}: source ended after {done} of {st_before.st_size} bytes")
-    if extra or st_after.st_size != st_before.st_size:
-        raise RecorderGone(f"{what}: source changed size during copy "
-                           f"({st_before.st_size} -> {st_after.st_size})")
     if st_after.st_nlink == 0:
         raise RecorderGone(f"{what}: source was deleted during copy")
+    if done < st_before.st_size:
+        raise SourceChanged(f"{what}: source ended after {done} of {st_before.st_size} bytes")
+    if extra or st_after.st_size != st_before.st_size:
+        raise SourceChanged(f"{what}: source changed size during copy "
+                            f"({st_before.st_size} -> {st_after.st_size})")
 
 
 def _hash_source(root: Path, entry: ClipEntry, chunk_size: int, what: str,
