@@ -63,6 +63,7 @@ from typing import Any
 
 from ..config import Config, load
 from ..devices.ports import allowed_rule, valid_port_label
+from . import fuse_mount
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +279,9 @@ class Helper:
                  run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
                  statvfs: Callable[[str], Any] = os.statvfs,
                  mount_id: Callable[[int], int] = read_mount_id,
-                 stage_root: Path = STAGE_ROOT):
+                 stage_root: Path = STAGE_ROOT,
+                 fuse_start: Callable[..., None] = fuse_mount.start_driver,
+                 kernel_has: Callable[[str], bool] = fuse_mount.kernel_has):
         self.cfg = cfg
         self.caller = caller
         self.mount_root = Path(cfg.devices.mount_root)
@@ -290,6 +293,8 @@ class Helper:
         self._mountinfo = mountinfo
         self._run = run
         self._statvfs = statvfs
+        self._fuse_start = fuse_start
+        self._kernel_has = kernel_has
 
     def handle(self, words: Sequence[str]) -> dict[str, Any]:
         """Run one request; always returns the JSON-able answer."""
@@ -378,7 +383,7 @@ class Helper:
                 current = mount_entries(target, self._mountinfo())
                 if current:
                     top = current[-1]
-                    if top.source == devnode and top.fstype == fstype \
+                    if top.source == devnode and _fs_of(top.fstype) == fstype \
                             and top.mount_read_only is False \
                             and ALWAYS_OPTIONS <= top.mount_options:
                         log.info("port %s: %s already mounted at %s", port, devnode, target)
@@ -475,9 +480,10 @@ class Helper:
                 log.warning("cannot remove leftover staging entry %s: %s", path, exc.strerror)
 
     def _attach(self, port: str, devnode: str, fstype: str, data: str, root_fd: int,
-                stage_fd: int, target: str) -> None:
+                stage_fd: int, target: str, *, writable: bool = False) -> None:
         """Mount at a staging point, make the mount (not the filesystem) writable, move it
-        onto the port; check statvfs and mountinfo after every step, detach on any doubt."""
+        onto the port; check statvfs and mountinfo after every step, detach on any doubt.
+        ``writable``: a FUSE driver's write window (see :mod:`.fuse_mount`), filesystem rw."""
         name = f"{port}.{os.getpid()}"
         staged = str(self.stage_root / name)
         port_fd = _open_dir_nofollow(port, root_fd)  # held from before the mount to the move
@@ -490,7 +496,7 @@ class Helper:
         try:
             dir_fd = _open_dir_nofollow(name, stage_fd)
             try:
-                self._mount(MountCall(devnode, _fd_path(dir_fd), fstype, MOUNT_FLAGS, data))
+                self._mount_fs(devnode, dir_fd, staged, fstype, data, port, writable)
             except OSError as exc:
                 code = "vanished" if exc.errno in (2, 6, 19) else "failed"  # ENOENT ENXIO ENODEV
                 raise Refused(code, f"mount {devnode} at {target}: {exc.strerror}") from exc
@@ -499,11 +505,12 @@ class Helper:
             mnt_fd = _open_dir_nofollow(name, stage_fd)  # the mounted filesystem's root
             try:
                 step = "mount"
-                first = self._check_attached(staged, mnt_fd, devnode, fstype, mount_ro=True)
+                first = self._check_attached(staged, mnt_fd, devnode, fstype,
+                                             mount_ro=not writable, super_ro=not writable)
                 step = "per-mount rw"
                 self._mount(MountCall("", _fd_path(mnt_fd), "", MOUNT_RW_FLAGS, ""))
                 self._check_attached(staged, mnt_fd, devnode, fstype, mount_ro=False,
-                                     mount_id=first.mount_id)
+                                     mount_id=first.mount_id, super_ro=not writable)
                 step = "move"
                 self._mount(MountCall(_fd_path(mnt_fd), _fd_path(port_fd), "", MS_MOVE, ""))
                 if mount_entries(staged, self._mountinfo()):
@@ -511,7 +518,7 @@ class Helper:
                 new_fd = _open_dir_nofollow(port, root_fd)
                 try:
                     self._check_attached(target, new_fd, devnode, fstype, mount_ro=False,
-                                         mount_id=first.mount_id)
+                                         mount_id=first.mount_id, super_ro=not writable)
                 finally:
                     os.close(new_fd)
             except (OSError, Refused) as exc:
@@ -531,29 +538,54 @@ class Helper:
             except OSError as exc:
                 log.warning("cannot remove staging directory %s: %s", staged, exc.strerror)
 
+    def _mount_fs(self, devnode: str, dir_fd: int, staged: str, fstype: str, data: str,
+                  port: str, writable: bool) -> None:
+        """The kernel's driver, read-only; where the kernel has none (``ENODEV``), the FUSE
+        driver (:mod:`.fuse_mount`), at the private staging point."""
+        if not writable:
+            try:
+                self._mount(MountCall(devnode, _fd_path(dir_fd), fstype, MOUNT_FLAGS, data))
+                return
+            except OSError as exc:
+                if exc.errno != fuse_mount.ENODEV or self._kernel_has(fstype) \
+                        or fuse_mount.program(fstype) is None:
+                    raise
+        argv = fuse_mount.driver_argv(fstype, devnode, staged, self.caller.uid,
+                                      self.caller.gid, writable=writable)
+        log.info("port %s: the kernel has no %s driver; mounting %s with %s (%s)", port,
+                 fstype, devnode, argv[0], "read-write" if writable else "read-only")
+        self._fuse_start(argv, tz=getattr(self.cfg.tz, "key", "UTC"),
+                         unit=fuse_mount.unit_name(port, "rw" if writable else "ro"))
+        # per-mount flags as the kernel path has them here (exfat-fuse drops noexec)
+        self._mount(MountCall("", staged, "", MOUNT_RW_FLAGS | (0 if writable else MS_RDONLY),
+                              ""))
+
     def _check_attached(self, path: str, fd: int, devnode: str, fstype: str, *,
-                        mount_ro: bool, mount_id: int | None = None) -> MountEntry:
+                        mount_ro: bool, mount_id: int | None = None,
+                        super_ro: bool = True) -> MountEntry:
         """The single mount at ``path`` is ``devnode``'s whole ``fstype`` filesystem, the one
         ``fd`` is on, with a read-only superblock, per-mount ``nosuid,nodev,noexec`` and
         per-mount read-only as ``mount_ro`` says; statvfs agrees. Else Refused."""
         problems = []
         flags = self._statvfs(_fd_path(fd)).f_flag
-        if flags & ST_WANTED != ST_WANTED:
-            problems.append(f"statvfs flags {flags:#x} lack ro,nosuid,nodev,noexec")
+        wanted = ST_WANTED if super_ro else ST_ALWAYS
+        if flags & wanted != wanted or (not super_ro and flags & os.ST_RDONLY):
+            problems.append(f"statvfs flags {flags:#x} not "
+                            f"{'ro' if super_ro else 'rw'},nosuid,nodev,noexec")
         entries = mount_entries(path, self._mountinfo())
         if len(entries) != 1:
             raise Refused("failed", "; ".join([f"{len(entries)} mounts at {path} instead of "
                                                "one", *problems]))
         e = entries[0]
-        if e.source != devnode or e.fstype != fstype or e.root != "/":
+        if e.source != devnode or _fs_of(e.fstype) != fstype or e.root != "/":
             problems.append(f"mountinfo shows {e.fstype} {e.source} {e.root}")
         if not ALWAYS_OPTIONS <= e.mount_options:
             problems.append("mount not nosuid,nodev,noexec")
         if e.mount_read_only is not mount_ro:
             problems.append(f"mount flag {'rw' if mount_ro else 'ro'} instead of "
                             f"{'ro' if mount_ro else 'rw'}")
-        if e.super_read_only is not True:
-            problems.append("filesystem (superblock) not read-only")
+        if e.super_read_only is not super_ro:
+            problems.append(f"filesystem (superblock) not {'read-only' if super_ro else 'rw'}")
         if mount_id is not None and e.mount_id != mount_id:
             problems.append(f"mount id {e.mount_id} instead of {mount_id}")
         if self._mount_id(fd) != e.mount_id:
@@ -568,7 +600,7 @@ class Helper:
     def _unmount_all(self, port: str, root_fd: int, target: str,
                      current: list[tuple[str, str]]) -> None:
         for fstype, source in reversed(current):
-            if fstype not in FS_DATA or not source.startswith("/dev/"):
+            if _fs_of(fstype) is None or not source.startswith("/dev/"):
                 raise Refused("busy", f"{target} holds a {fstype} mount of {source} that dockd "
                                       "did not make; not touching it")
         for _ in current:  # lazily, through an fd reached without following links
@@ -624,6 +656,8 @@ class Helper:
                 raise Refused("not-mounted", f"nothing is mounted at {target}") from exc
             try:
                 entry = self._own_mount(target, port_fd)
+                if fuse_mount.is_fuse(entry.fstype):
+                    return fuse_mount.swap(self, port, mode, target, root_fd, port_fd, entry)
                 serial = "-"
                 if mode == "rw":  # writing needs today's udev verdict, read-only never does
                     fstype, props = self.check_device(entry.source)
@@ -677,7 +711,8 @@ class Helper:
                                   "them")
         entry = current[0]
         problems = []
-        if entry.fstype not in FS_DATA or not DEVNODE_RE.fullmatch(entry.source) \
+        fs = _fs_of(entry.fstype)
+        if fs is None or not DEVNODE_RE.fullmatch(entry.source) \
                 or "/../" in entry.source + "/":
             problems.append(f"a {entry.fstype} mount of {entry.source}")
         elif entry.root != "/":
@@ -690,7 +725,10 @@ class Helper:
                                 "mount dockd made)")
             if entry.super_read_only is None:
                 problems.append("filesystem neither ro nor rw")
-            want = _options(self._data(entry.fstype).split(","))
+            if fuse_mount.is_fuse(entry.fstype):  # mountinfo names who mounted: ask the root
+                problems.extend(fuse_mount.owner_problems(os.fstat(port_fd), self.caller.uid,
+                                                          self.caller.gid))
+            want = _options(self._data(fs).split(",")) if fs == entry.fstype else {}
             have = _options(entry.super_options)
             for key in CHECKED_DATA:
                 if key in want and have.get(key) != want[key]:
@@ -788,6 +826,12 @@ class Helper:
         log.info("port %s: fsck %s (%s, serial %s): %s (exit %d)", port, devnode, fstype,
                  props.get("ID_SERIAL_SHORT", "-"), verdict, rc)
         return {**answer, "verdict": verdict, "exit": rc, "detail": detail, "argv": argv}
+
+
+def _fs_of(mount_fstype: str) -> str | None:
+    """The recorder filesystem (a key of FS_DATA) behind a mountinfo type, also for the FUSE
+    drivers' mounts; None for anything else."""
+    return mount_fstype if mount_fstype in FS_DATA else fuse_mount.fuse_base(mount_fstype)
 
 
 def _options(items: Sequence[str]) -> dict[str, str]:
