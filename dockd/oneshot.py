@@ -7,6 +7,7 @@ deliver, then verify what landed. Succeeds only if every clip is delivered and v
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,12 @@ def ensure_key(cfg: Config) -> None:
 
 
 def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
-                create_key: bool = True, attempts: int = 3) -> dict[str, Any]:
+                create_key: bool = True, attempts: int = 3,
+                hints: Mapping[str, str] | None = None,
+                writable_for: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """``hints``: what the device layer knows (udev properties, ``DOCKD_FSCK``);
+    ``writable_for``: port -> the recorder's write window (see ``Pipeline.writable_for``),
+    for a recorder mounted read-only through the mount helper."""
     root = Path(root)
     if not root.is_dir():
         raise DockdError(f"{root}: not a directory (expected a mounted recorder tree)")
@@ -39,8 +45,9 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
     clean_stale_partials(cfg.paths.staging_dir)
     with State(cfg.paths.database) as state, Prober(cfg.tools) as prober:
         pipe = build_pipeline(cfg, state, prober)
+        pipe.writable_for = writable_for
         pipe.resume()
-        docking_id, known = pipe.begin_docking(port, root.absolute())
+        docking_id, known = pipe.begin_docking(port, root.absolute(), hints)
         out = pipe.offload(docking_id, root.absolute(), known)
         pipe.mark_interrupted(docking_id, "one-shot ingest finished")  # no-op when complete
         pipe.finish(docking_id)

@@ -147,23 +147,25 @@ def start_driver(argv: Sequence[str], *, tz: str, unit: str,
 def drivers_holding(rdev: int, proc_root: Path = Path("/proc")) -> list[int]:
     """PIDs of FUSE driver processes that hold the block device ``rdev`` open."""
     pids = []
-    for entry in os.scandir(proc_root):
-        if not entry.name.isdigit():
-            continue
+    with os.scandir(proc_root) as procs:
+        candidates = [e.path for e in procs if e.name.isdigit()]
+    for path in candidates:
         try:
-            comm = (Path(entry.path) / "comm").read_text(errors="replace").strip()
+            comm = (Path(path) / "comm").read_text(errors="replace").strip()
             if comm not in COMMS:
                 continue
-            for fd in os.scandir(Path(entry.path) / "fd"):
-                try:
-                    st = os.stat(fd.path)
-                except OSError:
-                    continue
-                if stat.S_ISBLK(st.st_mode) and st.st_rdev == rdev:
-                    pids.append(int(entry.name))
-                    break
+            with os.scandir(Path(path) / "fd") as fds:
+                links = [fd.path for fd in fds]
         except OSError:
             continue  # gone meanwhile, or not ours to read
+        for link in links:
+            try:
+                st = os.stat(link)
+            except OSError:
+                continue
+            if stat.S_ISBLK(st.st_mode) and st.st_rdev == rdev:
+                pids.append(int(Path(path).name))
+                break
     return pids
 
 
