@@ -54,8 +54,9 @@ def _wait_gone(mnt: Path) -> None:
 
 
 def build_image(img: Path, fs: str, tree: Path | None, tz: str, *, size_mb: int = IMAGE_MB,
-                label: str = "REC") -> Path:
-    """A ``fs`` image holding ``tree`` (names, folders, mtimes in local time ``tz``)."""
+                label: str = "REC", fill: bool = False) -> Path:
+    """A ``fs`` image holding ``tree`` (names, folders, mtimes in local time ``tz``);
+    ``fill``: then a FILL.BIN taking every free cluster (a full card)."""
     with open(img, "wb") as f:
         f.truncate(size_mb * 1024 * 1024)
     env = dict(os.environ, TZ=tz, MTOOLS_SKIP_CHECK="1")
@@ -65,6 +66,15 @@ def build_image(img: Path, fs: str, tree: Path | None, tz: str, *, size_mb: int 
         if tree is not None and any(tree.iterdir()):
             proc = _run(["mcopy", "-s", "-m", "-Q", "-i", str(img),
                          *[str(p) for p in sorted(tree.iterdir())], "::/"], env=env)
+            assert proc.returncode == 0, proc.stderr
+        if fill:
+            proc = _run(["mdir", "-i", str(img), "::/"], env=env)
+            free = int(proc.stdout.strip().splitlines()[-1].split("bytes")[0].replace(" ", ""))
+            filler = img.with_suffix(".fill")
+            with open(filler, "wb") as f:
+                f.truncate(free)
+            proc = _run(["mcopy", "-i", str(img), str(filler), "::/FILL.BIN"], env=env)
+            filler.unlink()
             assert proc.returncode == 0, proc.stderr
         return img
     proc = _run(["mkfs.exfat", "-L", label, str(img)])
@@ -82,6 +92,19 @@ def build_image(img: Path, fs: str, tree: Path | None, tz: str, *, size_mb: int 
         try:
             proc = _run(["cp", "-r", "--preserve=timestamps", f"{tree}/.", str(mnt)], env=env)
             assert proc.returncode == 0, proc.stderr
+            if fill:
+                with open(mnt / "FILL.BIN", "wb", buffering=0) as f:
+                    try:
+                        while True:
+                            f.write(bytes(1 << 20))
+                    except OSError as exc:
+                        assert exc.errno == errno.ENOSPC, exc
+                    for size in (65536, 4096, 512):
+                        try:
+                            while True:
+                                f.write(bytes(size))
+                        except OSError:
+                            pass
         finally:
             _run(["umount", str(mnt)])
             _wait_gone(mnt)
@@ -157,6 +180,10 @@ class Dock:
             pytest.skip(f"mounting is not permitted here: {answer['message']}")
         assert answer["ok"], answer
         return Path(answer["mountpoint"])
+
+    def release(self, node: str) -> None:
+        """Wait until no FUSE driver holds ``node`` (a detached driver flushes and exits)."""
+        assert fuse_mount.wait_released(os.stat(node).st_rdev, timeout=30)
 
     def close(self) -> None:
         for h in self.helpers:

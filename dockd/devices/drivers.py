@@ -114,6 +114,8 @@ def storage_of(root: Path) -> tuple[int | None, int | None]:
         st = os.statvfs(root)
     except OSError:
         return None, None
+    if st.f_blocks == 0:  # a driver that does not report sizes (fusefat): unknown, not full
+        return None, None
     return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
 
 
