@@ -201,7 +201,8 @@ class Pipeline:
                                     fs_check=fs_check, fs_detail=fs_detail)
         with self.state.tx() as conn:
             conn.execute(HEALTH_INSERT_SQL, health_row(sample))
-        known = self._register_clips(docking_id, ident.serial, scan.entries, scan.findings)
+        known = self._register_clips(docking_id, ident.serial, scan.entries,
+                                     [*snap.findings, *scan.findings])
         return docking_id, known
 
     def _register_clips(self, docking_id: int, serial: str, entries: Sequence[ClipEntry],

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from ..config import Config, ProfileConfig
 from ..errors import DockdError, RecorderGone
-from ..model import RecorderHealth, RecorderIdentity, RecorderSnapshot
+from ..model import Finding, RecorderHealth, RecorderIdentity, RecorderSnapshot
 from . import infofile
 from .infofile import get_field
 
@@ -190,16 +190,21 @@ class ProfileDriver:
         path = find_info_file(root, self.profile.info_file)
         fields: dict[str, str] = {}
         mtime: float | None = None
+        findings: list[Finding] = []
         if path is None:
             log.warning("recorder at %s: info file %s not found; using udev hints",
                         root, self.profile.info_file)
+            findings.append(Finding("info_missing", "warning",
+                                    f"no info file {self.profile.info_file}; identity from udev",
+                                    {"info_file": self.profile.info_file}))
         else:
             try:
                 mtime = path.lstat().st_mtime
             except OSError:
                 mtime = None
-            fields, findings = infofile.read_info(path, self.profile.info_encoding)
-            for f in findings:
+            fields, info_findings = infofile.read_info(path, self.profile.info_encoding)
+            findings.extend(info_findings)
+            for f in info_findings:
                 log.warning("recorder at %s: %s (%s)", root, f.message, f.kind)
             if not fields:
                 _require_root(root)
@@ -207,7 +212,13 @@ class ProfileDriver:
         def get(key: str) -> str:
             return _printable(get_field(fields, key))
 
-        serial = get(infofile.KEY_SERIAL) or serial_from_hints(hints, root)
+        serial = get(infofile.KEY_SERIAL)
+        if not serial:
+            serial = serial_from_hints(hints, root)
+            if path is not None:
+                findings.append(Finding("info_no_serial", "warning",
+                                        f"info file gives no serial; using {serial!r} from udev",
+                                        {"serial": serial}))
         identity = RecorderIdentity(
             serial=serial,
             officer_no=get(infofile.KEY_OFFICER_NO),
@@ -232,7 +243,7 @@ class ProfileDriver:
                  health.battery_percent, health.clock_offset_s)
         return RecorderSnapshot(identity=identity, health=health, root=root,
                                 profile=self.profile.name, driver=self.name,
-                                raw_info=dict(fields))
+                                raw_info=dict(fields), findings=tuple(findings))
 
 
 class GenericMassStorageDriver:
