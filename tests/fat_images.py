@@ -195,6 +195,8 @@ class Dock:
             except OSError:
                 pass
             _run(["losetup", "-d", node])
+        self.nodes.clear()
+        self.helpers.clear()
         from tests.test_mount_helper import detach_all
 
         detach_all(self.base / "stage")

@@ -109,3 +109,55 @@ def test_full_docking_with_clearing(fs: str, tmp_path: Path, workdir: Path, make
     target = workdir / "target"
     delivered = sorted(p.name for p in target.rglob("*.MP4"))
     assert delivered == sorted(Path(c).name for c in clips)
+
+
+@pytest.mark.parametrize("fs", ["vfat", "exfat"])
+def test_fuse_window_in_a_slave_mount_namespace(fs: str, tmp_path: Path,
+                                                dock: Dock) -> None:  # noqa: F811
+    """The sandboxed daemon's view (a slave mount namespace made before the recorder was
+    mounted): read-only, writable inside the window (the read-write driver's mount arrives
+    there), read-only again after it, never the staging mount; the write reached the card."""
+    import shutil as _shutil
+
+    from .test_mount_remount import Sandbox, _run
+
+    skip_unless_fuse(fs)
+    unshare = _shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare(1)")
+    area = tmp_path / "area"
+    area.mkdir()
+    if _run("mount", "--bind", str(area), str(area)).returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    try:
+        assert _run("mount", "--make-shared", str(area)).returncode == 0
+        dock.base = area
+        sandbox = Sandbox(unshare)
+        try:
+            img = build_image(tmp_path / f"card.{fs}", fs, None, TZ)
+            node = dock.attach(img)
+            h = dock.helper(node, fs, TZ)
+            mnt = dock.mount(h, node)
+            assert sandbox.write(mnt / "a.txt") == "EROFS"
+            (entry,) = sandbox.entries(mnt)
+            assert {"rw", "nosuid", "nodev", "noexec"} <= entry.mount_options
+            assert h.handle(["remount", "port-03", "rw"])["ok"]
+            assert sandbox.write(mnt / "a.txt") == "ok"  # written and removed again
+            (mnt / "KEEP.TXT").write_text("kept\n")
+            (entry,) = sandbox.entries(mnt)
+            assert entry.super_read_only is False
+            assert {"nosuid", "nodev", "noexec"} <= entry.mount_options
+            assert h.handle(["remount", "port-03", "ro"])["ok"]
+            assert sandbox.write(mnt / "a.txt") == "EROFS"
+            assert not any(f" {area}/stage/" in ln for ln in sandbox.mountinfo().splitlines())
+            assert h.handle(["unmount", "port-03"])["was_mounted"]
+            assert sandbox.entries(mnt) == []
+            dock.release(node)
+        finally:
+            sandbox.close()
+        if fs == "vfat":
+            assert "KEEP.TXT" in fat_listing(img) and "a.txt" not in fat_listing(img)
+        assert fsck(fs, img).returncode == 0
+    finally:
+        dock.close()
+        _run("umount", "-l", str(area))
