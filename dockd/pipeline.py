@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,8 @@ class Pipeline:
                 conn.execute("UPDATE dockings SET root = ? WHERE id = ?", (str(root), docking_id))
                 log.info("port %s serial %s: resuming docking %d", port, ident.serial, docking_id)
         scan = scan_recorder(root, profile)
+        if hints.get("DOCKD_FILE_TIMES") == "unreliable":  # e.g. fusefat: dates a month off
+            scan = replace(scan, entries=[replace(e, mtime=0.0) for e in scan.entries])
         fs_check, fs_detail = fs_check_from_hints(hints)
         count, oldest = clip_stats((e.mtime for e in scan.entries), now, health.clock_offset_s)
         sample = sample_from_health(health, serial=ident.serial, ts=now, docking_id=docking_id,

@@ -150,6 +150,8 @@ class Dock:
     caller: Caller
     nodes: list[str] = field(default_factory=list)
     helpers: list[Helper] = field(default_factory=list)
+    answer: dict[str, Any] = field(default_factory=dict)
+    """The helper's answer to the last ``mount``."""
 
     def cfg(self, tz: str) -> Config:
         from dockd.config import DockConfig
@@ -179,6 +181,7 @@ class Dock:
         if not answer["ok"] and "not permitted" in answer.get("message", ""):
             pytest.skip(f"mounting is not permitted here: {answer['message']}")
         assert answer["ok"], answer
+        self.answer = answer
         return Path(answer["mountpoint"])
 
     def release(self, node: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from dockd.config import for_workdir
+from dockd.devices.mount import UNRELIABLE_FILE_TIMES
 from dockd.helper import fuse_mount
 from dockd.oneshot import ingest_tree
 from dockd.state import State
@@ -76,10 +78,13 @@ def test_full_docking_with_clearing(fs: str, tmp_path: Path, workdir: Path, make
     assert exc.value.errno == errno.EROFS
     assert other_user_denied(mnt)
 
-    out = ingest_tree(cfg, mnt, port="port-03",
-                      hints={"DOCKD_FSCK": health["verdict"],
-                             "DOCKD_FSCK_DETAIL": health["detail"]},
-                      writable_for=window(h, tmp_path))
+    driver = dock.answer["driver"]
+    assert driver == fuse_mount.PROGRAMS[fs]
+    hints = {"DOCKD_FSCK": health["verdict"], "DOCKD_FSCK_DETAIL": health["detail"],
+             "DOCKD_FS_DRIVER": driver}
+    if driver in UNRELIABLE_FILE_TIMES:  # as the udev source adds it (docking_hints)
+        hints["DOCKD_FILE_TIMES"] = "unreliable"
+    out = ingest_tree(cfg, mnt, port="port-03", hints=hints, writable_for=window(h, tmp_path))
     assert out["ok"], out["problems"]
     assert out["serial"] == "A1234567" and out["clips_total"] == 2
     assert sorted(out["cleared"]) == sorted(Path(c).name for c in clips)
@@ -91,6 +96,15 @@ def test_full_docking_with_clearing(fs: str, tmp_path: Path, workdir: Path, make
         sample = s.query_one("SELECT fs_check FROM recorder_health ORDER BY ts LIMIT 1")
         assert sample["fs_check"] == "ok"
         assert s.query_one("SELECT 1 AS x FROM audit WHERE action = 'clock_set'")
+        rows = s.query("SELECT mtime, start_recorded FROM clips ORDER BY id")
+        kinds = {f["kind"] for f in json.loads(s.query_one(
+            "SELECT findings FROM dockings WHERE id = ?", (out["docking_id"],))["findings"])}
+    truth = sorted((tree / c).stat().st_mtime for c in clips)
+    if fs == "vfat":  # fusefat's dates are a month off: not used, and said so
+        assert [r["mtime"] for r in rows] == [0.0, 0.0] and "file_times_unreliable" in kinds
+    else:  # exFAT keeps the UTC offset (exfat-fuse writes whole seconds)
+        assert [r["mtime"] for r in rows] == pytest.approx(truth, abs=1.0)
+    assert all(r["start_recorded"] for r in rows)  # from the file names
     # read-only again, the clips gone, the info file and the time-set file there
     with pytest.raises(OSError) as exc:
         (mnt / "x").write_bytes(b"x")

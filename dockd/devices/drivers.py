@@ -202,6 +202,13 @@ class ProfileDriver:
                 mtime = path.lstat().st_mtime
             except OSError:
                 mtime = None
+            if hints.get("DOCKD_FILE_TIMES") == "unreliable":
+                mtime = None  # the clock offset is then measured against the dock's now
+                findings.append(Finding(
+                    "file_times_unreliable", "info",
+                    f"file times read through {hints.get('DOCKD_FS_DRIVER', '?')} are not "
+                    "trusted; clip times come from names and metadata",
+                    {"fs_driver": hints.get("DOCKD_FS_DRIVER", "")}))
             fields, info_findings = infofile.read_info(path, self.profile.info_encoding)
             findings.extend(info_findings)
             for f in info_findings:

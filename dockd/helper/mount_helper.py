@@ -387,7 +387,8 @@ class Helper:
                             and top.mount_read_only is False \
                             and ALWAYS_OPTIONS <= top.mount_options:
                         log.info("port %s: %s already mounted at %s", port, devnode, target)
-                        return self._mount_answer(port, devnode, target, fstype, already=True)
+                        return self._mount_answer(port, devnode, target, fstype, already=True,
+                                                  mounted_as=top.fstype)
                     self._unmount_all(port, root_fd, target,
                                       [(e.fstype, e.source) for e in current])
                 data = self._data(fstype)
@@ -400,14 +401,17 @@ class Helper:
         log.info("port %s: mounted %s (%s, serial %s) at %s (filesystem read-only, mount "
                  "rw,nosuid,nodev,noexec,%s)", port, devnode, fstype,
                  props.get("ID_SERIAL_SHORT", "-"), target, data)
-        return self._mount_answer(port, devnode, target, fstype)
+        now = mount_entries(target, self._mountinfo())
+        return self._mount_answer(port, devnode, target, fstype,
+                                  mounted_as=now[-1].fstype if now else fstype)
 
     def _mount_answer(self, port: str, devnode: str, target: str, fstype: str, *,
-                      already: bool = False) -> dict[str, Any]:
+                      already: bool = False, mounted_as: str = "") -> dict[str, Any]:
         data = self._data(fstype)
+        driver = (fuse_mount.PROGRAMS[fstype] if fuse_mount.is_fuse(mounted_as) else "kernel")
         return {"ok": True, "action": "mount", "port": port, "devnode": devnode,
                 "mountpoint": target, "fstype": fstype, "options": f"{FLAG_NAMES},{data}",
-                "already": already}
+                "already": already, "driver": driver}
 
     # ------------------------------------------------------------------ staging
 
