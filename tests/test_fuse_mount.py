@@ -244,3 +244,25 @@ def test_failed_read_write_driver_leaves_the_recorder_mounted_read_only(
     assert [a[2].split(",")[0] for a, _ in drv.calls] == ["rw+", "ro"]
     (m,) = rec.at(port)
     assert m.fstype == "fuse.vfat" and (m.mount_ro, m.super_ro) == (False, True)
+
+
+def test_the_driver_travels_to_the_docking_hints() -> None:
+    """helper answer -> MountResult.driver -> docking hints; fusefat's times are flagged."""
+    from dockd.devices.mount import HelperMounter
+    from dockd.devices.udev import PortView, docking_hints
+
+    def run(argv: list[str], **_kw: Any) -> subprocess.CompletedProcess[str]:
+        import json
+
+        return subprocess.CompletedProcess(argv, 0, json.dumps(
+            {"ok": True, "mountpoint": "/run/m/port-03", "fstype": "vfat",
+             "driver": "fusefat"}) + "\n", "")
+
+    result = HelperMounter("/h", runner=run, euid=lambda: 0).mount("/dev/sdb1", "port-03")
+    assert result.driver == "fusefat"
+    view = PortView("port-03", "pci-0:1", "recorder", None)
+    hints = docking_hints(view, None, result.driver)
+    assert hints["DOCKD_FS_DRIVER"] == "fusefat" and hints["DOCKD_FILE_TIMES"] == "unreliable"
+    for driver in ("kernel", "mount.exfat-fuse"):
+        hints = docking_hints(view, None, driver)
+        assert hints["DOCKD_FS_DRIVER"] == driver and "DOCKD_FILE_TIMES" not in hints
