@@ -554,6 +554,8 @@ class Helper:
                 if exc.errno != fuse_mount.ENODEV or self._kernel_has(fstype) \
                         or fuse_mount.program(fstype) is None:
                     raise
+        # The driver and the flag change below take the staging path, not a descriptor: it
+        # lies in the staging root, 0700 root and a private mount, which only root can change.
         argv = fuse_mount.driver_argv(fstype, devnode, staged, self.caller.uid,
                                       self.caller.gid, writable=writable)
         log.info("port %s: the kernel has no %s driver; mounting %s with %s (%s)", port,
