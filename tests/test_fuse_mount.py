@@ -30,7 +30,7 @@ class FakeDriver:
     def __call__(self, argv: list[str], **kw: Any) -> None:
         self.calls.append((argv, kw))
         if self.fail:
-            raise OSError(errno.ENODEV, self.fail)
+            raise OSError(errno.EIO, self.fail)
         opts, devnode, target = argv[2], argv[3], argv[4]
         ro = opts.split(",")[0] == "ro"
         fstype = "fuse.vfat" if "subtype=vfat" in opts else "fuseblk"
@@ -100,6 +100,7 @@ def test_failing_driver_is_a_clear_refusal(tmp_path: Path, installed: None) -> N
                kernel_has=lambda _: False)
     answer = h.handle(["mount", node, "port-03"])
     assert answer["ok"] is False and "not a FAT filesystem" in answer["message"], answer
+    assert answer["error"] == "failed"  # not "vanished": the device is still there
     assert rec.at(tmp_path / "mnt" / "port-03") == []
 
 
@@ -235,7 +236,7 @@ def test_failed_read_write_driver_leaves_the_recorder_mounted_read_only(
     def driver(argv: list[str], **kw: Any) -> None:
         if argv[2].startswith("rw+"):
             drv.calls.append((argv, kw))
-            raise OSError(errno.ENODEV, "fusefat exited 1: cannot open device read-write")
+            raise OSError(errno.EIO, "fusefat exited 1: cannot open device read-write")
         real_call(argv, **kw)
 
     h = helper(root, props_for(node), rec, fuse_start=driver, kernel_has=lambda _: False)

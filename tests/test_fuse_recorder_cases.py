@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from dockd.config import for_workdir
 from dockd.devices.drivers import registry_from_config
 from dockd.ingest.scan import scan_recorder
 from dockd.oneshot import ingest_tree
+from dockd.state import State
 
 from .fat_images import (
     Dock,
@@ -164,23 +166,40 @@ def test_full_card(fs: str, tmp_path: Path, workdir: Path, make_recorder: Any,
 @pytest.mark.parametrize("fs", FS)
 def test_truncated_image(fs: str, tmp_path: Path, workdir: Path, make_recorder: Any,
                          dock: Dock) -> None:  # noqa: F811
-    """A card whose end is missing (a failing card, a bad dump): fsck -n says so; the helper
-    either refuses to mount it with a clear message or mounts it read-only, and then what can
-    be read is delivered and what cannot is named — no exception, nothing cleared."""
+    """A card whose end is missing (a failing card, a bad dump), the clips lying beyond the
+    cut: fsck -n says so. FAT: the directory is intact, so it mounts; the clips cannot be
+    read and are named as not delivered, the docking does not pretend otherwise, nothing is
+    cleared. exFAT: the driver refuses a volume larger than its device, a clear refusal
+    (``failed``, not ``vanished``: the device is still there)."""
     skip_unless_fuse(fs)
     cfg = cfg_for(workdir)
     tree = make_recorder(cfg, segments=2)
+    with open(tree / "AAAA.BIN", "wb") as f:  # copied first: the clips land behind it
+        f.truncate(24 * 1024 * 1024)
     img = build_image(tmp_path / f"card.{fs}", fs, tree, TZ)
     with open(img, "r+b") as f:
-        f.truncate(os.path.getsize(img) // 8)
+        f.truncate(12 * 1024 * 1024)
     node = dock.attach(img)
     h = dock.helper(node, fs, TZ)
     health = h.handle(["fsck", node, "port-03"])
     assert health["ok"] and health["verdict"] in ("errors", "failed"), health
     answer = h.handle(["mount", node, "port-03"])
-    if not answer["ok"]:
-        assert answer["error"] in ("failed", "vanished") and node in answer["message"], answer
+    if fs == "exfat":
+        assert answer["ok"] is False and answer["error"] == "failed", answer
+        assert "larger than device" in answer["message"]
         return
-    out = ingest_tree(cfg, Path(answer["mountpoint"]), port="port-03")
+    assert answer["ok"], answer
+    out = ingest_tree(cfg, Path(answer["mountpoint"]), port="port-03",
+                      hints={"DOCKD_FSCK": health["verdict"], "ID_SERIAL_SHORT": "A1B2C3D4",
+                             "DOCKD_FSCK_DETAIL": health["detail"]})
+    assert out["serial"] == "A1B2C3D4"  # the info file lies beyond the cut: udev's serial
     assert out["cleared"] == []
-    assert out["ok"] or out["problems"], out
+    # Measured: fusefat shows a directory whose clusters are gone as empty (no error), so
+    # the docking finds no clip; it must say that the card is damaged and unreadable.
+    assert out["clips_total"] == 0
+    with State(cfg.paths.database) as s:
+        d = s.docking(out["docking_id"])
+    found = {f["kind"]: f for f in json.loads(d["findings"])}
+    assert found["filesystem_errors"]["severity"] == "warning"
+    assert "missing" in found["filesystem_errors"]["message"]
+    assert "info_unreadable" in found

@@ -142,6 +142,20 @@ def find_info_file(root: Path, name: str) -> Path | None:
     return root / (name if name in candidates else candidates[0])
 
 
+def fs_findings(hints: Mapping[str, str]) -> list[Finding]:
+    """A finding when the read-only fsck of the recorder (hint ``DOCKD_FSCK``) found errors:
+    a damaged card may show unreadable folders as empty or files as missing, so this docking
+    may not hold everything the recorder recorded."""
+    verdict = (hints.get("DOCKD_FSCK") or "").strip().lower()
+    if verdict not in ("errors", "failed"):
+        return []
+    detail = (hints.get("DOCKD_FSCK_DETAIL") or "").strip()[:500]
+    return [Finding("filesystem_errors", "warning",
+                    f"the recorder's filesystem check reported {verdict}: footage in damaged "
+                    "areas may be missing from this docking; keep the recorder for inspection",
+                    {"fsck": verdict, "detail": detail})]
+
+
 def _require_aware(now: datetime) -> None:
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be a timezone-aware datetime")
@@ -190,7 +204,7 @@ class ProfileDriver:
         path = find_info_file(root, self.profile.info_file)
         fields: dict[str, str] = {}
         mtime: float | None = None
-        findings: list[Finding] = []
+        findings: list[Finding] = fs_findings(hints)
         if path is None:
             log.warning("recorder at %s: info file %s not found; using udev hints",
                         root, self.profile.info_file)
@@ -279,7 +293,8 @@ class GenericMassStorageDriver:
         log.info("recorder %s at %s: generic mass storage", identity.serial, root)
         return RecorderSnapshot(identity=identity,
                                 health=RecorderHealth(storage_total=total, storage_free=free),
-                                root=root, profile="", driver=self.name)
+                                root=root, profile="", driver=self.name,
+                                findings=tuple(fs_findings(hints)))
 
 
 SnapshotHandler = Callable[[Path, Mapping[str, str], datetime], RecorderSnapshot]

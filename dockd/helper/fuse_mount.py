@@ -36,6 +36,7 @@ number the block device's).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -135,13 +136,13 @@ def start_driver(argv: Sequence[str], *, tz: str, unit: str,
                        env={"PATH": TOOL_PATH, "LANG": "C", "TZ": tz}, timeout=START_TIMEOUT_S,
                        start_new_session=True)
         except subprocess.TimeoutExpired as exc:
-            raise OSError(ENODEV, f"{Path(argv[0]).name} did not mount within "
+            raise OSError(errno.ETIMEDOUT, f"{Path(argv[0]).name} did not mount within "
                                   f"{START_TIMEOUT_S:.0f} s") from exc
         err.seek(0)
         words = err.read(4096).decode("utf-8", "replace")
     if proc.returncode != 0:
         last = " | ".join(ln.strip() for ln in words.splitlines() if ln.strip())[-300:]
-        raise OSError(ENODEV, f"{Path(argv[0]).name} exited {proc.returncode}: {last}")
+        raise OSError(errno.EIO, f"{Path(argv[0]).name} exited {proc.returncode}: {last}")
 
 
 def drivers_holding(rdev: int, proc_root: Path = Path("/proc")) -> list[int]:
