@@ -47,6 +47,12 @@ def docking_cfg(workdir: Path, tmp_path: Path) -> Any:
                                health=dataclasses.replace(cfg.health, require_ntp=False))
 
 
+def _mdir(img: Path) -> list[str]:
+    proc = subprocess.run(["mdir", "-i", str(img), "::/"], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+    return proc.stdout.splitlines()
+
+
 def other_user_denied(path: Path) -> bool:
     """Whether uid 65534 gets EACCES listing ``path`` (allow_other + default_permissions)."""
     proc = subprocess.run(["ls", str(path)], capture_output=True, text=True, timeout=30,
@@ -120,6 +126,10 @@ def test_full_docking_with_clearing(fs: str, tmp_path: Path, workdir: Path, make
         listing = fat_listing(img)
         assert not any(c in listing for c in clips), listing
         assert "ZFY_INFO.INI" in listing and "TIMESET.TXT" in listing
+        # Measured, documented in docs/recorder-filesystems.md: fusefat writes the new
+        # file's 8.3 alias as "~1" (a firmware reading only 8.3 names will not find it).
+        (short,) = [ln for ln in _mdir(img) if ln.rstrip().endswith("TIMESET.TXT")]
+        assert short.split()[0] == "~1", short
     target = workdir / "target"
     delivered = sorted(p.name for p in target.rglob("*.MP4"))
     assert delivered == sorted(Path(c).name for c in clips)

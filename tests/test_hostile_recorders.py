@@ -270,3 +270,17 @@ def test_many_tiny_files_are_scanned_and_bounded(tmp_path: Path) -> None:
     assert len(capped.entries) == 1200
     (trunc,) = [f for f in capped.findings if f.kind == "scan_truncated"]
     assert "1200" in trunc.message and "not listed" in trunc.message
+
+
+def test_damaged_card_is_a_finding() -> None:
+    """fsck -n errors (or a check that could not finish) become a docking finding: a
+    damaged card may hide footage (fusefat shows lost folders as empty)."""
+    from dockd.devices.drivers import fs_findings
+
+    assert fs_findings({}) == [] and fs_findings({"DOCKD_FSCK": "clean"}) == []
+    assert fs_findings({"DOCKD_FSCK": "unsupported"}) == []
+    (f,) = fs_findings({"DOCKD_FSCK": "errors", "DOCKD_FSCK_DETAIL": "Dirty bit is set"})
+    assert f.kind == "filesystem_errors" and f.severity == "warning"
+    assert "missing" in f.message and f.detail["detail"] == "Dirty bit is set"
+    (f,) = fs_findings({"DOCKD_FSCK": "failed", "DOCKD_FSCK_DETAIL": "x" * 5000})
+    assert len(f.detail["detail"]) == 500
