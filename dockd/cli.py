@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, logredact, secrets
 from .config import Config, load, schema_keys
 from .errors import ConfigError, DockdError
 
@@ -113,6 +113,7 @@ def setup_logging(verbose: int, level: str = "INFO") -> None:
     lvl = logging.DEBUG if verbose else getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(level=lvl, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logredact.install(level=lvl)  # no credential in any line, at any level
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dockd: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.verbose, cfg.logging.level)
+    try:
+        cfg = secrets.with_credentials(cfg, args.config)
+    except ConfigError as exc:
+        print(f"dockd: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(cfg, args) or 0)
     except DockdError as exc:

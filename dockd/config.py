@@ -170,6 +170,10 @@ class TargetConfig:
     port: int = 22
     user: str = ""
     key_file: str = ""
+    passphrase_file: str = ""
+    """File holding the passphrase of an encrypted ``key_file`` ("" = key not encrypted).
+    systemd credentials ``sftp.<name>.key`` / ``sftp.<name>.passphrase`` take precedence
+    (as ``s3.<name>.credentials`` does for ``credentials_file``)."""
     known_hosts: str = ""
 
 
@@ -203,7 +207,7 @@ class DevicesConfig:
     """Per-port mount points (<mount_root>/<port>) for the udev source."""
     mount_helper: str = "/run/dockd-mount.sock"
     """The privileged mount helper: its socket (systemd dockd-mount.socket) or an executable
-    run directly as root or through ``sudo -n`` (see docs/privileges.md)."""
+    run directly when the daemon is root (see docs/privileges.md; there is no sudo mode)."""
     rescan_seconds: float = 30.0
     """Slow re-enumeration of block devices: udev events are hints, they may be missed."""
     fsck: bool = True
@@ -254,7 +258,11 @@ class WebConfig:
     bind: str = "127.0.0.1"
     port: int = 8470
     token: str = ""
-    """Bearer token required for any client not on loopback ("" = loopback only)."""
+    """Bearer token required for any client not on loopback ("" = loopback only). The
+    systemd credential ``web.token`` ($CREDENTIALS_DIRECTORY) takes precedence."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (or addresses) clients may use for the dock besides localhost, 127.0.0.1,
+    ::1 and the bind address; any other Host header is refused (DNS rebinding)."""
     language: str = "zh"
     """Default page language: zh or en."""
 
@@ -405,6 +413,10 @@ def _semantic_checks(cfg: Config) -> list[str]:
         problems.append(f"web.language: \"zh\" or \"en\" (got {cfg.web.language!r})")
     if not 0 < cfg.web.port < 65536:
         problems.append("web.port: 1..65535")
+    from .status.web_hosts import bad_allowed_hosts
+
+    for bad in bad_allowed_hosts(cfg.web.allowed_hosts):
+        problems.append(f"web.allowed_hosts: {bad!r} is not a host name or IP address")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"logging.level: one of DEBUG, INFO, WARNING, ERROR (got {cfg.logging.level!r})")
     if not cfg.targets:

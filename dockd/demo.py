@@ -21,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
+from . import logredact
 from .config import Config
 from .daemon import Daemon
 from .devices.simulator import RecorderSpec, plug, simulate_recorder
@@ -44,6 +45,7 @@ def _log_to_file(path: Path) -> Path:
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(fh)
     root.setLevel(logging.INFO)
+    logredact.install([fh])
     return path
 
 

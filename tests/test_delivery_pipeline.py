@@ -66,6 +66,7 @@ def _cfg(workdir: Path, moto: Moto, bucket: str, tmp_path: Path, *, policy: str 
     creds = tmp_path / "s3.ini"
     creds.write_text(f"[default]\naws_access_key_id = {KEY_ID}\n"
                      f"aws_secret_access_key = {SECRET}\n")
+    creds.chmod(0o600)
     cfg = for_workdir(workdir)
     offsite = TargetConfig(name="offsite", kind="s3", endpoint_url=moto.url, bucket=bucket,
                            credentials_file=str(creds), object_lock="COMPLIANCE",

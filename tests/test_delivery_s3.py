@@ -425,6 +425,7 @@ def test_from_config_with_credentials_file(tmp_path: Path, endpoint: str, bucket
     creds = tmp_path / "s3.ini"
     creds.write_text(f"[default]\naws_access_key_id = {CREDS.access_key}\n"
                      f"aws_secret_access_key = {CREDS.secret_key}\n")
+    creds.chmod(0o600)  # others may not read it (a 0644 file is refused: test_secrets.py)
     tc = TargetConfig(name="offsite", kind="s3", endpoint_url=endpoint, bucket=bucket,
                       credentials_file=str(creds), prefix="/agency/", object_lock="GOVERNANCE",
                       verify="checksum", required=False)

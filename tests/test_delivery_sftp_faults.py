@@ -137,6 +137,7 @@ def test_unreadable_key_file_is_refused(tmp_path: Path, make_target: Targets,
     key = tmp_path / "id_bad"
     if content is not None:
         key.write_bytes(content)
+        key.chmod(0o600)
     target = make_target(key_file=key)
     with pytest.raises(DeliveryError, match="cannot load the private key file") as e:
         target.stat(KEY)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from dockd.helper import fuse_mount
-from dockd.helper import mount_helper as mh
+from dockd.helper.stage import fs_of
 from tests.test_mount_helper import CALLER, FakeKernel, block_node, helper, props_for
 
 
@@ -173,7 +173,8 @@ def fuse_line(target: Path, *, source: str = "/dev/sdb1", fstype: str = "fuse.vf
 
 def test_remount_refuses_a_fuse_mount_made_for_someone_else(tmp_path: Path) -> None:
     """mountinfo says user_id=0 for every FUSE mount: ownership is checked on the mounted
-    root itself (here a directory owned by another uid with access for others)."""
+    root itself (here a directory owned by another uid with access for others): sec's
+    ownership check refuses it as another caller's mount."""
     root = tmp_path / "mnt"
     root.mkdir(mode=0o755)
     (root / "port-03").mkdir(mode=0o755)
@@ -182,7 +183,8 @@ def test_remount_refuses_a_fuse_mount_made_for_someone_else(tmp_path: Path) -> N
     h = helper(root, None, rec)
     for mode in ("rw", "ro"):
         answer = h.handle(["remount", "port-03", mode])
-        assert answer["error"] == "busy" and "owned by" in answer["message"], answer
+        assert answer["error"] == "not-owner" and "uid 1234 may not remount" \
+            in answer["message"], answer
     assert rec.mounts == [] and rec.umounts == []
 
 
@@ -198,8 +200,8 @@ def test_owner_problems() -> None:
 def test_types() -> None:
     assert fuse_mount.fuse_base("fuse.vfat") == "vfat" and fuse_mount.fuse_base("fuseblk") == "exfat"
     assert fuse_mount.fuse_base("vfat") is None and fuse_mount.fuse_base("fuse.sshfs") is None
-    assert mh._fs_of("vfat") == "vfat" and mh._fs_of("fuse.vfat") == "vfat"
-    assert mh._fs_of("tmpfs") is None
+    assert fs_of("vfat") == "vfat" and fs_of("fuse.vfat") == "vfat"
+    assert fs_of("tmpfs") is None
     assert fuse_mount.kernel_has("vfat", "nodev\tsysfs\n\tvfat\n")
     assert not fuse_mount.kernel_has("vfat", "nodev\tfuse\n\tfuseblk\n\text4\n")
 

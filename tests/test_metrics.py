@@ -26,7 +26,8 @@ GB = 1_000_000_000
 @pytest.fixture
 def scrape(tmp_path):
     dock = build_dock(tmp_path / "w")
-    with TestClient(create_app(dock.cfg, dock.db), client=("127.0.0.1", 1)) as c:
+    with TestClient(create_app(dock.cfg, dock.db), client=("127.0.0.1", 1),
+                    base_url="http://127.0.0.1") as c:
         r = c.get("/metrics")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")

@@ -1,4 +1,4 @@
-"""HelperMounter: how the unprivileged daemon reaches the helper (socket, direct, sudo -n)."""
+"""HelperMounter: how the unprivileged daemon reaches the helper (socket; directly as root)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class FakeRun:
         return subprocess.CompletedProcess(argv, self.rc, self.stdout, self.stderr)
 
 
-def test_direct_when_root_and_sudo_otherwise() -> None:
+def test_direct_when_root_and_never_through_sudo() -> None:
     run = FakeRun(json.dumps({"ok": True, "mountpoint": "/run/dockd-mnt/port-03",
                               "fstype": "vfat", "options": "ro"}))
     m = HelperMounter("/usr/bin/dockd-mount", runner=run, euid=lambda: 0)
@@ -35,9 +35,9 @@ def test_direct_when_root_and_sudo_otherwise() -> None:
     assert run.argv[-1] == ["/usr/bin/dockd-mount", "mount", "/dev/sdb1", "port-03"]
     assert res.mountpoint == Path("/run/dockd-mnt/port-03") and res.fstype == "vfat"
     m = HelperMounter("/usr/bin/dockd-mount", runner=run, euid=lambda: 999)
-    m.mount("/dev/sdb1", "port-03")
-    assert run.argv[-1] == ["sudo", "-n", "--", "/usr/bin/dockd-mount", "mount", "/dev/sdb1",
-                            "port-03"]
+    with pytest.raises(MountError, match="no sudo mode") as exc:
+        m.mount("/dev/sdb1", "port-03")
+    assert exc.value.code == "unreachable" and len(run.argv) == 1  # nothing was run
 
 
 def test_fsck_and_unmount_answers() -> None:

@@ -61,7 +61,7 @@ def test_verify_catches_a_typo(tmp_path: Path) -> None:
 
 
 @needs_analyze
-@pytest.mark.parametrize("name,limit", [("dockd.service", 2.0), ("dockd-mount@.service", 4.5)])
+@pytest.mark.parametrize("name,limit", [("dockd.service", 1.5), ("dockd-mount@.service", 3.0)])
 def test_security_exposure(tmp_path: Path, name: str, limit: float) -> None:
     d = staged(tmp_path)
     proc = subprocess.run([ANALYZE, "security", "--offline=true", "--no-pager", str(d / name)],
@@ -93,16 +93,34 @@ def test_daemon_unit_settings() -> None:
 
 
 def test_helper_units_stay_in_the_host_mount_namespace() -> None:
-    """The helper's mounts must be visible to the daemon: nothing that unshares mounts."""
+    """The helper's mounts must be visible to the daemon: nothing that unshares mounts
+    (systemd's exec_needs_mount_namespace(): ProtectProc= and ProcSubset= included)."""
     u = unit("dockd-mount@.service")
     namespacing = {"ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices",
-                   "PrivateMounts", "ProtectKernelTunables", "ProtectKernelModules",
-                   "ProtectKernelLogs", "ProtectControlGroups", "ReadOnlyPaths",
-                   "ReadWritePaths", "InaccessiblePaths", "TemporaryFileSystem",
-                   "BindPaths", "RootDirectory", "MountFlags", "PrivateNetwork", "ProtectProc"}
+                   "PrivateMounts", "PrivateIPC", "ProtectKernelTunables",
+                   "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups",
+                   "ReadOnlyPaths", "ReadWritePaths", "InaccessiblePaths", "ExecPaths",
+                   "NoExecPaths", "TemporaryFileSystem", "BindPaths", "BindReadOnlyPaths",
+                   "RootDirectory", "RootImage", "MountFlags", "ProtectProc", "ProcSubset",
+                   "LogNamespace", "DynamicUser", "MountImages", "ExtensionImages"}
     assert namespacing.isdisjoint(u), namespacing & set(u)
     assert u["CapabilityBoundingSet"] == ["CAP_SYS_ADMIN"]
     assert u["StandardInput"] == ["socket"] and u["NoNewPrivileges"] == ["yes"]
+
+
+def test_helper_unit_sandbox() -> None:
+    """What does not unshare mounts is used (issue 11): no network, AF_UNIX only, block
+    devices of the SCSI-disk group only, a system call allow-list, the built-in config."""
+    u = unit("dockd-mount@.service")
+    one = {k: v[-1] for k, v in u.items()}
+    assert one["ExecStart"] == "/usr/bin/dockd-mount --serve"  # no --config from anyone
+    assert one["PrivateNetwork"] == "yes" and one["IPAddressDeny"] == "any"
+    assert one["RestrictAddressFamilies"] == "AF_UNIX"
+    assert one["DevicePolicy"] == "closed" and one["DeviceAllow"] == "block-sd rw"
+    assert u["SystemCallFilter"] == ["@system-service @mount", "~@privileged @resources"]
+    for key in ("RestrictNamespaces", "RestrictSUIDSGID", "LockPersonality", "ProtectClock",
+                "ProtectHostname", "RestrictRealtime"):
+        assert one[key] == "yes", key
     s = unit("dockd-mount.socket")
     assert s["Accept"] == ["yes"] and s["SocketMode"] == ["0660"] and s["SocketGroup"] == ["dockd"]
     assert s["ListenStream"] == ["/run/dockd-mount.sock"]

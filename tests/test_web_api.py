@@ -27,7 +27,7 @@ def dock(tmp_path) -> Dock:
 
 def _client(dock: Dock, client: tuple[str, int] = LOCAL, token: str = "") -> TestClient:
     cfg = dataclasses.replace(dock.cfg, web=dataclasses.replace(dock.cfg.web, token=token))
-    return TestClient(create_app(cfg, dock.db), client=client)
+    return TestClient(create_app(cfg, dock.db), client=client, base_url="http://127.0.0.1")
 
 
 def test_openapi_document_is_valid_and_served(dock):
@@ -131,7 +131,8 @@ def test_pages_default_to_chinese_and_switch_to_english(dock):
 
 def test_missing_database_is_503_not_a_crash(tmp_path, dock):
     cfg = dock.cfg
-    with TestClient(create_app(cfg, tmp_path / "none.db"), client=LOCAL) as c:
+    with TestClient(create_app(cfg, tmp_path / "none.db"), client=LOCAL,
+                    base_url="http://localhost") as c:
         r = c.get("/api/ports")
         assert r.status_code == 503 and "state" in r.json()["error"]
         m = c.get("/metrics")

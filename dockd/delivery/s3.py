@@ -57,7 +57,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import logredact, secrets
 from ..errors import DeliveryError
+from ..secrets import SecretFileError, read_secret
 from .base import (
     CHUNK_SIZE,
     Receipt,
@@ -100,18 +102,23 @@ class S3Credentials:
 
 
 def load_credentials(path: Path) -> S3Credentials:
-    """Read ``[default] aws_access_key_id / aws_secret_access_key`` from an INI file."""
+    """Read ``[default] aws_access_key_id / aws_secret_access_key`` (and optionally
+    ``aws_session_token``) from an INI file that others may not read (:mod:`dockd.secrets`);
+    every value is registered for log redaction."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        with open(path, encoding="utf-8") as f:
-            parser.read_file(f)
+        text = read_secret(Path(path), "S3 credentials file").decode("utf-8")
+        parser.read_string(text, source=str(path))
         sec = parser["default"]
-        return S3Credentials(sec["aws_access_key_id"].strip(),
-                             sec["aws_secret_access_key"].strip(),
-                             sec.get("aws_session_token", "").strip() or None)
-    except OSError as exc:
-        raise DeliveryError(f"cannot read S3 credentials file {path}: "
-                            f"{exc.strerror or exc}", retry=False) from exc
+        creds = S3Credentials(sec["aws_access_key_id"].strip(),
+                              sec["aws_secret_access_key"].strip(),
+                              sec.get("aws_session_token", "").strip() or None)
+        logredact.register(creds.access_key, creds.secret_key, creds.session_token)
+        return creds
+    except SecretFileError as exc:
+        raise DeliveryError(str(exc), retry=False) from exc
+    except UnicodeDecodeError as exc:
+        raise DeliveryError(f"S3 credentials file {path} is not UTF-8", retry=False) from exc
     except (KeyError, configparser.Error) as exc:
         raise DeliveryError(f"S3 credentials file {path} needs [default] aws_access_key_id "
                             "and aws_secret_access_key", retry=False) from exc
@@ -167,7 +174,9 @@ class S3Target:
 
     @classmethod
     def from_config(cls, t: TargetConfig, cfg: Config) -> S3Target:
-        creds = load_credentials(Path(t.credentials_file)) if t.credentials_file else None
+        path = secrets.resolve(t.credentials_file, secrets.credential_name("s3.credentials",
+                                                                           t.name))
+        creds = load_credentials(path) if path is not None else None
         return cls(t.name, endpoint_url=t.endpoint_url, bucket=t.bucket,
                    state_dir=cfg.paths.state_dir / "s3-uploads", credentials=creds,
                    region=t.region, prefix=t.prefix, object_lock=t.object_lock,

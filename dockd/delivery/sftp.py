@@ -56,8 +56,10 @@ from typing import TypeVar
 
 import asyncssh
 
+from .. import secrets
 from ..config import Config, TargetConfig
 from ..errors import DeliveryError
+from ..secrets import SecretFileError, read_secret, read_text_secret
 from . import sftp_io
 from .base import (
     Receipt,
@@ -101,6 +103,7 @@ class SftpTarget:
 
     def __init__(self, name: str, *, host: str, user: str, key_file: str | Path,
                  known_hosts: str | Path, path: str | PurePosixPath, port: int = 22,
+                 passphrase_file: str | Path = "",
                  required: bool = True, verify: str = "readback", max_concurrency: int = 4,
                  connect_timeout: float = 20.0, io_timeout: float = 60.0,
                  chunk_size: int = CHUNK_SIZE, ciphers: tuple[str, ...] = CIPHERS):
@@ -112,6 +115,7 @@ class SftpTarget:
         self.port = port
         self.user = user
         self.key_file = str(key_file)
+        self.passphrase_file = str(passphrase_file)
         self.known_hosts = str(known_hosts)
         self.base = str(PurePosixPath(path))
         self.verify_mode = verify
@@ -140,7 +144,11 @@ class SftpTarget:
 
     @classmethod
     def from_config(cls, t: TargetConfig, cfg: Config) -> SftpTarget:
-        return cls(t.name, host=t.host, port=t.port, user=t.user, key_file=t.key_file,
+        key = secrets.resolve(t.key_file, secrets.credential_name("sftp.key", t.name))
+        phrase = secrets.resolve(t.passphrase_file,
+                                 secrets.credential_name("sftp.passphrase", t.name))
+        return cls(t.name, host=t.host, port=t.port, user=t.user, key_file=key or "",
+                   passphrase_file=phrase or "",
                    known_hosts=t.known_hosts, path=PurePosixPath(str(t.path)),
                    required=t.required, verify=t.verify, max_concurrency=t.max_concurrency)
 
@@ -285,10 +293,19 @@ class SftpTarget:
             return self._sftp, True
 
     def _load_key(self) -> asyncssh.SSHKey:
+        """The private key, from a file others may not read (:mod:`dockd.secrets`), with its
+        passphrase when one is configured; both registered for log redaction."""
         try:
-            return asyncssh.read_private_key(self.key_file)
-        except (OSError, asyncssh.KeyImportError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "encrypted or not a key"
+            data = read_secret(Path(self.key_file), "SFTP private key")
+            phrase = (read_text_secret(Path(self.passphrase_file), "SFTP key passphrase")
+                      if self.passphrase_file else None)
+            return asyncssh.import_private_key(data, phrase)
+        except SecretFileError as exc:
+            raise DeliveryError(f"{self.name}: cannot load the private key file "
+                                f"{self.key_file}: {exc}", retry=False) from exc
+        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError, ValueError) as exc:
+            reason = ("wrong or missing passphrase" if isinstance(exc, asyncssh.KeyEncryptionError)
+                      or "passphrase" in str(exc).lower() else "not a private key")
             raise DeliveryError(f"{self.name}: cannot load the private key file "
                                 f"{self.key_file} ({reason})", retry=False) from exc
 

@@ -10,8 +10,9 @@ object. ``devices.mount_helper`` says how to reach it:
   the daemon writes one request line and reads the JSON answer; systemd starts one root
   helper instance per connection. This keeps ``NoNewPrivileges=yes`` and an empty
   capability bounding set on ``dockd.service`` (see docs/privileges.md);
-- an **executable**: run directly when the daemon is root (tests, a lab box), otherwise
-  through ``sudo -n`` (a sudoers line allowing only that program).
+- an **executable**: run directly, only when the daemon itself is root (tests, a lab box).
+  There is no sudo mode any more (issue 11: an elevated helper trusted arguments it must
+  not); an unprivileged daemon must use the socket.
 
 :class:`HelperMounter` is the one implementation of the small :class:`Mounter` protocol
 the udev source uses; tests inject a fake one.
@@ -94,12 +95,11 @@ Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 class HelperMounter:
-    """Talks to the helper over its Unix socket, or runs it (directly as root, else sudo -n)."""
+    """Talks to the helper over its Unix socket, or runs it directly when we are root."""
 
-    def __init__(self, helper: str, *, sudo: str = "sudo", runner: Runner = subprocess.run,
+    def __init__(self, helper: str, *, runner: Runner = subprocess.run,
                  euid: Callable[[], int] = os.geteuid):
         self.helper = helper
-        self.sudo = sudo
         self._run = runner
         self._euid = euid
 
@@ -132,10 +132,13 @@ class HelperMounter:
     # ------------------------------------------------------------------ transport
 
     def command(self, words: Sequence[str]) -> list[str]:
-        """The argv used when the helper is an executable (not a socket)."""
-        if self._euid() == 0:
-            return [self.helper, *words]
-        return [self.sudo, "-n", "--", self.helper, *words]
+        """The argv used when the helper is an executable (not a socket): only as root."""
+        if self._euid() != 0:
+            raise MountError(f"devices.mount_helper = {self.helper!r} is not a socket, and "
+                             "only root may run the helper directly (there is no sudo mode): "
+                             "use dockd-mount.socket, /run/dockd-mount.sock (docs/privileges.md)",
+                             code="unreachable")
+        return [self.helper, *words]
 
     def is_socket(self) -> bool:
         try:

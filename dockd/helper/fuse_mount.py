@@ -208,7 +208,9 @@ def swap(helper: Any, port: str, mode: str, target: str, root_fd: int, port_fd: 
     the helper's staged sequence. ``rw`` needs today's udev verdict (as for the kernel's
     drivers); ``ro`` never does, and answers only once the read-write driver has exited
     (flushed). Idempotent: a mount already in the wanted mode is left alone."""
-    from .mount_helper import MNT_DETACH, Refused, _fd_path
+    from .kernel import MNT_DETACH
+    from .kernel import fd_path as _fd_path
+    from .protocol import Refused
 
     fs = fuse_base(entry.fstype)
     assert fs is not None
@@ -232,6 +234,7 @@ def swap(helper: Any, port: str, mode: str, target: str, root_fd: int, port_fd: 
               "options": f"{mode},nosuid,nodev,noexec"}
     if entry.super_read_only is (not writable):
         return answer
+    ids = helper._ids_for(entry, os.fstat(port_fd))  # whose files: root acts for the owner
     stage_fd, lock_fd = helper._open_stage()  # serialised with mounts
     try:
         try:
@@ -253,12 +256,12 @@ def swap(helper: Any, port: str, mode: str, target: str, root_fd: int, port_fd: 
         if rdev == -1:
             raise Refused("vanished", f"{entry.source} is gone; {target} unmounted")
         try:
-            helper._attach(port, entry.source, fs, helper._data(fs), root_fd, stage_fd, target,
-                           writable=writable)
+            helper._attach(port, entry.source, fs, helper._data(fs, ids), root_fd, stage_fd,
+                           target, writable=writable, ids=ids)
         except Refused:
             if writable:  # no window; leave the recorder as it was: mounted read-only
-                helper._attach(port, entry.source, fs, helper._data(fs), root_fd, stage_fd,
-                               target, writable=False)
+                helper._attach(port, entry.source, fs, helper._data(fs, ids), root_fd,
+                               stage_fd, target, writable=False, ids=ids)
             raise
     finally:
         os.close(stage_fd)

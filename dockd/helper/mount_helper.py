@@ -9,7 +9,12 @@ Interface (argv, or one line on stdin with ``--serve`` under ``dockd-mount@.serv
     fsck DEVNODE          read-only filesystem check (fsck.vfat -n / fsck.exfat -n)
 
 The answer is one JSON object on stdout (``{"ok": true, ...}`` or ``{"ok": false, "error":
-code, "message": ...}``). The helper trusts nothing the caller says: it re-reads the
+code, "message": ...}``). Modules: :mod:`.protocol` (who is calling: SO_PEERCRED, no sudo;
+the request line, bounded in time and size; the configuration, read once from a checked
+descriptor), :mod:`.kernel` (mount calls, mountinfo, udev), :mod:`.stage` (the staged mount
+sequence) and this one (the decisions). **Callers are told apart**: a mount belongs to the
+uid it was mounted for (its ``uid=`` option); only that caller, or root, may unmount or
+remount it, or have it reported as "already mounted". The helper trusts nothing the caller says: it re-reads the
 allow-list from the root-owned configuration file, asks udev (``udevadm info``) what
 DEVNODE is, requires a real block device node (no symlink) whose udev MAJOR/MINOR match,
 on USB, with a vfat/exfat filesystem, and allow-listed. Mount options are fixed
@@ -44,233 +49,92 @@ with statvfs and mountinfo.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import stat
-import struct
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, load
-from ..devices.ports import allowed_rule, valid_port_label
+from .. import logredact
+from ..config import Config
+from ..devices.ports import allowed_rule
 from . import fuse_mount
+from .kernel import (
+    ALWAYS_OPTIONS,
+    CHECKED_DATA,
+    FLAG_NAMES,
+    FS_DATA,
+    FSCK_ERRORS,
+    FSCK_TIMEOUT_S,
+    FSCK_TOOLS,
+    MNT_DETACH,
+    MOUNT_FLAGS,
+    MOUNT_RW_FLAGS,
+    MS_BIND,
+    MS_MOVE,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REMOUNT,
+    REMOUNT_FLAGS,
+    ST_ALWAYS,
+    ST_WANTED,
+    STAGE_ROOT,
+    TOOL_PATH,
+    MountCall,
+    MountEntry,
+    fd_path,
+    key_values,
+    mount_entries,
+    mounts_at,
+    open_dir_nofollow,
+    parse_udev_properties,
+    read_mount_id,
+    read_mountinfo,
+    sys_mount,
+    sys_umount,
+    udev_properties,
+    walk_nofollow,
+)
+from .protocol import (
+    DEFAULT_CONFIG,
+    DEVNODE_RE,
+    Caller,
+    Refused,
+    check_devnode,
+    check_port,
+    check_words,
+    direct_caller,
+    port_of,
+    read_request,
+    refuse_elevation,
+    socket_caller,
+    trusted_config,
+)
+from .stage import StagedAttach, fs_of
+
+__all__ = [  # what callers and tests use from here
+    "DEFAULT_CONFIG", "MNT_DETACH", "MS_BIND", "MS_MOVE", "MS_NODEV", "MS_NOEXEC", "MS_NOSUID",
+    "MOUNT_FLAGS", "ST_WANTED", "MS_PRIVATE", "MS_RDONLY", "MS_REMOUNT", "REMOUNT_FLAGS", "Caller", "Helper", "MountCall",
+    "MountEntry", "Refused", "main", "mount_entries", "mounts_at", "parse_udev_properties",
+    "trusted_config",
+]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONFIG = Path("/etc/dockd/config.toml")
-STAGE_ROOT = Path("/run/dockd-mount-stage")
-"""Helper-private staging directory (0700 root, a private bind mount of itself): recorders
-are mounted here first and moved onto the port once their flags are right."""
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_BIND, MS_MOVE, MS_PRIVATE = 4096, 8192, 1 << 18
-MOUNT_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
-"""The first mount, at the staging point: read-only superblock and mount."""
-MOUNT_RW_FLAGS = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC
-"""Per-mount flags only (``MS_BIND``): rw,nosuid,nodev,noexec; the superblock stays as it is."""
-FLAG_NAMES = "ro,nosuid,nodev,noexec"
-REMOUNT_FLAGS = {
-    "rw": MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-    "ro": MS_REMOUNT | MOUNT_FLAGS,
-}
-"""The only two superblock remounts: write allowed (still nosuid,nodev,noexec) and back to
-read-only. The data options are the mount's own, unchanged. ``ro`` also sets the
-helper's own mount ``ro``; ``MOUNT_RW_FLAGS`` then restores its per-mount ``rw``."""
-MNT_DETACH = 2
-FS_DATA = {
-    "vfat": "uid={uid},gid={gid},fmask=0137,dmask=0027,utf8",
-    "exfat": "uid={uid},gid={gid},fmask=0137,dmask=0027,iocharset=utf8",
-}
-"""Filesystems the helper mounts, with their fixed data options. The caller owns the files
-with owner write permission (vfat/exfat cannot change uid/umask on remount, so a recorder
-could never be cleared otherwise); while mounted ``ro`` the kernel refuses every write
-whatever the permission bits say."""
-CHECKED_DATA = ("uid", "gid", "fmask", "dmask")
-"""Data options whose value in mountinfo must equal the helper's own for a remount."""
-FSCK_TOOLS = {"vfat": "fsck.vfat", "exfat": "fsck.exfat"}
-FSCK_ERRORS = {"vfat": (1,), "exfat": (1, 4)}
-FSCK_TIMEOUT_S = 900.0
-TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-DEVNODE_RE = re.compile(r"/dev/[A-Za-z0-9][A-Za-z0-9_.:+-]*(?:/[A-Za-z0-9][A-Za-z0-9_.:+-]*)*")
-ST_WANTED = os.ST_RDONLY | os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
-ST_ALWAYS = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
-ALWAYS_OPTIONS = frozenset({"nosuid", "nodev", "noexec"})
-
-
-class Refused(Exception):
-    """The request is not allowed or failed; ``code`` goes into the JSON answer."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Caller:
-    uid: int
-    gid: int
-    how: str
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    """One line of /proc/self/mountinfo, the parts a remount decision needs."""
-
-    dev: tuple[int, int]
-    root: str
-    mountpoint: str
-    mount_options: frozenset[str]
-    fstype: str
-    source: str
-    super_options: tuple[str, ...]
-    mount_id: int = -1
-    propagation: tuple[str, ...] = ()
-    """Optional fields such as ``shared:N`` / ``master:N``; empty for a private mount."""
-
-    @property
-    def mount_read_only(self) -> bool | None:
-        """The per-mount read-only flag (None if mountinfo shows neither ro nor rw)."""
-        return _ro_flag(self.mount_options)
-
-    @property
-    def super_read_only(self) -> bool | None:
-        """The superblock's read-only state (None if unknown)."""
-        return _ro_flag(self.super_options)
-
-
-@dataclass(frozen=True)
-class MountCall:
-    """Exactly what mount(2) is called with."""
-
-    source: str
-    target: str
-    fstype: str
-    flags: int
-    data: str
-
-
-# --------------------------------------------------------------------------- system edge
-
-
-def _libc() -> Any:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def sys_mount(call: MountCall) -> None:
-    rc = _libc().mount(call.source.encode(), call.target.encode(), call.fstype.encode(),
-                       ctypes.c_ulong(call.flags), call.data.encode() if call.data else None)
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def sys_umount(target: str, flags: int) -> None:
-    rc = _libc().umount2(target.encode(), ctypes.c_int(flags))
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def parse_udev_properties(text: str) -> dict[str, str]:
-    """``udevadm info --query=property`` output (KEY=value lines) as a dict."""
-    props = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip():
-            props[key.strip()] = value
-    return props
-
-
-def udev_properties(devnode: str) -> dict[str, str]:
-    udevadm = shutil.which("udevadm", path=TOOL_PATH) or "udevadm"
-    proc = subprocess.run([udevadm, "info", "--query=property", f"--name={devnode}"],
-                          capture_output=True, text=True, timeout=30,
-                          env={"PATH": TOOL_PATH, "LANG": "C"})
-    if proc.returncode != 0:
-        raise Refused("unknown-device", f"udev knows no device {devnode}: {proc.stderr.strip()}")
-    return parse_udev_properties(proc.stdout)
-
-
-def _unescape(s: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-
-
-def mounts_at(path: str, mountinfo: str) -> list[tuple[str, str]]:
-    """(fstype, source) of every mount at ``path``, bottom first, from /proc/self/mountinfo."""
-    found = []
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if sep and len(fields) >= 5 and len(tail) >= 2 and _unescape(fields[4]) == path:
-            found.append((tail[0], _unescape(tail[1])))
-    return found
-
-
-def mount_entries(path: str, mountinfo: str) -> list[MountEntry]:
-    """Every mount at ``path``, bottom first, with device, options and source."""
-    found = []
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 6 or len(tail) < 2 or _unescape(fields[4]) != path:
-            continue
-        major, _, minor = fields[2].partition(":")
-        try:
-            dev = (int(major), int(minor))
-        except ValueError:
-            dev = (-1, -1)
-        try:
-            mount_id = int(fields[0])
-        except ValueError:
-            mount_id = -1
-        found.append(MountEntry(dev, _unescape(fields[3]), path,
-                                frozenset(fields[5].split(",")), tail[0], _unescape(tail[1]),
-                                tuple(tail[2].split(",")) if len(tail) > 2 else (),
-                                mount_id, tuple(fields[6:])))
-    return found
-
-
-def read_mountinfo() -> str:
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-        return f.read()
-
-
-def read_mount_id(fd: int) -> int:
-    """The id (as in mountinfo) of the mount that the open descriptor ``fd`` lies on."""
-    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key == "mnt_id":
-                return int(value)
-    raise OSError(f"no mnt_id for descriptor {fd}")
-
-
-def _ro_flag(options: Sequence[str] | frozenset[str]) -> bool | None:
-    if "ro" in options and "rw" not in options:
-        return True
-    if "rw" in options and "ro" not in options:
-        return False
-    return None
-
-
-def _fd_path(fd: int) -> str:
-    return f"/proc/self/fd/{fd}"
 
 
 # --------------------------------------------------------------------------- the helper
 
 
-class Helper:
+class Helper(StagedAttach):
     def __init__(self, cfg: Config, caller: Caller, *,
                  properties_of: Callable[[str], dict[str, str]] = udev_properties,
                  mount: Callable[[MountCall], None] = sys_mount,
@@ -299,32 +163,51 @@ class Helper:
     def handle(self, words: Sequence[str]) -> dict[str, Any]:
         """Run one request; always returns the JSON-able answer."""
         try:
-            if len(words) == 3 and words[0] == "mount":
+            check_words(words)
+            if words[0] == "mount":
                 return self.do_mount(words[1], words[2])
-            if len(words) == 2 and words[0] == "unmount":
+            if words[0] == "unmount":
                 return self.do_unmount(words[1])
-            if len(words) == 3 and words[0] == "remount":
+            if words[0] == "remount":
                 return self.do_remount(words[1], words[2])
-            if len(words) in (2, 3) and words[0] == "fsck":
-                return self.do_fsck(words[1], self.check_port(words[2]) if len(words) == 3 else "?")
-            raise Refused("usage", "expected: mount DEVNODE PORT | unmount PORT | "
-                                   "remount PORT rw|ro | fsck DEVNODE [PORT]")
+            return self.do_fsck(words[1], words[2] if len(words) == 3 else "?")
         except Refused as exc:
-            log.warning("port %s: refused %s: %s", _port_of(words), " ".join(words)[:200],
-                        exc.message)
+            log.warning("port %s: refused %s for uid %d: %s", port_of(words),
+                        " ".join(words)[:200], self.caller.uid, exc.message)
             return {"ok": False, "error": exc.code, "message": exc.message}
 
     # ------------------------------------------------------------------ checks
 
     def check_port(self, port: str) -> str:
-        if not valid_port_label(port):
-            raise Refused("bad-port", f"invalid port label {port!r}")
-        return port
+        return check_port(port)
+
+    def owner(self, entry: MountEntry, st: os.stat_result | None = None) -> tuple[int, int]:
+        """(uid, gid) the files of a mount belong to: whose daemon it was mounted for (the
+        helper mounts with ``uid=``/``gid=`` of its caller; vfat leaves out a 0, so a
+        mount without them is root's). A FUSE driver's mount names in mountinfo who mounted
+        it (root), not whose files they are: its root directory ``st`` tells (unknown:
+        root's)."""
+        if fuse_mount.is_fuse(entry.fstype):
+            return (st.st_uid, st.st_gid) if st is not None else (0, 0)
+        opts = key_values(entry.super_options)
+        try:
+            return int(opts.get("uid", "0")), int(opts.get("gid", "0"))
+        except ValueError:
+            return 0, 0
+
+    def check_owner(self, entry: MountEntry, target: str, action: str,
+                    st: os.stat_result | None = None) -> None:
+        """Only the caller a mount was made for, or root, may unmount or remount it."""
+        if self.caller.is_root:
+            return
+        uid = self.owner(entry, st)[0]
+        if uid != self.caller.uid:
+            raise Refused("not-owner", f"{target} was mounted for uid {uid}; uid "
+                                       f"{self.caller.uid} may not {action} it")
 
     def check_device(self, devnode: str) -> tuple[str, dict[str, str]]:
         """(fstype, udev properties) of an allow-listed recorder volume, else Refused."""
-        if not DEVNODE_RE.fullmatch(devnode) or "/../" in devnode + "/":
-            raise Refused("bad-device", f"invalid device node {devnode!r}")
+        check_devnode(devnode)
         try:
             st = os.lstat(devnode)
         except FileNotFoundError as exc:
@@ -352,9 +235,21 @@ class Helper:
                                             f"one of {', '.join(sorted(FS_DATA))}")
         return fstype, props
 
+    def _port_stat(self, port: str, root_fd: int) -> os.stat_result | None:
+        """stat of what is at <mount_root>/<PORT> (the top mount's root), not following
+        links; None if unreadable."""
+        try:
+            fd = open_dir_nofollow(port, root_fd)
+        except (OSError, Refused):
+            return None
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
     def _open_root(self, *, create: bool) -> int | None:
         """O_PATH fd of mount_root, reached without following any symlink; None if absent."""
-        fd = _walk_nofollow(self.mount_root, "devices.mount_root", 0o755 if create else None)
+        fd = walk_nofollow(self.mount_root, "devices.mount_root", 0o755 if create else None)
         if fd is None:
             return None
         st = os.fstat(fd)
@@ -383,14 +278,15 @@ class Helper:
                 current = mount_entries(target, self._mountinfo())
                 if current:
                     top = current[-1]
-                    if top.source == devnode and _fs_of(top.fstype) == fstype \
+                    if top.source == devnode and fs_of(top.fstype) == fstype \
                             and top.mount_read_only is False \
-                            and ALWAYS_OPTIONS <= top.mount_options:
+                            and ALWAYS_OPTIONS <= top.mount_options \
+                            and self.owner(top, self._port_stat(port, root_fd)) \
+                            == (self.caller.uid, self.caller.gid):
                         log.info("port %s: %s already mounted at %s", port, devnode, target)
                         return self._mount_answer(port, devnode, target, fstype, already=True,
                                                   mounted_as=top.fstype)
-                    self._unmount_all(port, root_fd, target,
-                                      [(e.fstype, e.source) for e in current])
+                    self._unmount_all(port, root_fd, target, current, "replace")
                 data = self._data(fstype)
                 self._attach(port, devnode, fstype, data, root_fd, stage_fd, target)
             finally:
@@ -413,204 +309,17 @@ class Helper:
                 "mountpoint": target, "fstype": fstype, "options": f"{FLAG_NAMES},{data}",
                 "already": already, "driver": driver}
 
-    # ------------------------------------------------------------------ staging
-
-    def _open_stage(self) -> tuple[int, int]:
-        """(O_PATH fd of the staging root, locked fd) once the staging root is a private
-        mount of its own, 0700 root, cleared of leftovers. The lock (``flock``) is held until
-        the locked fd is closed."""
-        fd = _walk_nofollow(self.stage_root, "the staging directory", 0o700)
-        if fd is None:
-            raise Refused("bad-config", f"the parent of {self.stage_root} does not exist")
-        lock_fd = -1
-        try:
-            self._check_stage_owner(fd)
-            lock_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            path = str(self.stage_root)
-            try:
-                if not mount_entries(path, self._mountinfo()):
-                    self._mount(MountCall(_fd_path(fd), _fd_path(fd), "", MS_BIND, ""))
-                os.close(fd)
-                fd = -1
-                # from here on through the bind mount itself, never the directory below it
-                top = _walk_nofollow(self.stage_root, "the staging directory", None)
-                if top is None:
-                    raise Refused("failed", f"{self.stage_root} vanished")
-                fd = top
-                self._check_stage_owner(fd)
-                self._mount(MountCall("", _fd_path(fd), "", MS_PRIVATE, ""))
-            except OSError as exc:
-                raise Refused("failed", f"cannot make {self.stage_root} a private mount: "
-                                        f"{exc.strerror}") from exc
-            entries = mount_entries(path, self._mountinfo())
-            if not entries or entries[-1].propagation \
-                    or entries[-1].mount_id != self._mount_id(fd):
-                raise Refused("failed", f"{self.stage_root} is not a private mount of its own")
-            self._clear_stage(fd)
-            return fd, lock_fd
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            if lock_fd >= 0:
-                os.close(lock_fd)
-            raise
-
-    def _check_stage_owner(self, fd: int) -> None:
-        st = os.fstat(fd)
-        if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o077):
-            raise Refused("bad-config", f"{self.stage_root} must be owned by root and "
-                                        "accessible to nobody else (0700)")
-
-    def _clear_stage(self, stage_fd: int) -> None:
-        """Detach and remove what a crashed helper left in the staging root (we hold the lock,
-        so nothing there is in use)."""
-        info = self._mountinfo()
-        for name in os.listdir(_fd_path(stage_fd)):
-            path = str(self.stage_root / name)
-            for _ in mount_entries(path, info):
-                try:
-                    fd = _open_dir_nofollow(name, stage_fd)
-                    try:
-                        self._umount(_fd_path(fd), MNT_DETACH)
-                    finally:
-                        os.close(fd)
-                except (OSError, Refused) as exc:
-                    log.warning("cannot detach leftover staging mount %s: %s", path, exc)
-            try:
-                os.rmdir(name, dir_fd=stage_fd)
-                log.info("removed leftover staging directory %s", path)
-            except OSError as exc:
-                log.warning("cannot remove leftover staging entry %s: %s", path, exc.strerror)
-
-    def _attach(self, port: str, devnode: str, fstype: str, data: str, root_fd: int,
-                stage_fd: int, target: str, *, writable: bool = False) -> None:
-        """Mount at a staging point, make the mount (not the filesystem) writable, move it
-        onto the port; check statvfs and mountinfo after every step, detach on any doubt.
-        ``writable``: a FUSE driver's write window (see :mod:`.fuse_mount`), filesystem rw."""
-        name = f"{port}.{os.getpid()}"
-        staged = str(self.stage_root / name)
-        port_fd = _open_dir_nofollow(port, root_fd)  # held from before the mount to the move
-        try:
-            os.mkdir(name, 0o700, dir_fd=stage_fd)
-        except BaseException:
-            os.close(port_fd)
-            raise
-        mnt_fd = -1
-        try:
-            dir_fd = _open_dir_nofollow(name, stage_fd)
-            try:
-                self._mount_fs(devnode, dir_fd, staged, fstype, data, port, writable)
-            except OSError as exc:
-                code = "vanished" if exc.errno in (2, 6, 19) else "failed"  # ENOENT ENXIO ENODEV
-                raise Refused(code, f"mount {devnode} at {target}: {exc.strerror}") from exc
-            finally:
-                os.close(dir_fd)
-            mnt_fd = _open_dir_nofollow(name, stage_fd)  # the mounted filesystem's root
-            try:
-                step = "mount"
-                first = self._check_attached(staged, mnt_fd, devnode, fstype,
-                                             mount_ro=not writable, super_ro=not writable)
-                step = "per-mount rw"
-                self._mount(MountCall("", _fd_path(mnt_fd), "", MOUNT_RW_FLAGS, ""))
-                self._check_attached(staged, mnt_fd, devnode, fstype, mount_ro=False,
-                                     mount_id=first.mount_id, super_ro=not writable)
-                step = "move"
-                self._mount(MountCall(_fd_path(mnt_fd), _fd_path(port_fd), "", MS_MOVE, ""))
-                if mount_entries(staged, self._mountinfo()):
-                    raise Refused("failed", f"{staged} still holds a mount after the move")
-                new_fd = _open_dir_nofollow(port, root_fd)
-                try:
-                    self._check_attached(target, new_fd, devnode, fstype, mount_ro=False,
-                                         mount_id=first.mount_id, super_ro=not writable)
-                finally:
-                    os.close(new_fd)
-            except (OSError, Refused) as exc:
-                message = exc.message if isinstance(exc, Refused) else exc.strerror
-                log.error("port %s: attaching %s failed at step %s (%s); unmounting it",
-                          port, devnode, step, message)
-                self._detach_fd(port, _fd_path(mnt_fd))
-                raise Refused("failed", f"{devnode} could not be attached at {target} "
-                                        f"read-only with mount flags rw,nosuid,nodev,noexec "
-                                        f"({step}: {message}); unmounted") from exc
-        finally:
-            os.close(port_fd)
-            if mnt_fd >= 0:
-                os.close(mnt_fd)
-            try:
-                os.rmdir(name, dir_fd=stage_fd)
-            except OSError as exc:
-                log.warning("cannot remove staging directory %s: %s", staged, exc.strerror)
-
-    def _mount_fs(self, devnode: str, dir_fd: int, staged: str, fstype: str, data: str,
-                  port: str, writable: bool) -> None:
-        """The kernel's driver, read-only; where the kernel has none (``ENODEV``), the FUSE
-        driver (:mod:`.fuse_mount`), at the private staging point."""
-        if not writable:
-            try:
-                self._mount(MountCall(devnode, _fd_path(dir_fd), fstype, MOUNT_FLAGS, data))
-                return
-            except OSError as exc:
-                if exc.errno != fuse_mount.ENODEV or self._kernel_has(fstype) \
-                        or fuse_mount.program(fstype) is None:
-                    raise
-        # The driver and the flag change below take the staging path, not a descriptor: it
-        # lies in the staging root, 0700 root and a private mount, which only root can change.
-        argv = fuse_mount.driver_argv(fstype, devnode, staged, self.caller.uid,
-                                      self.caller.gid, writable=writable)
-        log.info("port %s: the kernel has no %s driver; mounting %s with %s (%s)", port,
-                 fstype, devnode, argv[0], "read-write" if writable else "read-only")
-        self._fuse_start(argv, tz=getattr(self.cfg.tz, "key", "UTC"),
-                         unit=fuse_mount.unit_name(port, "rw" if writable else "ro"))
-        # per-mount flags as the kernel path has them here (exfat-fuse drops noexec)
-        self._mount(MountCall("", staged, "", MOUNT_RW_FLAGS | (0 if writable else MS_RDONLY),
-                              ""))
-
-    def _check_attached(self, path: str, fd: int, devnode: str, fstype: str, *,
-                        mount_ro: bool, mount_id: int | None = None,
-                        super_ro: bool = True) -> MountEntry:
-        """The single mount at ``path`` is ``devnode``'s whole ``fstype`` filesystem, the one
-        ``fd`` is on, with a read-only superblock, per-mount ``nosuid,nodev,noexec`` and
-        per-mount read-only as ``mount_ro`` says; statvfs agrees. Else Refused."""
-        problems = []
-        flags = self._statvfs(_fd_path(fd)).f_flag
-        wanted = ST_WANTED if super_ro else ST_ALWAYS
-        if flags & wanted != wanted or (not super_ro and flags & os.ST_RDONLY):
-            problems.append(f"statvfs flags {flags:#x} not "
-                            f"{'ro' if super_ro else 'rw'},nosuid,nodev,noexec")
-        entries = mount_entries(path, self._mountinfo())
-        if len(entries) != 1:
-            raise Refused("failed", "; ".join([f"{len(entries)} mounts at {path} instead of "
-                                               "one", *problems]))
-        e = entries[0]
-        if e.source != devnode or _fs_of(e.fstype) != fstype or e.root != "/":
-            problems.append(f"mountinfo shows {e.fstype} {e.source} {e.root}")
-        if not ALWAYS_OPTIONS <= e.mount_options:
-            problems.append("mount not nosuid,nodev,noexec")
-        if e.mount_read_only is not mount_ro:
-            problems.append(f"mount flag {'rw' if mount_ro else 'ro'} instead of "
-                            f"{'ro' if mount_ro else 'rw'}")
-        if e.super_read_only is not super_ro:
-            problems.append(f"filesystem (superblock) not {'read-only' if super_ro else 'rw'}")
-        if mount_id is not None and e.mount_id != mount_id:
-            problems.append(f"mount id {e.mount_id} instead of {mount_id}")
-        if self._mount_id(fd) != e.mount_id:
-            problems.append("the descriptor held is not on that mount")
-        st = os.fstat(fd)
-        if (os.major(st.st_dev), os.minor(st.st_dev)) != e.dev:
-            problems.append("device number differs")
-        if problems:
-            raise Refused("failed", f"{path}: {'; '.join(problems)}")
-        return e
-
-    def _unmount_all(self, port: str, root_fd: int, target: str,
-                     current: list[tuple[str, str]]) -> None:
-        for fstype, source in reversed(current):
-            if _fs_of(fstype) is None or not source.startswith("/dev/"):
-                raise Refused("busy", f"{target} holds a {fstype} mount of {source} that dockd "
-                                      "did not make; not touching it")
+    def _unmount_all(self, port: str, root_fd: int, target: str, current: list[MountEntry],
+                     action: str) -> None:
+        for e in reversed(current):
+            if fs_of(e.fstype) is None or not e.source.startswith("/dev/"):
+                raise Refused("busy", f"{target} holds a {e.fstype} mount of {e.source} that "
+                                      "dockd did not make; not touching it")
+        top_st = self._port_stat(port, root_fd)  # the top mount's root (for a FUSE one)
+        for i, e in enumerate(current):
+            self.check_owner(e, target, action, top_st if i == len(current) - 1 else None)
         for _ in current:  # lazily, through an fd reached without following links
-            fd = _open_dir_nofollow(port, root_fd)
+            fd = open_dir_nofollow(port, root_fd)
             try:
                 self._umount(f"/proc/self/fd/{fd}", MNT_DETACH)
             except OSError as exc:
@@ -632,9 +341,9 @@ class Helper:
                 return {"ok": True, "action": "unmount", "port": port, "was_mounted": False}
             if not stat.S_ISDIR(st.st_mode):
                 raise Refused("bad-port", f"{target} is not a directory (symlink?)")
-            current = mounts_at(target, self._mountinfo())
+            current = mount_entries(target, self._mountinfo())
             if current:
-                self._unmount_all(port, root_fd, target, current)
+                self._unmount_all(port, root_fd, target, current, "unmount")
             try:
                 os.rmdir(port, dir_fd=root_fd)
             except OSError:
@@ -657,7 +366,7 @@ class Helper:
             raise Refused("not-mounted", f"nothing is mounted at {target}")
         try:
             try:
-                port_fd = _open_dir_nofollow(port, root_fd)
+                port_fd = open_dir_nofollow(port, root_fd)
             except FileNotFoundError as exc:
                 raise Refused("not-mounted", f"nothing is mounted at {target}") from exc
             try:
@@ -674,16 +383,17 @@ class Helper:
                     serial = props.get("ID_SERIAL_SHORT", "-")
                 try:
                     if mode == "rw":
-                        self._mount(MountCall(entry.source, _fd_path(port_fd), entry.fstype,
-                                              REMOUNT_FLAGS["rw"], self._data(entry.fstype)))
+                        self._mount(MountCall(entry.source, fd_path(port_fd), entry.fstype,
+                                              REMOUNT_FLAGS["rw"],
+                                              self._data(entry.fstype, self._ids_for(entry))))
                     else:
-                        self._make_read_only(_fd_path(port_fd), entry)
+                        self._make_read_only(fd_path(port_fd), entry)
                 except OSError as exc:
                     code = "vanished" if exc.errno in (2, 6, 19) else "failed"
                     log.error("port %s: remount %s of %s at %s failed: %s", port, mode,
                               entry.source, target, exc.strerror)
                     if mode == "ro":  # fail closed: never leave it possibly writable
-                        self._detach_fd(port, _fd_path(port_fd))
+                        self._detach_fd(port, fd_path(port_fd))
                         raise Refused(code, f"remount ro {target}: {exc.strerror}; "
                                             "unmounted") from exc
                     raise Refused(code, f"remount {mode} {target}: {exc.strerror}") from exc
@@ -702,10 +412,18 @@ class Helper:
                      entry.source, entry.fstype, target, options)
         return {"ok": True, "action": "remount", "port": port, "mode": mode,
                 "devnode": entry.source, "mountpoint": target, "fstype": entry.fstype,
-                "options": f"{options},{self._data(entry.fstype)}".rstrip(",")}
+                "options": f"{options},{self._data(entry.fstype, self._ids_for(entry))}"}
 
-    def _data(self, fstype: str) -> str:
-        return FS_DATA[fstype].format(uid=self.caller.uid, gid=self.caller.gid)
+    def _data(self, fstype: str, ids: tuple[int, int] | None = None) -> str:
+        """The fixed data options, for the caller (or, for root, the mount's owner ``ids``)."""
+        uid, gid = ids or (self.caller.uid, self.caller.gid)
+        return FS_DATA[fstype].format(uid=uid, gid=gid)
+
+    def _ids_for(self, entry: MountEntry, st: os.stat_result | None = None) -> tuple[int, int]:
+        """Whose data options a remount keeps: the caller's; root acts for the owner."""
+        if self.caller.is_root:
+            return self.owner(entry, st)
+        return self.caller.uid, self.caller.gid
 
     def _own_mount(self, target: str, port_fd: int) -> MountEntry:
         """The mount at ``target`` if it is exactly one this helper made for this caller."""
@@ -717,13 +435,15 @@ class Helper:
                                   "them")
         entry = current[0]
         problems = []
-        fs = _fs_of(entry.fstype)
+        fs = fs_of(entry.fstype)
         if fs is None or not DEVNODE_RE.fullmatch(entry.source) \
                 or "/../" in entry.source + "/":
             problems.append(f"a {entry.fstype} mount of {entry.source}")
         elif entry.root != "/":
             problems.append(f"a bind mount of {entry.root}")
         else:
+            port_st = os.fstat(port_fd)
+            self.check_owner(entry, target, "remount", port_st)
             if not ALWAYS_OPTIONS <= entry.mount_options:
                 problems.append("not nosuid,nodev,noexec")
             if entry.mount_read_only is not False:
@@ -732,10 +452,11 @@ class Helper:
             if entry.super_read_only is None:
                 problems.append("filesystem neither ro nor rw")
             if fuse_mount.is_fuse(entry.fstype):  # mountinfo names who mounted: ask the root
-                problems.extend(fuse_mount.owner_problems(os.fstat(port_fd), self.caller.uid,
-                                                          self.caller.gid))
-            want = _options(self._data(fs).split(",")) if fs == entry.fstype else {}
-            have = _options(entry.super_options)
+                problems.extend(fuse_mount.owner_problems(port_st,
+                                                          *self._ids_for(entry, port_st)))
+            want = (key_values(self._data(fs, self._ids_for(entry, port_st)).split(","))
+                    if fs == entry.fstype else {})
+            have = key_values(entry.super_options)
             for key in CHECKED_DATA:
                 if key in want and have.get(key) != want[key]:
                     problems.append(f"{key}={have.get(key, '(none)')} instead of {want[key]}")
@@ -753,7 +474,7 @@ class Helper:
         ``ro``), then that mount's flags back to ``rw,nosuid,nodev,noexec`` (``MS_BIND``:
         per-mount only), as every other namespace's copy still has them."""
         self._mount(MountCall(entry.source, path, entry.fstype, REMOUNT_FLAGS["ro"],
-                              self._data(entry.fstype)))
+                              self._data(entry.fstype, self._ids_for(entry))))
         self._mount(MountCall("", path, "", MOUNT_RW_FLAGS, ""))
 
     def _remount_problems(self, target: str, port_fd: int, entry: MountEntry, *,
@@ -761,7 +482,7 @@ class Helper:
         """What is off after a remount: the same single mount, per-mount
         ``rw,nosuid,nodev,noexec``, the superblock read-only as ``super_ro`` says."""
         problems = []
-        flags = self._statvfs(_fd_path(port_fd)).f_flag
+        flags = self._statvfs(fd_path(port_fd)).f_flag
         if flags & ST_ALWAYS != ST_ALWAYS:
             problems.append(f"statvfs flags {flags:#x} lack nosuid,nodev,noexec")
         if bool(flags & os.ST_RDONLY) != super_ro:
@@ -782,7 +503,7 @@ class Helper:
     def _verify_remounted(self, port: str, mode: str, target: str, port_fd: int,
                           entry: MountEntry) -> None:
         """After the remount: exactly the wanted flags, else make it safe and refuse."""
-        path = _fd_path(port_fd)
+        path = fd_path(port_fd)
         problems = self._remount_problems(target, port_fd, entry, super_ro=mode == "ro")
         if not problems:
             return
@@ -803,12 +524,6 @@ class Helper:
             self._detach_fd(port, path)
         raise Refused("failed", f"{target} could not be made writable with nosuid,nodev,noexec"
                                 f"; {'left read-only' if ok else 'unmounted'}")
-
-    def _detach_fd(self, port: str, path: str) -> None:
-        try:
-            self._umount(path, MNT_DETACH)
-        except OSError as exc:
-            log.error("port %s: cannot unmount %s either: %s", port, path, exc.strerror)
 
     def do_fsck(self, devnode: str, port: str = "?") -> dict[str, Any]:
         fstype, props = self.check_device(devnode)
@@ -834,127 +549,50 @@ class Helper:
         return {**answer, "verdict": verdict, "exit": rc, "detail": detail, "argv": argv}
 
 
-def _fs_of(mount_fstype: str) -> str | None:
-    """The recorder filesystem (a key of FS_DATA) behind a mountinfo type, also for the FUSE
-    drivers' mounts; None for anything else."""
-    return mount_fstype if mount_fstype in FS_DATA else fuse_mount.fuse_base(mount_fstype)
-
-
-def _options(items: Sequence[str]) -> dict[str, str]:
-    """``key=value`` mount options as a dict (flags without a value are left out)."""
-    return {k: v for k, sep, v in (o.partition("=") for o in items) if sep}
-
-
-def _open_dir_nofollow(name: str, dir_fd: int) -> int:
+def drain(sock: socket.socket, limit: int = 65536) -> None:
+    """Discard what the client sent beyond its request (so closing does not reset the
+    connection before it reads the answer), restore blocking mode (the read timeout made
+    the shared socket non-blocking, stdout included) and close our duplicate."""
     try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        raise
-    if stat.S_ISLNK(st.st_mode):
-        raise Refused("symlink", f"{name} is a symlink; refusing to follow it")
-    if not stat.S_ISDIR(st.st_mode):
-        raise Refused("bad-path", f"{name} is not a directory")
-    try:
-        return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-    except OSError as exc:
-        raise Refused("symlink", f"cannot open {name} without following links: {exc}") from exc
-
-
-def _walk_nofollow(path: Path, what: str, create: int | None) -> int | None:
-    """O_PATH fd of the absolute ``path``, reached from ``/`` one component at a time
-    without following any symlink; the last component is created with mode ``create``
-    unless that is None. None if a component is missing."""
-    if not path.is_absolute() or os.path.normpath(path) != str(path) or str(path) == "/":
-        raise Refused("bad-config", f"{what} {path} must be a normalised absolute path below /")
-    fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
-    try:
-        parts = path.parts[1:]
-        for i, name in enumerate(parts):
-            if create is not None and i == len(parts) - 1:
-                try:
-                    os.mkdir(name, create, dir_fd=fd)
-                except FileExistsError:
-                    pass
-            try:
-                nfd = _open_dir_nofollow(name, fd)
-            except FileNotFoundError:
-                os.close(fd)
-                return None
-            os.close(fd)
-            fd = nfd
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _port_of(words: Sequence[str]) -> str:
-    if words and words[0] == "mount" and len(words) > 2:
-        return words[2][:64]
-    if words and words[0] == "fsck" and len(words) > 2:
-        return words[2][:64]
-    if words and words[0] in ("unmount", "remount") and len(words) > 1:
-        return words[1][:64]
-    return "?"
-
-
-# --------------------------------------------------------------------------- entry point
-
-
-def caller_identity(serve: bool) -> Caller:
-    """Whose daemon asked: the socket peer, else sudo's caller, else ourselves."""
-    if serve:
-        s = socket.socket(fileno=os.dup(0))
-        try:
-            creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        finally:
-            s.close()
-        _pid, uid, gid = struct.unpack("3i", creds)
-        return Caller(uid, gid, "socket")
-    if os.getuid() == 0 and "SUDO_UID" in os.environ:
-        return Caller(int(os.environ["SUDO_UID"]), int(os.environ.get("SUDO_GID", "0")), "sudo")
-    return Caller(os.getuid(), os.getgid(), "direct")
-
-
-def trusted_config(path: Path | None, serve: bool) -> Config:
-    if path is not None and not serve and (os.getuid() != 0 or "SUDO_UID" in os.environ):
-        raise Refused("usage", "--config is only honoured when root runs the helper directly")
-    path = path or DEFAULT_CONFIG
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise Refused("bad-config", f"cannot read {path}: {exc.strerror}") from exc
-    if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
-        raise Refused("bad-config", f"{path} must be owned by root and not writable by "
-                                    "group or others")
-    from ..errors import ConfigError
-
-    try:
-        return load(path)
-    except ConfigError as exc:
-        raise Refused("bad-config", str(exc)) from exc
+        sock.setblocking(False)
+        while limit > 0:
+            chunk = sock.recv(min(limit, 8192))
+            if not chunk:
+                break
+            limit -= len(chunk)
+    except OSError:
+        pass
+    finally:
+        sock.setblocking(True)
+        sock.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dockd-mount", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", type=Path, help=f"configuration (default {DEFAULT_CONFIG}; "
-                                               "only when root runs the helper directly)")
+    p.add_argument("--config", type=Path, help=f"configuration (default {DEFAULT_CONFIG})")
     p.add_argument("--serve", action="store_true",
-                   help="read one request line from stdin (a socket passed by systemd)")
+                   help="read one request line from the socket on stdin (dockd-mount.socket)")
     p.add_argument("words", nargs="*", help="mount DEVNODE PORT | unmount PORT | "
-                                            "remount PORT rw|ro | fsck DEVNODE")
+                                            "remount PORT rw|ro | fsck DEVNODE [PORT]")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="dockd-mount: %(levelname)s %(message)s")
-    words = list(args.words)
+    logredact.install()
     try:
-        if args.serve:
-            line = sys.stdin.buffer.readline(1024).decode("utf-8", "replace")
-            words = line.split()
-        caller = caller_identity(args.serve)
-        cfg = trusted_config(args.config, args.serve)
+        if args.serve:  # read (or drain) the request first: unread bytes reset the answer
+            sock = socket.socket(fileno=os.dup(0))
+            try:
+                caller = socket_caller(sock)
+                words = read_request(sock)
+            finally:
+                drain(sock)
+        else:
+            caller, words = direct_caller(), list(args.words)
+        refuse_elevation()
+        cfg = trusted_config(args.config)
         answer = Helper(cfg, caller).handle(words)
     except Refused as exc:
+        log.warning("refused: %s", exc.message)
         answer = {"ok": False, "error": exc.code, "message": exc.message}
     except OSError as exc:
         answer = {"ok": False, "error": "failed", "message": str(exc)}

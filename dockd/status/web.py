@@ -10,8 +10,10 @@ read-only view over a read-only connection to the state database. Pages:
 API (GET only, JSON, schema at ``/api/openapi.json``): ``/api/status``, ``/api/ports``,
 ``/api/recorders``, ``/api/queue``, ``/api/findings``; metrics at ``/metrics``.
 
-Access: loopback clients are served; any other client needs ``Authorization: Bearer
-<web.token>`` and is refused (403) when no token is configured.
+Access: every request must name one of the dock's own host names in ``Host`` (else 421,
+against DNS rebinding: :mod:`dockd.status.web_hosts`); loopback clients are served; any
+other client needs ``Authorization: Bearer <web.token>`` and is refused (403) when no token
+is configured.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..config import Config
 from ..errors import DockdError
 from ..state import State, utcnow
-from . import i18n, web_data
+from . import i18n, web_data, web_hosts
 from .metrics import metrics_response
 from .web_openapi import openapi_spec
 
@@ -74,11 +76,13 @@ def is_loopback(host: str | None) -> bool:
 
 
 class AccessGuard:
-    """ASGI middleware: the token rule, GET/HEAD only, and security headers on every reply."""
+    """ASGI middleware: the Host rule, GET/HEAD only, the token rule, and security headers
+    on every reply."""
 
-    def __init__(self, app: ASGIApp, token: str):
+    def __init__(self, app: ASGIApp, token: str, hosts: frozenset[str] = frozenset()):
         self.app = app
         self.token = token.encode("utf-8")
+        self.hosts = hosts or web_hosts.allowed_hosts("")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,6 +101,9 @@ class AccessGuard:
         await self.app(scope, receive, self._with_headers(send))
 
     def _refusal(self, scope: Scope, host: str | None) -> tuple[int, str, dict[str, str]] | None:
+        wrong_host = web_hosts.host_refusal(scope.get("headers") or [], self.hosts)
+        if wrong_host is not None:
+            return 421, wrong_host, {}
         if scope.get("method") not in ("GET", "HEAD"):
             return 405, "read-only: GET only", {"Allow": "GET, HEAD"}
         if is_loopback(host):
@@ -239,7 +246,8 @@ def create_app(cfg: Config, state_path: Path | str, *,
     ]
     app = Starlette(routes=routes)
     app.state.holder = holder
-    app.add_middleware(AccessGuard, token=cfg.web.token)
+    app.add_middleware(AccessGuard, token=cfg.web.token,
+                       hosts=web_hosts.allowed_hosts(cfg.web.bind, cfg.web.allowed_hosts))
     return app
 
 
@@ -247,6 +255,7 @@ def create_app(cfg: Config, state_path: Path | str, *,
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    sock: socket.socket | None = None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, addr = infos[0]
@@ -259,6 +268,8 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.set_inheritable(True)
         return sock
     except OSError as exc:
+        if sock is not None:  # e.g. the port is taken: do not leak the socket
+            sock.close()
         raise WebError(f"web status page cannot listen on {host}:{port}: {exc}") from exc
 
 
