@@ -54,6 +54,9 @@ class RecorderSnapshot:
     profile: str
     driver: str
     raw_info: dict[str, str] = field(default_factory=dict)
+    findings: tuple[Finding, ...] = ()
+    """What was odd about the recorder's own description (info file garbage, too long or
+    wrongly encoded fields, identity taken from udev): stored with the docking."""
 
 
 @dataclass(frozen=True)

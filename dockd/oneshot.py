@@ -7,7 +7,7 @@ deliver, then verify what landed. Succeeds only if every clip is delivered and v
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,17 @@ def ensure_key(cfg: Config) -> None:
 
 def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
                 create_key: bool = False, attempts: int = 3,
-                progress: Callable[..., None] | None = None) -> dict[str, Any]:
+                progress: Callable[..., None] | None = None,
+                hints: Mapping[str, str] | None = None,
+                writable_for: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Import one recorder tree. A missing signing key is created only with ``create_key``
     (the CLI sets it for ``--workdir`` or ``--create-key``); otherwise ingest stops and
     names the keygen command, so a production dock never signs with a surprise key.
     ``progress`` receives the copy's progress events
-    (see :class:`dockd.ingest.progress.IngestProgress`)."""
+    (see :class:`dockd.ingest.progress.IngestProgress`); ``hints``: what the device layer
+    knows (udev properties, ``DOCKD_FSCK``); ``writable_for``: port -> the recorder's write
+    window (see ``Pipeline.writable_for``), for a recorder mounted read-only through the
+    mount helper."""
     root = Path(root)
     if not root.is_dir():
         raise DockdError(f"{root}: not a directory (expected a mounted recorder tree)")
@@ -58,9 +63,10 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
     clean_stale_partials(cfg.paths.staging_dir)
     with State(cfg.paths.database) as state, Prober(cfg.tools) as prober:
         pipe = build_pipeline(cfg, state, prober)
+        pipe.writable_for = writable_for
         pipe.resume()
         pipe.on_progress = progress
-        docking_id, known = pipe.begin_docking(port, root.absolute())
+        docking_id, known = pipe.begin_docking(port, root.absolute(), hints)
         out = pipe.offload(docking_id, root.absolute(), known)
         pipe.mark_interrupted(docking_id, "one-shot ingest finished")  # no-op when complete
         pipe.finish(docking_id)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -255,6 +255,8 @@ class Pipeline:
                 conn.execute("UPDATE dockings SET root = ? WHERE id = ?", (str(root), docking_id))
                 log.info("port %s serial %s: resuming docking %d", port, ident.serial, docking_id)
         scan = scan_recorder(root, profile)
+        if hints.get("DOCKD_FILE_TIMES") == "unreliable":  # e.g. fusefat: dates a month off
+            scan = replace(scan, entries=[replace(e, mtime=0.0) for e in scan.entries])
         fs_check, fs_detail = fs_check_from_hints(hints)
         count, oldest = clip_stats((e.mtime for e in scan.entries), now, health.clock_offset_s)
         sample = sample_from_health(health, serial=ident.serial, ts=now, docking_id=docking_id,
@@ -264,7 +266,7 @@ class Pipeline:
             conn.execute(HEALTH_INSERT_SQL, health_row(sample))
         id_findings = self._identity_findings(docking_id, ident.serial, hints)
         known = self._register_clips(docking_id, ident.serial, scan.entries,
-                                     [*scan.findings, *id_findings])
+                                     [*snap.findings, *scan.findings, *id_findings])
         if twins:
             both = [(r["id"], r["port"]) for r in self.state.query(
                 "SELECT id, port FROM dockings WHERE serial = ? AND state = 'offloading'",

@@ -25,6 +25,11 @@ if [ "$want" = test ]; then
     command -v systemd-analyze  >/dev/null 2>&1 || need_apt+=(systemd)
     command -v fsck.vfat        >/dev/null 2>&1 || need_apt+=(dosfstools)
     command -v fsck.exfat       >/dev/null 2>&1 || need_apt+=(exfatprogs)
+    # recorder images (FAT32/exFAT) built with mtools and mounted through FUSE, as the mount
+    # helper does where the kernel has no vfat/exfat driver
+    command -v mcopy            >/dev/null 2>&1 || need_apt+=(mtools)
+    command -v fusefat          >/dev/null 2>&1 || need_apt+=(fusefat)
+    [ -x /sbin/mount.exfat-fuse ] || [ -x /usr/sbin/mount.exfat-fuse ] || need_apt+=(exfat-fuse)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -129,6 +129,8 @@ def test_samples_rows_and_clip_stats() -> None:
     count, oldest = health.clip_stats([NOW.timestamp() - 100 + 5, NOW.timestamp()], NOW, 5.0)
     assert (count, oldest) == (2, 100.0)
     assert health.clip_stats([], NOW, None) == (0, None)
+    assert health.clip_stats([0.0, 0.0], NOW, None) == (2, None)  # times not trusted
+    assert health.clip_stats([0.0, NOW.timestamp() - 60], NOW, None) == (2, 60.0)
     s = health.sample_from_health(h, serial="A1", ts=NOW, docking_id=3, clip_count=count,
                                   oldest_clip_age_s=oldest, fs_check="ok")
     row = health.health_row(s)

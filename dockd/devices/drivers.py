@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from ..config import Config, ProfileConfig
 from ..errors import DockdError, RecorderGone
-from ..model import RecorderHealth, RecorderIdentity, RecorderSnapshot
+from ..model import Finding, RecorderHealth, RecorderIdentity, RecorderSnapshot
 from . import infofile
 from .infofile import get_field
 
@@ -118,6 +118,8 @@ def storage_of(root: Path) -> tuple[int | None, int | None]:
         st = os.statvfs(root)
     except OSError:
         return None, None
+    if st.f_blocks == 0:  # a driver that does not report sizes (fusefat): unknown, not full
+        return None, None
     return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
 
 
@@ -176,6 +178,20 @@ def identity_from_names(root: Path, profile: ProfileConfig,
                     root, len(serials), sorted(serials)[:5])
     officer = officers.most_common(1)[0][0] if officers else ""
     return serials.most_common(1)[0][0], officer
+
+
+def fs_findings(hints: Mapping[str, str]) -> list[Finding]:
+    """A finding when the read-only fsck of the recorder (hint ``DOCKD_FSCK``) found errors:
+    a damaged card may show unreadable folders as empty or files as missing, so this docking
+    may not hold everything the recorder recorded."""
+    verdict = (hints.get("DOCKD_FSCK") or "").strip().lower()
+    if verdict not in ("errors", "failed"):
+        return []
+    detail = (hints.get("DOCKD_FSCK_DETAIL") or "").strip()[:500]
+    return [Finding("filesystem_errors", "warning",
+                    f"the recorder's filesystem check reported {verdict}: footage in damaged "
+                    "areas may be missing from this docking; keep the recorder for inspection",
+                    {"fsck": verdict, "detail": detail})]
 
 
 def _require_aware(now: datetime) -> None:
@@ -239,16 +255,28 @@ class ProfileDriver:
         path = find_info_file(root, self.profile.info_file)
         fields: dict[str, str] = {}
         mtime: float | None = None
+        findings: list[Finding] = fs_findings(hints)
         if path is None:
             log.warning("recorder at %s: info file %s not found; using udev hints",
                         root, self.profile.info_file)
+            findings.append(Finding("info_missing", "warning",
+                                    f"no info file {self.profile.info_file}; identity from udev",
+                                    {"info_file": self.profile.info_file}))
         else:
             try:
                 mtime = path.lstat().st_mtime
             except OSError:
                 mtime = None
-            fields, findings = infofile.read_info(path, self.profile.info_encoding)
-            for f in findings:
+            if hints.get("DOCKD_FILE_TIMES") == "unreliable":
+                mtime = None  # the clock offset is then measured against the dock's now
+                findings.append(Finding(
+                    "file_times_unreliable", "info",
+                    f"file times read through {hints.get('DOCKD_FS_DRIVER', '?')} are not "
+                    "trusted; clip times come from names and metadata",
+                    {"fs_driver": hints.get("DOCKD_FS_DRIVER", "")}))
+            fields, info_findings = infofile.read_info(path, self.profile.info_encoding)
+            findings.extend(info_findings)
+            for f in info_findings:
                 log.warning("recorder at %s: %s (%s)", root, f.message, f.kind)
             if not fields:
                 _require_root(root)
@@ -257,6 +285,8 @@ class ProfileDriver:
             return _printable(get_field(fields, key))
 
         serial, officer_no = get(infofile.KEY_SERIAL), get(infofile.KEY_OFFICER_NO)
+        info_serial = serial
+        source = "clip names"
         if not serial or not officer_no:
             named = identity_from_names(root, self.profile)
             if named:
@@ -265,7 +295,12 @@ class ProfileDriver:
                 if not serial or serial == named[0]:  # never another recorder's officer
                     officer_no = officer_no or named[1]
                 serial = serial or named[0]
-        serial = serial or serial_from_hints(hints, root)
+        if not serial:
+            serial, source = serial_from_hints(hints, root), "udev"
+        if not info_serial and path is not None:
+            findings.append(Finding("info_no_serial", "warning",
+                                    f"info file gives no serial; using {serial!r} from {source}",
+                                    {"serial": serial, "source": source}))
         identity = RecorderIdentity(
             serial=serial,
             officer_no=officer_no,
@@ -290,7 +325,7 @@ class ProfileDriver:
                  health.battery_percent, health.clock_offset_s)
         return RecorderSnapshot(identity=identity, health=health, root=root,
                                 profile=self.profile.name, driver=self.name,
-                                raw_info=dict(fields))
+                                raw_info=dict(fields), findings=tuple(findings))
 
 
 class GenericMassStorageDriver:
@@ -319,7 +354,8 @@ class GenericMassStorageDriver:
         log.info("recorder %s at %s: generic mass storage", identity.serial, root)
         return RecorderSnapshot(identity=identity,
                                 health=RecorderHealth(storage_total=total, storage_free=free),
-                                root=root, profile="", driver=self.name)
+                                root=root, profile="", driver=self.name,
+                                findings=tuple(fs_findings(hints)))
 
 
 SnapshotHandler = Callable[[Path, Mapping[str, str], datetime], RecorderSnapshot]

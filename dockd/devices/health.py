@@ -130,7 +130,10 @@ def clip_stats(mtimes: Iterable[float], now: datetime, clock_offset_s: float | N
     values = list(mtimes)
     if not values:
         return 0, None
-    oldest = min(values) - (clock_offset_s or 0.0)
+    known = [v for v in values if v]  # 0: the file time is not known (not trusted)
+    if not known:
+        return len(values), None
+    oldest = min(known) - (clock_offset_s or 0.0)
     return len(values), max(0.0, now.timestamp() - oldest)
 
 

@@ -97,6 +97,14 @@ def decode_info(data: bytes, encoding: str) -> tuple[str, list[Finding]]:
                     {"bom": bom_encoding, "profile_encoding": encoding}))
             encoding = bom_encoding
             break
+    else:
+        wide = _utf16_without_bom(data)
+        if wide and not _codec_name(encoding).startswith("utf-16"):
+            findings.append(Finding(
+                "info_encoding", "warning",
+                f"info file looks like {wide} without a byte-order mark (profile says "
+                f"{encoding}); read as {wide}", {"guessed": wide, "profile_encoding": encoding}))
+            encoding = wide
     try:
         codecs.lookup(encoding)
     except LookupError:
@@ -244,6 +252,21 @@ def _check_value(key: str, value: str) -> str:
 def _clean(text: str) -> str:
     """Drop control characters (a tampered file may carry escape sequences)."""
     return "".join(c for c in text if c.isprintable() or c == " ")
+
+
+def _utf16_without_bom(data: bytes) -> str | None:
+    """``utf-16-le``/``-be`` when most bytes at odd/even offsets are NUL (INI text in UTF-16
+    is mostly ASCII), else None. An 8-bit text file has no NULs at all."""
+    sample = data[:4096]
+    if len(sample) < 8:
+        return None
+    even, odd = sample[0::2].count(0), sample[1::2].count(0)
+    half = len(sample) // 2
+    if odd >= 0.3 * half and even <= 0.05 * half:
+        return "utf-16-le"
+    if even >= 0.3 * half and odd <= 0.05 * half:
+        return "utf-16-be"
+    return None
 
 
 def _codec_name(encoding: str) -> str:

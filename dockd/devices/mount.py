@@ -58,6 +58,14 @@ class MountResult:
     fstype: str
     options: str
     already: bool = False
+    driver: str = "kernel"
+    """Who serves the filesystem: the kernel, or a FUSE driver (``fusefat``,
+    ``mount.exfat-fuse``) where the kernel has none."""
+
+
+UNRELIABLE_FILE_TIMES = frozenset({"fusefat"})
+"""FUSE drivers whose file times are wrong (fusefat 0.1a: FAT dates one month late; see
+docs/recorder-filesystems.md): a docking through them gets ``DOCKD_FILE_TIMES=unreliable``."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,8 @@ class HelperMounter:
         reply = self.call(["mount", devnode, port], timeout=MOUNT_TIMEOUT_S, port=port)
         return MountResult(port, devnode, Path(str(reply["mountpoint"])),
                            str(reply.get("fstype", "")), str(reply.get("options", "")),
-                           bool(reply.get("already", False)))
+                           bool(reply.get("already", False)),
+                           str(reply.get("driver", "kernel")))
 
     def unmount(self, port: str) -> bool:
         reply = self.call(["unmount", port], timeout=MOUNT_TIMEOUT_S, port=port)

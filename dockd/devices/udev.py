@@ -45,7 +45,7 @@ from typing import Any
 
 from ..config import AllowConfig, Config
 from . import watch
-from .mount import FsckResult, HelperMounter, Mounter, MountError
+from .mount import UNRELIABLE_FILE_TIMES, FsckResult, HelperMounter, Mounter, MountError
 from .ports import PortMap, allowed_rule, port_path
 
 log = logging.getLogger(__name__)
@@ -252,8 +252,10 @@ def reconcile(old: Mapping[str, PortView], new: Mapping[str, PortView]) -> list[
     return changes
 
 
-def docking_hints(view: PortView, fsck: FsckResult | None) -> dict[str, str]:
-    """The udev properties a driver may use, plus dockd's own (port, profile, fsck)."""
+def docking_hints(view: PortView, fsck: FsckResult | None,
+                  fs_driver: str = "kernel") -> dict[str, str]:
+    """The udev properties a driver may use, plus dockd's own (port, profile, fsck, which
+    filesystem driver serves the recorder and whether its file times can be trusted)."""
     props = view.device.properties if view.device is not None else {}
     hints = {k: props[k] for k in HINT_KEYS if props.get(k)}
     hints["DOCKD_PORT"] = view.port
@@ -264,6 +266,9 @@ def docking_hints(view: PortView, fsck: FsckResult | None) -> dict[str, str]:
     if fsck is not None:
         hints["DOCKD_FSCK"] = fsck.verdict
         hints["DOCKD_FSCK_DETAIL"] = fsck.detail
+    hints["DOCKD_FS_DRIVER"] = fs_driver
+    if fs_driver in UNRELIABLE_FILE_TIMES:
+        hints["DOCKD_FILE_TIMES"] = "unreliable"
     return hints
 
 
@@ -592,7 +597,7 @@ class UdevSource:
         fut = self._submit(view.port, lambda: self._attach(view))
         self._attaching[view.port] = _Attach(view, fut)
 
-    def _attach(self, view: PortView) -> tuple[Path, FsckResult | None]:
+    def _attach(self, view: PortView) -> tuple[Path, FsckResult | None, str]:
         """Worker thread: read-only fsck (if configured), then mount. Raises MountError."""
         dev = view.device
         assert dev is not None
@@ -603,7 +608,7 @@ class UdevSource:
             log.log(level, "port %s: recorder %s: read-only fsck %s: %s", view.port,
                     dev.serial or "-", fsck.verdict, fsck.detail)
         result = self.mounter.mount(dev.devnode, view.port)
-        return result.mountpoint, fsck
+        return result.mountpoint, fsck, getattr(result, "driver", "kernel")
 
     def _detach(self, port: str, why: str) -> None:
         with self._port_lock(port):  # never while a writable window is open on the port
@@ -631,12 +636,12 @@ class UdevSource:
                 self._failed[port] = (att.view.fingerprint, self._clock() + self.rescan_seconds)
                 events.append(MountFailed(port, serial, reason))
                 continue
-            root, fsck = att.future.result()
+            root, fsck, fs_driver = att.future.result()
             self._docked[port] = (att.view, root)
             self._released.discard(port)
             log.info("port %s: recorder %s mounted read-only at %s", port, serial, root)
             events.append(Docked(port, root, att.view.fingerprint,
-                                 hints=docking_hints(att.view, fsck)))
+                                 hints=docking_hints(att.view, fsck, fs_driver)))
         return events
 
     def _start_monitor(self) -> None:

@@ -64,6 +64,7 @@ from typing import Any
 from .. import logredact
 from ..config import Config
 from ..devices.ports import allowed_rule
+from . import fuse_mount
 from .kernel import (
     ALWAYS_OPTIONS,
     CHECKED_DATA,
@@ -118,7 +119,7 @@ from .protocol import (
     socket_caller,
     trusted_config,
 )
-from .stage import StagedAttach
+from .stage import StagedAttach, fs_of
 
 __all__ = [  # what callers and tests use from here
     "DEFAULT_CONFIG", "MNT_DETACH", "MS_BIND", "MS_MOVE", "MS_NODEV", "MS_NOEXEC", "MS_NOSUID",
@@ -142,7 +143,9 @@ class Helper(StagedAttach):
                  run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
                  statvfs: Callable[[str], Any] = os.statvfs,
                  mount_id: Callable[[int], int] = read_mount_id,
-                 stage_root: Path = STAGE_ROOT):
+                 stage_root: Path = STAGE_ROOT,
+                 fuse_start: Callable[..., None] = fuse_mount.start_driver,
+                 kernel_has: Callable[[str], bool] = fuse_mount.kernel_has):
         self.cfg = cfg
         self.caller = caller
         self.mount_root = Path(cfg.devices.mount_root)
@@ -154,6 +157,8 @@ class Helper(StagedAttach):
         self._mountinfo = mountinfo
         self._run = run
         self._statvfs = statvfs
+        self._fuse_start = fuse_start
+        self._kernel_has = kernel_has
 
     def handle(self, words: Sequence[str]) -> dict[str, Any]:
         """Run one request; always returns the JSON-able answer."""
@@ -176,21 +181,26 @@ class Helper(StagedAttach):
     def check_port(self, port: str) -> str:
         return check_port(port)
 
-    def owner(self, entry: MountEntry) -> tuple[int, int]:
+    def owner(self, entry: MountEntry, st: os.stat_result | None = None) -> tuple[int, int]:
         """(uid, gid) the files of a mount belong to: whose daemon it was mounted for (the
         helper mounts with ``uid=``/``gid=`` of its caller; vfat leaves out a 0, so a
-        mount without them is root's)."""
+        mount without them is root's). A FUSE driver's mount names in mountinfo who mounted
+        it (root), not whose files they are: its root directory ``st`` tells (unknown:
+        root's)."""
+        if fuse_mount.is_fuse(entry.fstype):
+            return (st.st_uid, st.st_gid) if st is not None else (0, 0)
         opts = key_values(entry.super_options)
         try:
             return int(opts.get("uid", "0")), int(opts.get("gid", "0"))
         except ValueError:
             return 0, 0
 
-    def check_owner(self, entry: MountEntry, target: str, action: str) -> None:
+    def check_owner(self, entry: MountEntry, target: str, action: str,
+                    st: os.stat_result | None = None) -> None:
         """Only the caller a mount was made for, or root, may unmount or remount it."""
         if self.caller.is_root:
             return
-        uid = self.owner(entry)[0]
+        uid = self.owner(entry, st)[0]
         if uid != self.caller.uid:
             raise Refused("not-owner", f"{target} was mounted for uid {uid}; uid "
                                        f"{self.caller.uid} may not {action} it")
@@ -225,6 +235,18 @@ class Helper(StagedAttach):
                                             f"one of {', '.join(sorted(FS_DATA))}")
         return fstype, props
 
+    def _port_stat(self, port: str, root_fd: int) -> os.stat_result | None:
+        """stat of what is at <mount_root>/<PORT> (the top mount's root), not following
+        links; None if unreadable."""
+        try:
+            fd = open_dir_nofollow(port, root_fd)
+        except (OSError, Refused):
+            return None
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
     def _open_root(self, *, create: bool) -> int | None:
         """O_PATH fd of mount_root, reached without following any symlink; None if absent."""
         fd = walk_nofollow(self.mount_root, "devices.mount_root", 0o755 if create else None)
@@ -256,12 +278,14 @@ class Helper(StagedAttach):
                 current = mount_entries(target, self._mountinfo())
                 if current:
                     top = current[-1]
-                    if top.source == devnode and top.fstype == fstype \
+                    if top.source == devnode and fs_of(top.fstype) == fstype \
                             and top.mount_read_only is False \
                             and ALWAYS_OPTIONS <= top.mount_options \
-                            and self.owner(top) == (self.caller.uid, self.caller.gid):
+                            and self.owner(top, self._port_stat(port, root_fd)) \
+                            == (self.caller.uid, self.caller.gid):
                         log.info("port %s: %s already mounted at %s", port, devnode, target)
-                        return self._mount_answer(port, devnode, target, fstype, already=True)
+                        return self._mount_answer(port, devnode, target, fstype, already=True,
+                                                  mounted_as=top.fstype)
                     self._unmount_all(port, root_fd, target, current, "replace")
                 data = self._data(fstype)
                 self._attach(port, devnode, fstype, data, root_fd, stage_fd, target)
@@ -273,23 +297,27 @@ class Helper(StagedAttach):
         log.info("port %s: mounted %s (%s, serial %s) at %s (filesystem read-only, mount "
                  "rw,nosuid,nodev,noexec,%s)", port, devnode, fstype,
                  props.get("ID_SERIAL_SHORT", "-"), target, data)
-        return self._mount_answer(port, devnode, target, fstype)
+        now = mount_entries(target, self._mountinfo())
+        return self._mount_answer(port, devnode, target, fstype,
+                                  mounted_as=now[-1].fstype if now else fstype)
 
     def _mount_answer(self, port: str, devnode: str, target: str, fstype: str, *,
-                      already: bool = False) -> dict[str, Any]:
+                      already: bool = False, mounted_as: str = "") -> dict[str, Any]:
         data = self._data(fstype)
+        driver = (fuse_mount.PROGRAMS[fstype] if fuse_mount.is_fuse(mounted_as) else "kernel")
         return {"ok": True, "action": "mount", "port": port, "devnode": devnode,
                 "mountpoint": target, "fstype": fstype, "options": f"{FLAG_NAMES},{data}",
-                "already": already}
+                "already": already, "driver": driver}
 
     def _unmount_all(self, port: str, root_fd: int, target: str, current: list[MountEntry],
                      action: str) -> None:
         for e in reversed(current):
-            if e.fstype not in FS_DATA or not e.source.startswith("/dev/"):
+            if fs_of(e.fstype) is None or not e.source.startswith("/dev/"):
                 raise Refused("busy", f"{target} holds a {e.fstype} mount of {e.source} that "
                                       "dockd did not make; not touching it")
-        for e in current:
-            self.check_owner(e, target, action)
+        top_st = self._port_stat(port, root_fd)  # the top mount's root (for a FUSE one)
+        for i, e in enumerate(current):
+            self.check_owner(e, target, action, top_st if i == len(current) - 1 else None)
         for _ in current:  # lazily, through an fd reached without following links
             fd = open_dir_nofollow(port, root_fd)
             try:
@@ -343,6 +371,8 @@ class Helper(StagedAttach):
                 raise Refused("not-mounted", f"nothing is mounted at {target}") from exc
             try:
                 entry = self._own_mount(target, port_fd)
+                if fuse_mount.is_fuse(entry.fstype):
+                    return fuse_mount.swap(self, port, mode, target, root_fd, port_fd, entry)
                 serial = "-"
                 if mode == "rw":  # writing needs today's udev verdict, read-only never does
                     fstype, props = self.check_device(entry.source)
@@ -389,10 +419,10 @@ class Helper(StagedAttach):
         uid, gid = ids or (self.caller.uid, self.caller.gid)
         return FS_DATA[fstype].format(uid=uid, gid=gid)
 
-    def _ids_for(self, entry: MountEntry) -> tuple[int, int]:
+    def _ids_for(self, entry: MountEntry, st: os.stat_result | None = None) -> tuple[int, int]:
         """Whose data options a remount keeps: the caller's; root acts for the owner."""
         if self.caller.is_root:
-            return self.owner(entry)
+            return self.owner(entry, st)
         return self.caller.uid, self.caller.gid
 
     def _own_mount(self, target: str, port_fd: int) -> MountEntry:
@@ -405,13 +435,15 @@ class Helper(StagedAttach):
                                   "them")
         entry = current[0]
         problems = []
-        if entry.fstype not in FS_DATA or not DEVNODE_RE.fullmatch(entry.source) \
+        fs = fs_of(entry.fstype)
+        if fs is None or not DEVNODE_RE.fullmatch(entry.source) \
                 or "/../" in entry.source + "/":
             problems.append(f"a {entry.fstype} mount of {entry.source}")
         elif entry.root != "/":
             problems.append(f"a bind mount of {entry.root}")
         else:
-            self.check_owner(entry, target, "remount")
+            port_st = os.fstat(port_fd)
+            self.check_owner(entry, target, "remount", port_st)
             if not ALWAYS_OPTIONS <= entry.mount_options:
                 problems.append("not nosuid,nodev,noexec")
             if entry.mount_read_only is not False:
@@ -419,7 +451,11 @@ class Helper(StagedAttach):
                                 "mount dockd made)")
             if entry.super_read_only is None:
                 problems.append("filesystem neither ro nor rw")
-            want = key_values(self._data(entry.fstype, self._ids_for(entry)).split(","))
+            if fuse_mount.is_fuse(entry.fstype):  # mountinfo names who mounted: ask the root
+                problems.extend(fuse_mount.owner_problems(port_st,
+                                                          *self._ids_for(entry, port_st)))
+            want = (key_values(self._data(fs, self._ids_for(entry, port_st)).split(","))
+                    if fs == entry.fstype else {})
             have = key_values(entry.super_options)
             for key in CHECKED_DATA:
                 if key in want and have.get(key) != want[key]:

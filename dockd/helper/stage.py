@@ -16,14 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import fuse_mount
 from .kernel import (
     ALWAYS_OPTIONS,
+    FS_DATA,
     MNT_DETACH,
     MOUNT_FLAGS,
     MOUNT_RW_FLAGS,
     MS_BIND,
     MS_MOVE,
     MS_PRIVATE,
+    MS_RDONLY,
+    ST_ALWAYS,
     ST_WANTED,
     MountCall,
     MountEntry,
@@ -37,8 +41,18 @@ from .protocol import Refused
 log = logging.getLogger("dockd.helper.mount_helper")
 
 
+def fs_of(mount_fstype: str) -> str | None:
+    """The recorder filesystem (a key of FS_DATA) behind a mountinfo type, also for the FUSE
+    drivers' mounts; None for anything else."""
+    return mount_fstype if mount_fstype in FS_DATA else fuse_mount.fuse_base(mount_fstype)
+
+
 class StagedAttach:
     stage_root: Path
+    cfg: Any
+    caller: Any
+    _fuse_start: Callable[..., None]
+    _kernel_has: Callable[[str], bool]
     _mount: Callable[[MountCall], None]
     _umount: Callable[[str, int], None]
     _mountinfo: Callable[[], str]
@@ -122,9 +136,12 @@ class StagedAttach:
                 log.warning("cannot remove leftover staging entry %s: %s", path, exc.strerror)
 
     def _attach(self, port: str, devnode: str, fstype: str, data: str, root_fd: int,
-                stage_fd: int, target: str) -> None:
+                stage_fd: int, target: str, *, writable: bool = False,
+                ids: tuple[int, int] | None = None) -> None:
         """Mount at a staging point, make the mount (not the filesystem) writable, move it
-        onto the port; check statvfs and mountinfo after every step, detach on any doubt."""
+        onto the port; check statvfs and mountinfo after every step, detach on any doubt.
+        ``writable``: a FUSE driver's write window (see :mod:`.fuse_mount`), filesystem rw;
+        ``ids``: whose files a FUSE driver shows (default: the caller's)."""
         name = f"{port}.{os.getpid()}"
         staged = str(self.stage_root / name)
         port_fd = open_dir_nofollow(port, root_fd)  # held from before the mount to the move
@@ -137,7 +154,7 @@ class StagedAttach:
         try:
             dir_fd = open_dir_nofollow(name, stage_fd)
             try:
-                self._mount(MountCall(devnode, fd_path(dir_fd), fstype, MOUNT_FLAGS, data))
+                self._mount_fs(devnode, dir_fd, staged, fstype, data, port, writable, ids)
             except OSError as exc:
                 code = "vanished" if exc.errno in (2, 6, 19) else "failed"  # ENOENT ENXIO ENODEV
                 raise Refused(code, f"mount {devnode} at {target}: {exc.strerror}") from exc
@@ -146,11 +163,12 @@ class StagedAttach:
             mnt_fd = open_dir_nofollow(name, stage_fd)  # the mounted filesystem's root
             try:
                 step = "mount"
-                first = self._check_attached(staged, mnt_fd, devnode, fstype, mount_ro=True)
+                first = self._check_attached(staged, mnt_fd, devnode, fstype,
+                                             mount_ro=not writable, super_ro=not writable)
                 step = "per-mount rw"
                 self._mount(MountCall("", fd_path(mnt_fd), "", MOUNT_RW_FLAGS, ""))
                 self._check_attached(staged, mnt_fd, devnode, fstype, mount_ro=False,
-                                     mount_id=first.mount_id)
+                                     mount_id=first.mount_id, super_ro=not writable)
                 step = "move"
                 self._mount(MountCall(fd_path(mnt_fd), fd_path(port_fd), "", MS_MOVE, ""))
                 if mount_entries(staged, self._mountinfo()):
@@ -158,7 +176,7 @@ class StagedAttach:
                 new_fd = open_dir_nofollow(port, root_fd)
                 try:
                     self._check_attached(target, new_fd, devnode, fstype, mount_ro=False,
-                                         mount_id=first.mount_id)
+                                         mount_id=first.mount_id, super_ro=not writable)
                 finally:
                     os.close(new_fd)
             except (OSError, Refused) as exc:
@@ -178,29 +196,56 @@ class StagedAttach:
             except OSError as exc:
                 log.warning("cannot remove staging directory %s: %s", staged, exc.strerror)
 
+    def _mount_fs(self, devnode: str, dir_fd: int, staged: str, fstype: str, data: str,
+                  port: str, writable: bool, ids: tuple[int, int] | None = None) -> None:
+        """The kernel's driver, read-only; where the kernel has none (``ENODEV``), the FUSE
+        driver (:mod:`.fuse_mount`), at the private staging point."""
+        if not writable:
+            try:
+                self._mount(MountCall(devnode, fd_path(dir_fd), fstype, MOUNT_FLAGS, data))
+                return
+            except OSError as exc:
+                if exc.errno != fuse_mount.ENODEV or self._kernel_has(fstype) \
+                        or fuse_mount.program(fstype) is None:
+                    raise
+        # The driver and the flag change below take the staging path, not a descriptor: it
+        # lies in the staging root, 0700 root and a private mount, which only root can change.
+        uid, gid = ids or (self.caller.uid, self.caller.gid)
+        argv = fuse_mount.driver_argv(fstype, devnode, staged, uid, gid, writable=writable)
+        log.info("port %s: the kernel has no %s driver; mounting %s with %s (%s)", port,
+                 fstype, devnode, argv[0], "read-write" if writable else "read-only")
+        self._fuse_start(argv, tz=getattr(self.cfg.tz, "key", "UTC"),
+                         unit=fuse_mount.unit_name(port, "rw" if writable else "ro"))
+        # per-mount flags as the kernel path has them here (exfat-fuse drops noexec)
+        self._mount(MountCall("", staged, "", MOUNT_RW_FLAGS | (0 if writable else MS_RDONLY),
+                              ""))
+
     def _check_attached(self, path: str, fd: int, devnode: str, fstype: str, *,
-                        mount_ro: bool, mount_id: int | None = None) -> MountEntry:
+                        mount_ro: bool, mount_id: int | None = None,
+                        super_ro: bool = True) -> MountEntry:
         """The single mount at ``path`` is ``devnode``'s whole ``fstype`` filesystem, the one
         ``fd`` is on, with a read-only superblock, per-mount ``nosuid,nodev,noexec`` and
         per-mount read-only as ``mount_ro`` says; statvfs agrees. Else Refused."""
         problems = []
         flags = self._statvfs(fd_path(fd)).f_flag
-        if flags & ST_WANTED != ST_WANTED:
-            problems.append(f"statvfs flags {flags:#x} lack ro,nosuid,nodev,noexec")
+        wanted = ST_WANTED if super_ro else ST_ALWAYS
+        if flags & wanted != wanted or (not super_ro and flags & os.ST_RDONLY):
+            problems.append(f"statvfs flags {flags:#x} not "
+                            f"{'ro' if super_ro else 'rw'},nosuid,nodev,noexec")
         entries = mount_entries(path, self._mountinfo())
         if len(entries) != 1:
             raise Refused("failed", "; ".join([f"{len(entries)} mounts at {path} instead of "
                                                "one", *problems]))
         e = entries[0]
-        if e.source != devnode or e.fstype != fstype or e.root != "/":
+        if e.source != devnode or fs_of(e.fstype) != fstype or e.root != "/":
             problems.append(f"mountinfo shows {e.fstype} {e.source} {e.root}")
         if not ALWAYS_OPTIONS <= e.mount_options:
             problems.append("mount not nosuid,nodev,noexec")
         if e.mount_read_only is not mount_ro:
             problems.append(f"mount flag {'rw' if mount_ro else 'ro'} instead of "
                             f"{'ro' if mount_ro else 'rw'}")
-        if e.super_read_only is not True:
-            problems.append("filesystem (superblock) not read-only")
+        if e.super_read_only is not super_ro:
+            problems.append(f"filesystem (superblock) not {'read-only' if super_ro else 'rw'}")
         if mount_id is not None and e.mount_id != mount_id:
             problems.append(f"mount id {e.mount_id} instead of {mount_id}")
         if self._mount_id(fd) != e.mount_id:

@@ -19,6 +19,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import stat
 import unicodedata
 from collections import Counter
@@ -36,6 +37,10 @@ MAX_SAFE_NAME = 200
 within the usual 255-byte limit of a path component."""
 
 _ASCII_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-+=@,()")
+_PLAIN = re.compile(r"[A-Za-z0-9_+=@,()][A-Za-z0-9._+=@,()-]*")
+"""Names that :func:`escape_component` keeps as they are (ASCII safe set, no leading . or -):
+a fast path, so that a recorder with 100 000 files is listed in seconds (bench/hostile_scan.py)."""
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_+=@,()][A-Za-z0-9._+=@,()/-]*")
 
 #: errno values that mean "the recorder is no longer there", not "this one file is bad".
 GONE_ERRNOS = frozenset(
@@ -80,6 +85,8 @@ def escape_component(name: str) -> str:
     leading ``.`` or ``-`` is escaped too, so the result is never hidden, never ``.`` or
     ``..`` and never looks like a command-line option. The mapping is injective.
     """
+    if _PLAIN.fullmatch(name):  # the common case, and the same answer as below
+        return name
     raw = os.fsencode(name)
     text = raw.decode("utf-8", errors="surrogateescape")
     out: list[str] = []
@@ -101,6 +108,8 @@ def _printable_word_char(ch: str) -> bool:
 
 def name_problems(name: str) -> list[str]:
     """Why a recorder file name is suspicious (empty list: nothing to report)."""
+    if _PLAIN.fullmatch(name) and len(name) <= MAX_SAFE_NAME:
+        return []
     raw = os.fsencode(name)
     reasons: list[str] = []
     try:
@@ -177,6 +186,8 @@ def assign_safe_names(rel_paths: list[str]) -> dict[str, str]:
 
 
 def _describe(path: str) -> str:
+    if _PLAIN_PATH.fullmatch(path):
+        return path
     return escape_component(path.replace("/", "\x00")).replace("%00", "/")
 
 
