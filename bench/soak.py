@@ -424,7 +424,10 @@ clear_policy = "after_delivery"
             alerts = Counter(r["kind"] for r in st.query("SELECT kind FROM alerts"))
             states = Counter(c["state"] for c in clips)
             audit = st.verify_audit_chain()
-        verified = {name: verify_path(root) for name, root in
+        from dockd.integrity.keys import own_key
+
+        mine = own_key(self.work / "keys" / "dock.pub")
+        verified = {name: verify_path(root, mine) for name, root in
                     (("primary", self.work / "target"), ("offsite", self.sshd.root))}
         quarters: list[dict[str, Any]] = []
         if self.samples:

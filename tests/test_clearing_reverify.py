@@ -91,9 +91,10 @@ def test_corrupt_copy_on_local_target_is_quarantined_resent_and_only_then_erased
         out2 = pipe.clear("port-01", rec)
         assert out2 is not None and out2.cleared == [victim.name]
     assert _recorder_clips(rec) == []
+    from dockd.integrity.keys import own_key
     from dockd.integrity.verify import verify_path
 
-    report = verify_path(victim.parent)
+    report = verify_path(victim.parent, own_key(cfg.paths.public_key_file))
     assert report.ok, report.problems
 
 
@@ -138,6 +139,7 @@ def test_corrupt_copy_on_s3_target_blocks_erasure(workdir, make_recorder, tmp_pa
         creds = tmp_path / "s3.ini"
         creds.write_text(f"[default]\naws_access_key_id = {KEY_ID}\n"
                          f"aws_secret_access_key = {SECRET}\n")
+        creds.chmod(0o600)  # a file others may read is refused (dockd.secrets)
         offsite = TargetConfig(name="offsite", kind="s3", endpoint_url=moto.url, bucket=bucket,
                                credentials_file=str(creds), object_lock="COMPLIANCE",
                                verify="readback")

@@ -18,6 +18,7 @@ import pytest
 
 from dockd.daemon import build_pipeline
 from dockd.ingest.probe import Prober
+from dockd.integrity.keys import own_key
 from dockd.integrity.verify import verify_path
 from dockd.state import State
 
@@ -71,7 +72,7 @@ def test_same_serial_in_two_ports_delivers_both_recorders_distinctly(cfg, make_r
         assert "duplicate_serial" in [f["kind"] for f in m["findings"]]
     landed = list((workdir / "target").rglob("*.MP4"))
     assert {_sha(p) for p in landed} == want and len(landed) == 6  # both, distinctly, once
-    assert verify_path(workdir / "target").ok
+    assert verify_path(workdir / "target", own_key(cfg.paths.public_key_file)).ok
 
 
 def test_recorder_moved_to_another_port_still_continues_its_docking(cfg, make_recorder):

@@ -22,6 +22,7 @@ from dockd.config import ByteSize
 from dockd.daemon import build_pipeline
 from dockd.errors import StagingFull
 from dockd.ingest.probe import Prober
+from dockd.integrity.keys import own_key
 from dockd.integrity.verify import verify_path
 from dockd.state import State
 
@@ -78,7 +79,7 @@ def test_recorder_larger_than_staging_completes_and_alarms(cfg, make_recorder, m
         assert len(manifest["clips"]) == 6
     landed = list((workdir / "target").rglob("*.MP4"))
     assert len(landed) == 6
-    report = verify_path(workdir / "target")
+    report = verify_path(workdir / "target", own_key(cfg.paths.public_key_file))
     assert report.ok, report.problems
     assert not [p for p in cfg.paths.staging_dir.rglob("*") if p.is_file()]
 

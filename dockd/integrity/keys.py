@@ -195,3 +195,10 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise SigningError(f"public key {path} is not an Ed25519 key")
     return key
+
+
+def own_key(public_key_file: Path) -> dict[str, Ed25519PublicKey]:
+    """``{key id: key}`` for the dock's own public key: what checks run on the dock itself
+    trust (``verify_path(target, own_key(cfg.paths.public_key_file))``)."""
+    k = load_public_key(public_key_file)
+    return {key_id(k): k}

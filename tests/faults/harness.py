@@ -39,7 +39,7 @@ from dockd.errors import DeliveryError, DockdError
 from dockd.ingest import offload as offload_mod
 from dockd.ingest.offload import clean_stale_partials
 from dockd.ingest.probe import Prober
-from dockd.integrity.keys import generate_key
+from dockd.integrity.keys import generate_key, own_key
 from dockd.integrity.verify import verify_path
 from dockd.state import State, utcnow
 
@@ -368,7 +368,7 @@ def invariants(cfg: Config, originals: Counter[str], rec: Path) -> list[str]:
             problems.append(f"{name}: copies differ from the recorder's clips: lost "
                             f"{sum(lost.values())}, duplicated or foreign {sum(extra.values())}")
         for d in {p.parent for p in root.rglob("manifest.json")}:
-            report = verify_path(d)
+            report = verify_path(d, own_key(cfg.paths.public_key_file))
             if not report.ok:
                 problems.append(f"{name}: {d.name}: {report.problems}")
         if list(root.rglob("*.partial")):
