@@ -26,7 +26,7 @@ from .alerts import raise_alert
 from .config import Config, ProfileConfig
 from .delivery.base import StorageTarget
 from .delivery.clearing import ClearOutcome, clear_recorder, verify_with
-from .delivery.early import make_room, promote_delivered
+from .delivery.early import make_room, promote_delivered, used_prefix
 from .delivery.layout import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -754,8 +754,9 @@ class Pipeline:
             assert docked_at is not None
             local_date = recording_date((parse_iso(c.get("start_utc")) for c in checked),
                                         docked_at, self.cfg.tz)
-            prefix = docking_prefix(snap.identity, docked_at, self.cfg.dock.id, d["port"],
-                                    docking_id, local_date=local_date)
+            prefix = used_prefix(self.state, docking_id) or docking_prefix(
+                snap.identity, docked_at, self.cfg.dock.id, d["port"], docking_id,
+                local_date=local_date)  # clips delivered ahead of signing fixed it already
             continuity = json_obj(d.get("continuity")) or {}
             extra: dict[str, Any] = {
                 "continuity": continuity,

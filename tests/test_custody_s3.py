@@ -34,7 +34,7 @@ def test_label_and_retention_reach_s3_with_object_lock(workdir, make_recorder, m
                                                        tmp_path):
     bucket = _bucket(moto)
     cfg = _cfg(workdir, moto, bucket, tmp_path)
-    res = ingest_tree(cfg, make_recorder(cfg, segments=2))
+    res = ingest_tree(cfg, make_recorder(cfg, segments=2), create_key=True)
     assert res["ok"], res
     s3 = moto.client()
     prefix = res["prefix"]

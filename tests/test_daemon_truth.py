@@ -179,7 +179,8 @@ def test_sigterm_during_upload_stops_promptly_and_resumes(workdir, make_recorder
         d.start()
         wait_db(workdir, _all_delivered(2, 1), "delivered after restart", 120)
         assert not list((workdir / "target").rglob("*.partial"))
-        assert run_cli("verify", str(workdir / "target")).returncode == 0
+        assert run_cli("verify", str(workdir / "target"), "--workdir",
+                       str(workdir)).returncode == 0
         assert d.stop() == 0
         assert stopped_in < 25
     finally:

@@ -131,7 +131,7 @@ def test_read_only_docking_changes_no_byte_and_keeps_a_dirty_bit(
     if fs == "vfat":
         assert health["verdict"] == "errors" and "Dirty bit" in health["detail"], health
     mnt = dock.mount(h, node)
-    out = ingest_tree(cfg, mnt, port="port-03", hints={"DOCKD_FSCK": health["verdict"]})
+    out = ingest_tree(cfg, mnt, port="port-03", create_key=True, hints={"DOCKD_FSCK": health["verdict"]})
     assert out["ok"] and out["clips_total"] == 2 and out["cleared"] == [], out
     assert h.handle(["unmount", "port-03"])["was_mounted"]
     dock.release(node)
@@ -159,7 +159,7 @@ def test_full_card(fs: str, tmp_path: Path, workdir: Path, make_recorder: Any,
     else:  # measured: fusefat answers statfs with zeros; that is "unknown", not "full"
         assert (total, free) == (None, None)
         assert "0 bytes free" in " ".join(_mdir_tail(img))
-    out = ingest_tree(cfg, mnt, port="port-03")
+    out = ingest_tree(cfg, mnt, port="port-03", create_key=True)
     assert out["ok"] and out["clips_total"] == 2, out
 
 
@@ -189,7 +189,7 @@ def test_truncated_image(fs: str, tmp_path: Path, workdir: Path, make_recorder: 
         assert "larger than device" in answer["message"]
         return
     assert answer["ok"], answer
-    out = ingest_tree(cfg, Path(answer["mountpoint"]), port="port-03",
+    out = ingest_tree(cfg, Path(answer["mountpoint"]), port="port-03", create_key=True,
                       hints={"DOCKD_FSCK": health["verdict"], "ID_SERIAL_SHORT": "A1B2C3D4",
                              "DOCKD_FSCK_DETAIL": health["detail"]})
     assert out["serial"] == "A1B2C3D4"  # the info file lies beyond the cut: udev's serial

@@ -90,7 +90,7 @@ def test_full_docking_with_clearing(fs: str, tmp_path: Path, workdir: Path, make
              "DOCKD_FS_DRIVER": driver}
     if driver in UNRELIABLE_FILE_TIMES:  # as the udev source adds it (docking_hints)
         hints["DOCKD_FILE_TIMES"] = "unreliable"
-    out = ingest_tree(cfg, mnt, port="port-03", hints=hints, writable_for=window(h, tmp_path))
+    out = ingest_tree(cfg, mnt, port="port-03", create_key=True, hints=hints, writable_for=window(h, tmp_path))
     assert out["ok"], out["problems"]
     assert out["serial"] == "A1234567" and out["clips_total"] == 2
     assert sorted(out["cleared"]) == sorted(Path(c).name for c in clips)

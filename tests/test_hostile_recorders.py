@@ -169,7 +169,7 @@ def test_hostile_info_file_docks_with_findings(case: str, tmp_path: Path, workdi
     info, kinds = HOSTILE_INFO[case]
     cfg = for_workdir(workdir)
     tree = write_recorder(tmp_path / "rec", make_recorder, cfg, info)
-    out = ingest_tree(cfg, tree, port="port-05")
+    out = ingest_tree(cfg, tree, port="port-05", create_key=True)
     assert out["ok"], out["problems"]
     assert out["clips_total"] == 2 and out["clips_delivered"] == 2
     with State(cfg.paths.database) as s:
@@ -222,11 +222,11 @@ def test_recorder_claiming_anothers_serial(tmp_path: Path, workdir: Path,
     assert real_names == sorted(p.name for p in fake.rglob("*.MP4"))  # same names
     real_keep = digests(real)  # a copy of what the real recorder holds (not cleared below)
 
-    first = ingest_tree(cfg, real, port="port-01")
+    first = ingest_tree(cfg, real, port="port-01", create_key=True)
     assert first["ok"], first["problems"]
     target = workdir / "target"
     before = digests(target)
-    second = ingest_tree(cfg, fake, port="port-02")
+    second = ingest_tree(cfg, fake, port="port-02", create_key=True)
     assert second["ok"], second["problems"]
     assert second["serial"] == first["serial"] and second["prefix"] != first["prefix"]
     after = digests(target)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Collection
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,36 @@ from ..errors import DeliveryError
 from ..integrity import checks
 from ..state import State, parse_iso
 from .base import StorageTarget
-from .layout import clip_key, docking_prefix
+from .layout import clip_key, docking_prefix, recording_date
 from .targets import retention_for
 
 log = logging.getLogger(__name__)
 
 
-def docking_prefix_of(state: State, docking_id: int, dock_id: str) -> str:
-    """The docking's folder on the targets, exactly as signing will name it."""
+def used_prefix(state: State, docking_id: int) -> str | None:
+    """The folder this docking's clips already went to (delivered ahead of signing), if any:
+    every later clip and the manifest must land in the same one."""
+    row = state.query_one("SELECT d.key FROM deliveries d JOIN clips c ON c.id = d.clip_id "
+                          "WHERE c.docking_id = ? AND d.key IS NOT NULL AND d.key != '' "
+                          "ORDER BY d.rowid LIMIT 1", (docking_id,))
+    return str(row["key"]).rsplit("/", 1)[0] if row else None
+
+
+def docking_prefix_of(state: State, docking_id: int, dock_id: str, tz: tzinfo) -> str:
+    """The docking's folder on the targets, exactly as signing will name it: the one its
+    clips already went to, or the recording's local date of the clips checked so far."""
+    used = used_prefix(state, docking_id)
+    if used:
+        return used
     d = state.docking(docking_id)
     snap = checks.snapshot_from_doc(json.loads(d["snapshot"] or "{}"))
     docked_at = parse_iso(d["docked_at"])
     assert docked_at is not None
-    return docking_prefix(snap.identity, docked_at, dock_id, d["port"], docking_id)
+    local_date = recording_date((parse_iso(c["start_utc"]) for c in state.query(
+        "SELECT start_utc FROM clips WHERE docking_id = ? AND state = 'checked'",
+        (docking_id,))), docked_at, tz)
+    return docking_prefix(snap.identity, docked_at, dock_id, d["port"], docking_id,
+                          local_date=local_date)
 
 
 def make_room(pipe: Any, docking_id: int, should_stop: Callable[[], bool]) -> int:
@@ -46,7 +64,7 @@ def make_room(pipe: Any, docking_id: int, should_stop: Callable[[], bool]) -> in
     pipe.process(docking_id)  # copied -> probed -> checked: what the manifest will say
     state: State = pipe.state
     targets: list[StorageTarget] = list(pipe.targets)
-    prefix = docking_prefix_of(state, docking_id, pipe.cfg.dock.id)
+    prefix = docking_prefix_of(state, docking_id, pipe.cfg.dock.id, pipe.cfg.tz)
     d = state.docking(docking_id)
     freed = 0
     for c in state.query("SELECT c.*, k.docked_at FROM clips c JOIN dockings k ON "

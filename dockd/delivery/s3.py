@@ -120,8 +120,8 @@ def load_credentials(path: Path) -> S3Credentials:
                               sec.get("aws_session_token", "").strip() or None)
         logredact.register(creds.access_key, creds.secret_key, creds.session_token)
         return creds
-    except SecretFileError as exc:
-        raise DeliveryError(str(exc), retry=False) from exc
+    except SecretFileError as exc:  # the target's state: retried and alarmed until fixed
+        raise DeliveryError(str(exc), target_state=True) from exc
     except UnicodeDecodeError as exc:
         raise DeliveryError(f"S3 credentials file {path} is not UTF-8", retry=False) from exc
     except OSError as exc:

@@ -302,7 +302,7 @@ class SftpTarget:
             return asyncssh.import_private_key(data, phrase)
         except SecretFileError as exc:
             raise DeliveryError(f"{self.name}: cannot load the private key file "
-                                f"{self.key_file}: {exc}", retry=False) from exc
+                                f"{self.key_file}: {exc}", target_state=True) from exc
         except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError, ValueError) as exc:
             reason = ("wrong or missing passphrase" if isinstance(exc, asyncssh.KeyEncryptionError)
                       or "passphrase" in str(exc).lower() else "not a private key")
