@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import time
@@ -307,10 +308,13 @@ def test_target_not_a_directory_is_retried_and_the_alarm_clears(workdir, make_re
                                                                  tmp_path):
     config, cfg = _setup(workdir, "[delivery]\nretry_seconds = 0.5\n")
     target = workdir / "target"
-    target.write_text("not a directory: the share is not mounted right\n")
+    target.mkdir(exist_ok=True)  # fine at start-up (`dockd run` refuses a target that is a file)
     rec = make_recorder(cfg, dest=workdir / "ports" / ".incoming" / "r1", segments=2)
     d = Dockd(workdir, config, tmp_path / "daemon.log").start()
     try:
+        # ... and then the share goes wrong while the daemon runs
+        shutil.rmtree(target)
+        target.write_text("not a directory: the share is not mounted right\n")
         plug(rec, cfg.paths.ports_dir, 1)
         wait_db(workdir, lambda s: len(s.query(
             "SELECT 1 FROM deliveries WHERE attempts >= 2")) == 2, "retried with backoff")
