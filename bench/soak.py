@@ -279,7 +279,7 @@ clear_policy = "after_delivery"
 
     def docked_state(self, r: Recorder) -> str:
         """'copying' while the recorder still has clips not yet copied, else 'idle'."""
-        from dockd.state import open_readonly
+        from dockd.store import open_readonly
 
         try:
             with open_readonly(self.work / "state" / "dockd.db") as st:
@@ -405,7 +405,7 @@ clear_policy = "after_delivery"
 
     def report(self, seconds: float, drained: bool) -> dict[str, Any]:
         from dockd.integrity.verify import verify_path
-        from dockd.state import State
+        from dockd.store import State
 
         self.refresh_index()
         lost = 0

@@ -14,7 +14,7 @@ import shlex
 import subprocess
 from typing import Any
 
-from .state import State
+from .store import State
 
 log = logging.getLogger(__name__)
 

@@ -247,7 +247,7 @@ def _readout(cfg: Config, args: argparse.Namespace, data_fn: Any, render_fn: Any
     """The read-out commands' shape: read the state (read-only), print JSON or rich."""
     from rich.console import Console
 
-    from .state import open_readonly
+    from .store import open_readonly
 
     with open_readonly(cfg.paths.database) as state:
         data = data_fn(state)
@@ -260,16 +260,16 @@ def _readout(cfg: Config, args: argparse.Namespace, data_fn: Any, render_fn: Any
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
-    from .state import utcnow
     from .status.views import render_status, status_data
+    from .store import utcnow
 
     return _readout(cfg, args, lambda st: status_data(st, cfg.dock.id, utcnow()),
                     lambda data, console: render_status(data, width=console.width, tz=cfg.tz))
 
 
 def cmd_queue(cfg: Config, args: argparse.Namespace) -> int:
-    from .state import utcnow
     from .status.queue import queue_data, render_queue
+    from .store import utcnow
 
     return _readout(cfg, args, lambda st: queue_data(st, cfg, utcnow()),
                     lambda data, _console: render_queue(data, cfg.tz))
@@ -333,7 +333,7 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_keygen(cfg: Config, args: argparse.Namespace) -> int:
     from .integrity.keyhistory import keygen
-    from .state import utcnow
+    from .store import utcnow
 
     kid, old = keygen(cfg.dock.id, cfg.paths.key_file, cfg.paths.public_key_file, utcnow(),
                       force=args.force)

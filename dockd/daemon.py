@@ -32,7 +32,7 @@ from .ingest.probe import Prober
 from .integrity.keys import key_id, load_private_key, public_key_pem
 from .integrity.notes import NoteAnalyzer, NoteParams
 from .pipeline import Pipeline, Signer
-from .state import State
+from .store import State
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def load_signer(cfg: Config) -> Signer:
         raise SigningError(f"no signing key at {cfg.paths.key_file}: run `dockd keygen` "
                            "first") from exc
     from .integrity.keyhistory import ensure_genesis
-    from .state import utcnow
+    from .store import utcnow
 
     ensure_genesis(cfg.dock.id, key, cfg.paths.public_key_file, utcnow())
     return Signer(private_key=key, key_id=key_id(key.public_key()),

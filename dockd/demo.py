@@ -30,9 +30,9 @@ from .devices.simulator import RecorderSpec, plug, simulate_recorder
 from .integrity.keys import key_id, load_public_key
 from .integrity.verify import format_report, verify_path
 from .oneshot import ensure_key
-from .state import State, utcnow
 from .status.report import render_report, report_data
 from .status.views import render_status, status_data
+from .store import State, utcnow
 
 log = logging.getLogger(__name__)
 

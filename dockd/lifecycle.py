@@ -1,7 +1,7 @@
 """The per-clip and per-docking state machines (pure: no I/O, no sqlite).
 
 A clip moves ``discovered → copied → probed → checked → signed → delivered`` (``cleared``
-comes with recorder clearing). Each edge is one atomic transaction in :mod:`dockd.state`.
+comes with recorder clearing). Each edge is one atomic transaction in :mod:`dockd.store`.
 Only the edges listed here exist; anything else is a bug and raises ``TransitionError``.
 """
 

@@ -17,7 +17,7 @@ from .errors import DockdError, SigningError
 from .ingest.offload import clean_stale_partials
 from .ingest.probe import Prober
 from .integrity.keys import generate_key
-from .state import State
+from .store import State
 
 log = logging.getLogger(__name__)
 

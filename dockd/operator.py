@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import Config
 from .delivery.recheck import retry_deliveries
-from .state import State, open_readonly
+from .store import State, open_readonly
 from .tiles import acknowledge
 
 

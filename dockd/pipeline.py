@@ -74,7 +74,7 @@ from .integrity.notes import NoteAnalyzer, NoteResult, gap_finding
 from .integrity.span import attributed, recorder_clips
 from .lifecycle import deadline_for, retry_delay
 from .model import ClipEntry, Finding, RecorderSnapshot
-from .state import State, decode_row, dumps, encode_path, iso, parse_iso
+from .store import State, decode_row, dumps, encode_path, iso, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class Pipeline:
                 elif row["id"] in twins:
                     continue  # another recorder with the same serial, still docked
                 else:
-                    self.state._advance_docking(conn, row["id"], "offloading", "interrupted",
+                    self.state.advance_docking_in(conn, row["id"], "offloading", "interrupted",
                                                 {"undocked_at": iso(now)})
             if docking_id is None:
                 cur = conn.execute(
@@ -518,7 +518,7 @@ class Pipeline:
                                 "state = 'discovered'", (docking_id,)).fetchone()[0]
             cur = conn.execute("SELECT state FROM dockings WHERE id = ?", (docking_id,)).fetchone()
             if left == 0 and cur["state"] == "offloading":
-                self.state._advance_docking(conn, docking_id, "offloading", "offloaded", {})
+                self.state.advance_docking_in(conn, docking_id, "offloading", "offloaded", {})
             self.state.audit("copied", f"docking/{docking_id}",
                              {"clips": out.copied, "bytes": copied_bytes, "left": left,
                               "skipped_known": out.skipped_known}, conn=conn)
@@ -578,7 +578,7 @@ class Pipeline:
             left = conn.execute("SELECT count(*) FROM clips WHERE docking_id = ? AND "
                                 "state = 'discovered'", (docking_id,)).fetchone()[0]
             new = "interrupted" if left else "offloaded"
-            self.state._advance_docking(conn, docking_id, "offloading", new,
+            self.state.advance_docking_in(conn, docking_id, "offloading", new,
                                         {"undocked_at": self.state.now(), "error": why,
                                          "incomplete": left or None})
             self.state.audit("undocked", f"docking/{docking_id}",
@@ -796,7 +796,7 @@ class Pipeline:
                  self.signer.key_id, prefix, iso(now), body, sig, seq))
             manifest_id = cur.lastrowid
             for c in checked:
-                self.state._advance_clip(conn, c["id"], "checked", "signed", {})
+                self.state.advance_clip_in(conn, c["id"], "checked", "signed", {})
                 for t in self.targets:
                     conn.execute("INSERT OR IGNORE INTO deliveries (clip_id, target, state, key) "
                                  "VALUES (?, ?, 'pending', ?)",
@@ -804,7 +804,7 @@ class Pipeline:
             for t in self.targets:
                 conn.execute("INSERT OR IGNORE INTO manifest_deliveries (manifest_id, target, "
                              "state) VALUES (?, ?, 'pending')", (manifest_id, t.name))
-            self.state._advance_docking(conn, docking_id, d["state"], "signed",
+            self.state.advance_docking_in(conn, docking_id, d["state"], "signed",
                                         {"prefix": prefix, "signed_at": iso(now)})
             self.state.audit("signed", f"docking/{docking_id}",
                              {"manifest_sha256": digest, "clips": len(checked),
@@ -949,7 +949,7 @@ class Pipeline:
                 "SELECT target FROM deliveries WHERE clip_id = ? AND state = 'delivered'",
                 (clip_id,))}
             if required <= have:
-                self.state._advance_clip(conn, clip_id, "signed", "delivered",
+                self.state.advance_clip_in(conn, clip_id, "signed", "delivered",
                                          {"delivered_at": self.state.now()})
             docking_id = conn.execute("SELECT docking_id FROM clips WHERE id = ?",
                                       (clip_id,)).fetchone()[0]
@@ -988,7 +988,7 @@ class Pipeline:
                              (docking_id,)).fetchone()
             finished = required <= have and undelivered == 0 and d["state"] == "signed"
             if finished:
-                self.state._advance_docking(conn, docking_id, "signed", "delivered",
+                self.state.advance_docking_in(conn, docking_id, "signed", "delivered",
                                             {"delivered_at": self.state.now()})
                 self.state.audit("delivered", f"docking/{docking_id}",
                                  {"targets": sorted(have)}, conn=conn)

@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Any
 
-from .state import State
+from .store import State
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dockd.daemon import build_pipeline
 from dockd.errors import CopyError
 from dockd.ingest import offload as offload_mod
 from dockd.ingest.probe import Prober
-from dockd.state import State
+from dockd.store import State
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -13,7 +13,7 @@ from dockd.config import for_workdir
 from dockd.daemon import Daemon
 from dockd.integrity.checkpoint import parse_checkpoint
 from dockd.integrity.keys import generate_key
-from dockd.state import State
+from dockd.store import State
 
 from .conftest import wait_for
 

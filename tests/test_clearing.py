@@ -13,7 +13,7 @@ from dockd.config import for_workdir
 from dockd.delivery.clearing import clear_recorder, may_clear, verify_with
 from dockd.delivery.local import LocalTarget
 from dockd.oneshot import ingest_tree
-from dockd.state import State
+from dockd.store import State
 
 STATES = ("pending", "failed", "delivered", None)  # None: no delivery row at all
 

@@ -19,7 +19,7 @@ from dockd.config import TargetConfig, for_workdir
 from dockd.daemon import build_pipeline
 from dockd.ingest.probe import Prober
 from dockd.integrity.keys import generate_key
-from dockd.state import State
+from dockd.store import State
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

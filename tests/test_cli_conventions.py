@@ -11,7 +11,7 @@ import pytest
 from dockd import config as cfgmod
 from dockd.cli import main
 from dockd.config import for_workdir
-from dockd.state import State
+from dockd.store import State
 
 from .conftest import dockd_cmd
 

@@ -17,7 +17,7 @@ from dockd.config import Config, HealthConfig, ProfileConfig
 from dockd.daemon import build_pipeline
 from dockd.devices import clock, health
 from dockd.ingest.probe import Prober
-from dockd.state import State, parse_iso
+from dockd.store import State, parse_iso
 from tests.test_health_hooks import pin_ntp, sim, with_profile
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -27,7 +27,7 @@ from dockd.integrity.manifest import manifest_sha256
 from dockd.integrity.revisions import REVISIONS_DIR
 from dockd.integrity.verify import verify_path
 from dockd.oneshot import ingest_tree
-from dockd.state import State
+from dockd.store import State
 
 from .conftest import ROOT, dockd_cmd, run_dockd
 

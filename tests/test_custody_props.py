@@ -20,7 +20,7 @@ from dockd.integrity.audit import verify_db
 from dockd.integrity.keys import generate_key, key_id, load_public_key
 from dockd.integrity.verify import verify_path
 from dockd.oneshot import ingest_tree
-from dockd.state import State
+from dockd.store import State
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -19,7 +19,7 @@ from dockd.errors import DockdError
 from dockd.integrity.manifest import check_signature, manifest_sha256
 from dockd.integrity.verify import verify_path
 from dockd.oneshot import ingest_tree
-from dockd.state import State
+from dockd.store import State
 
 from .test_delivery_pipeline import _bucket, _cfg, moto  # noqa: F401 - the moto fixture
 

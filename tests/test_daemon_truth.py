@@ -119,7 +119,7 @@ def test_unplug_mid_copy_says_plug_it_back_in(workdir, make_recorder, tmp_path):
 
 
 def first_clock():
-    from dockd.state import utcnow
+    from dockd.store import utcnow
 
     return utcnow()
 
@@ -347,7 +347,7 @@ def test_stop_while_a_slow_recorder_is_read_is_not_an_unplug(workdir, make_recor
     from dockd.config import for_workdir
     from dockd.daemon import Daemon
     from dockd.integrity.keys import generate_key
-    from dockd.state import State
+    from dockd.store import State
 
     cfg = for_workdir(workdir)
     cfg = dataclasses.replace(cfg, offload=dataclasses.replace(cfg.offload, settle_seconds=0.3),

@@ -16,7 +16,7 @@ from dockd.config import TargetConfig, for_workdir
 from dockd.daemon import build_pipeline
 from dockd.ingest.probe import Prober
 from dockd.oneshot import ingest_tree
-from dockd.state import State
+from dockd.store import State
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")

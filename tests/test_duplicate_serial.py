@@ -20,7 +20,7 @@ from dockd.daemon import build_pipeline
 from dockd.ingest.probe import Prober
 from dockd.integrity.keys import own_key
 from dockd.integrity.verify import verify_path
-from dockd.state import State
+from dockd.store import State
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -17,7 +17,7 @@ import pytest
 
 from dockd.config import for_workdir
 from dockd.devices.simulator import plug, unplug
-from dockd.state import State
+from dockd.store import State
 
 from .conftest import garbage, run_dockd, wait_for
 

@@ -19,7 +19,7 @@ from dockd.config import for_workdir
 from dockd.devices.drivers import registry_from_config
 from dockd.ingest.scan import scan_recorder
 from dockd.oneshot import ingest_tree
-from dockd.state import State
+from dockd.store import State
 
 from .fat_images import (
     Dock,

@@ -22,7 +22,7 @@ from dockd.config import for_workdir
 from dockd.devices.mount import UNRELIABLE_FILE_TIMES
 from dockd.helper import fuse_mount
 from dockd.oneshot import ingest_tree
-from dockd.state import State
+from dockd.store import State
 
 from .fat_images import (
     Dock,

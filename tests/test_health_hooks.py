@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-import dockd.state as state_mod
+import dockd.store.db as state_mod
 from dockd.config import Config
 from dockd.devices import clock, health
 from dockd.devices.simulator import RecorderSpec, simulate_recorder
 from dockd.oneshot import ingest_tree
-from dockd.state import State
+from dockd.store import State
 
 SYNCED = (True, "test: synchronised")
 
@@ -113,7 +113,7 @@ def test_reread_while_docked_records_the_charged_battery(cfg, make_recorder):
     from dockd.devices import infofile
     from dockd.ingest.probe import Prober
     from dockd.oneshot import ingest_tree
-    from dockd.state import State
+    from dockd.store import State
 
     rec = make_recorder(cfg, battery=18, segments=1)
     assert ingest_tree(cfg, rec, create_key=True)["ok"]

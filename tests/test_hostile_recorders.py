@@ -36,7 +36,7 @@ from dockd.ingest.scan import (
 )
 from dockd.integrity.checks import name_time
 from dockd.oneshot import ingest_tree
-from dockd.state import State
+from dockd.store import State
 
 PROFILE = ProfileConfig()
 PROFILE_TZ = ZoneInfo("Asia/Shanghai")

@@ -13,8 +13,8 @@ from dockd.daemon import build_pipeline
 from dockd.ingest.probe import Prober
 from dockd.integrity.identity import identity_findings
 from dockd.integrity.keys import generate_key
-from dockd.state import State
 from dockd.status.report import render_report, report_data
+from dockd.store import State
 
 HINTS = {"ID_VENDOR_ID": "1d6b", "ID_MODEL_ID": "0104", "ID_BUS": "usb"}
 ALLOW = (AllowConfig(vendor_id="1d6b", model_id="0104", serial_pattern="A[0-9]{7}"),)

@@ -57,7 +57,7 @@ def test_rotation_through_the_cli_verifies_with_only_the_first_key(
     assert r.returncode == 0, r.stdout
     assert r.stdout.startswith("OK: 3 manifest(s)")
     assert f"trusted key {kids[2]} (dock dock-01): rotation from {kids[1]}" in r.stdout
-    from dockd.state import State
+    from dockd.store import State
 
     with State(workdir / "state" / "dockd.db") as st:
         rotated = st.query("SELECT detail FROM audit WHERE action = 'key_rotated'")

@@ -487,7 +487,7 @@ def test_real_clearing_through_the_window(tmp_path: Path, workdir: Path, make_re
     from dockd.delivery.clearing import clear_recorder, verify_with
     from dockd.delivery.local import LocalTarget
     from dockd.oneshot import ingest_tree
-    from dockd.state import State
+    from dockd.store import State
 
     cfg = for_workdir(workdir)
     cfg = dataclasses.replace(cfg, profiles=(dataclasses.replace(cfg.profiles[0],

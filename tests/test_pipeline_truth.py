@@ -14,9 +14,9 @@ from dockd.config import for_workdir
 from dockd.daemon import build_pipeline
 from dockd.errors import CopyError, DeliveryError
 from dockd.ingest.probe import Prober
-from dockd.state import State
 from dockd.status.report import report_data
 from dockd.status.views import ports_view, status_data
+from dockd.store import State
 
 from .truthkit import run_cli
 

@@ -24,7 +24,7 @@ from dockd.delivery.schedule import (
     parse_rate,
     rate_at,
 )
-from dockd.state import State, iso
+from dockd.store import State, iso
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 H = timedelta(hours=1)

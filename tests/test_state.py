@@ -9,7 +9,7 @@ import pytest
 
 from dockd.errors import StateError, TransitionError
 from dockd.lifecycle import CLIP_EDGES, CLIP_STATES, DOCKING_EDGES, DOCKING_STATES, retry_delay
-from dockd.state import SCHEMA_VERSION, State
+from dockd.store import SCHEMA_VERSION, State
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_transition_is_atomic_with_its_columns(state):
     """A failure inside a transaction leaves neither the new state nor its columns."""
     c = _clip(state, _docking(state))
     with pytest.raises(RuntimeError), state.tx() as conn:
-        state._advance_clip(conn, c, "discovered", "copied", {"sha256": "cd" * 32})
+        state.advance_clip_in(conn, c, "discovered", "copied", {"sha256": "cd" * 32})
         raise RuntimeError("killed mid-transaction")
     row = state.clip(c)
     assert row["state"] == "discovered" and row["sha256"] is None
@@ -118,7 +118,7 @@ def test_audit_chain_detects_tampering(state):
 
 
 def test_naive_datetimes_rejected(state):
-    from dockd.state import iso
+    from dockd.store import iso
 
     with pytest.raises(ValueError):
         iso(datetime(2026, 1, 1))

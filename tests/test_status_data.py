@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from dockd.config import Config, for_workdir
-from dockd.state import State, iso, utcnow
 from dockd.status import i18n
 from dockd.status.web_data import (
     api_findings,
@@ -26,6 +25,7 @@ from dockd.status.web_data import (
     open_state_ro,
     recorder_health,
 )
+from dockd.store import State, iso, utcnow
 
 GB = 1_000_000_000
 

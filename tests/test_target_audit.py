@@ -13,7 +13,7 @@ from dockd.config import for_workdir
 from dockd.delivery.target_audit import audit_targets, expected_objects
 from dockd.delivery.targets import open_targets
 from dockd.oneshot import ingest_tree
-from dockd.state import State
+from dockd.store import State
 
 from .test_delivery_pipeline import _bucket, _cfg, moto  # noqa: F401 (fixture)
 

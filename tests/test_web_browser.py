@@ -23,8 +23,8 @@ from dockd.config import Config, for_workdir
 from dockd.daemon import Daemon
 from dockd.devices.simulator import RecorderSpec, plug, simulate_recorder
 from dockd.integrity.keys import generate_key
-from dockd.state import State
 from dockd.status.web import WebHandle, start_web
+from dockd.store import State
 
 pytestmark = pytest.mark.slow
 
@@ -185,7 +185,7 @@ def test_kiosk_tiles_follow_a_docking_until_safe_to_unplug(dock, tmp_path, img_d
 def _dock_of_25(workdir: Path) -> tuple[Config, Path]:
     """The hand-built dock of test_status_data (copying, done with a finding, charging,
     error, empty), repeated over 25 ports, as a Chinese station docks them."""
-    from dockd.state import State as _State
+    from dockd.store import State as _State
 
     from .test_status_data import build_dock
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dockd.config import Config, load
-from dockd.state import State
+from dockd.store import State
 
 from .conftest import dockd_cmd, wait_for
 

@@ -86,7 +86,7 @@ def add_custody_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> Non
 
 
 def _state(cfg: Config) -> Any:
-    from ..state import open_readonly
+    from ..store import open_readonly
 
     return open_readonly(cfg.paths.database)
 
@@ -207,7 +207,7 @@ def _open_rw(cfg: Config) -> tuple[Any, Any, list[Any]]:
     from ..daemon import load_signer
     from ..delivery.targets import open_targets
     from ..errors import StateError
-    from ..state import State
+    from ..store import State
 
     if not cfg.paths.database.exists():
         raise StateError(f"{cfg.paths.database}: no state database")
@@ -328,7 +328,7 @@ def audit_on_dock(cfg: Config, action: str, subject: str, detail: dict[str, Any]
 
     from ..errors import StateError
     from ..integrity.audit import cli_actor
-    from ..state import State
+    from ..store import State
 
     db = cfg.paths.database
     if not db.is_file() or not os.access(db, os.W_OK):

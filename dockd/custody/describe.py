@@ -18,8 +18,8 @@ from typing import Any
 
 from ..errors import DockdError
 from ..integrity.manifest import parse_manifest
-from ..state import State
 from ..status.report import report_data
+from ..store import State
 from .labels import current_labels
 
 FONT_CANDIDATES = (

@@ -44,7 +44,7 @@ from ..integrity.audit import db_entries, entry_line
 from ..integrity.keys import key_id as fingerprint_id
 from ..integrity.manifest import canonical_bytes, parse_manifest, parse_signature
 from ..integrity.revisions import REVISIONS_DIR, revision_key
-from ..state import State
+from ..store import State
 from .describe import describe_html, describe_pdf
 from .publish import deliver_custody
 

@@ -30,7 +30,7 @@ from ..integrity.revisions import (
     check_upgrade,
     parse_revision,
 )
-from ..state import State, dumps
+from ..store import State, dumps
 from .publish import clip_retention, deliver_custody
 
 log = logging.getLogger(__name__)

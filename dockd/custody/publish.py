@@ -32,7 +32,7 @@ from ..integrity.audit import AUDIT_DIR, SIG_SUFFIX, build_segment, db_entries, 
 from ..integrity.manifest import sign_manifest
 from ..integrity.revisions import rank, revision_key
 from ..lifecycle import retry_delay
-from ..state import State, iso, parse_iso
+from ..store import State, iso, parse_iso
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import DockdError
 from ..ingest.offload import hash_file
-from ..state import State
+from ..store import State
 from .base import StorageTarget
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def clear_recorder(state: State, *, serial: str, root: Path, port: str,
                 out.kept.append((c["safe_name"], f"erase failed: {exc.strerror or exc}"))
                 continue
             with state.tx() as conn:
-                state._advance_clip(conn, c["id"], "delivered", "cleared", {})
+                state.advance_clip_in(conn, c["id"], "delivered", "cleared", {})
                 state.audit("cleared", f"clip/{c['id']}",
                             {"serial": serial, "port": port, "name": c["safe_name"],
                              "sha256": digest, "size": size,

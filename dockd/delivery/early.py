@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import DeliveryError
 from ..integrity import checks
-from ..state import State, parse_iso
+from ..store import State, parse_iso
 from .base import StorageTarget
 from .layout import clip_key, docking_prefix, recording_date
 from .targets import retention_for
@@ -122,7 +122,7 @@ def promote_delivered(state: State, docking_id: int, required: Collection[str]) 
                 "SELECT target FROM deliveries WHERE clip_id = ? AND state = 'delivered'",
                 (c["id"],))}
             if required and set(required) <= have:
-                state._advance_clip(conn, c["id"], "signed", "delivered",
+                state.advance_clip_in(conn, c["id"], "signed", "delivered",
                                     {"delivered_at": state.now()})
                 moved += 1
     return moved

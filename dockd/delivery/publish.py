@@ -27,7 +27,7 @@ from ..errors import DeliveryError
 from ..integrity.checkpoint import TOKEN_SUFFIX, build_checkpoint, checkpoint_key
 from ..integrity.keyhistory import local_records, parse_record, record_name
 from ..integrity.tsa import TimestampError, request_token
-from ..state import State, iso
+from ..store import State, iso
 from .base import StorageTarget
 from .layout import KEYS_DIR, key_path
 
@@ -125,7 +125,7 @@ def publish_checkpoints(state: State, cfg: Config, private_key: Any,
 
 
 def last_checkpoint_at(state: State) -> datetime | None:
-    from ..state import parse_iso
+    from ..store import parse_iso
 
     row = state.query_one("SELECT max(created_at) AS t FROM checkpoints WHERE error IS NULL")
     return parse_iso(row["t"]) if row and row["t"] else None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from ..alerts import resolve_alerts
-from ..state import State
+from ..store import State
 
 log = logging.getLogger(__name__)
 

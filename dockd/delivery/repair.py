@@ -26,7 +26,7 @@ from ..alerts import raise_alert
 from ..errors import DeliveryError, DockdError
 from ..ingest.offload import copy_clip, hash_file
 from ..model import ClipEntry
-from ..state import State
+from ..store import State
 from .base import StorageTarget
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,12 @@ def repair_copies(state: State, clip: Mapping[str, Any], bad: Collection[str], *
         row = conn.execute("SELECT state, docking_id FROM clips WHERE id = ?",
                            (clip_id,)).fetchone()
         if row is not None and row["state"] == "delivered":
-            state._advance_clip(conn, clip_id, "delivered", "signed",
+            state.advance_clip_in(conn, clip_id, "delivered", "signed",
                                 {"staged_path": str(staged) if staged else clip["staged_path"]})
         d = conn.execute("SELECT state FROM dockings WHERE id = ?",
                          (row["docking_id"],)).fetchone() if row is not None else None
         if d is not None and d["state"] == "delivered":
-            state._advance_docking(conn, row["docking_id"], "delivered", "signed", {})
+            state.advance_docking_in(conn, row["docking_id"], "delivered", "signed", {})
     raise_alert(state, level="alarm", kind="corrupt_copy", subject=f"clip/{clip_id}",
                 message=f"{clip['safe_name']}: the copy on {', '.join(sorted(bad))} does not "
                         f"match SHA-256 {clip['sha256']}; not erased from the recorder; "
@@ -133,7 +133,7 @@ def docking_complete(state: State, docking_id: int, required: Collection[str]) -
             (docking_id,))}
         if left or not set(required) <= have:
             return False
-        state._advance_docking(conn, docking_id, "signed", "delivered",
+        state.advance_docking_in(conn, docking_id, "signed", "delivered",
                                {"delivered_at": state.now()})
         state.audit("delivered", f"docking/{docking_id}", {"targets": sorted(have),
                                                            "after": "re-sent copy"}, conn=conn)

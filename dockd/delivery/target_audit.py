@@ -25,7 +25,7 @@ from ..alerts import raise_alert
 from ..config import Config
 from ..errors import DeliveryError
 from ..integrity.checkpoint import TOKEN_SUFFIX
-from ..state import State
+from ..store import State
 from .base import StorageTarget
 from .layout import MANIFEST_NAME, SIGNATURE_NAME
 

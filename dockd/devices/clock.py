@@ -30,7 +30,7 @@ from ..config import Config, HealthConfig, ProfileConfig
 from ..errors import DockdError
 
 if TYPE_CHECKING:
-    from ..state import State
+    from ..store import State
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 from ..alerts import raise_alert
 from ..errors import DockdError
 from ..model import Finding
-from ..state import State, dumps
+from ..store import State, dumps
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ import subprocess
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
@@ -257,6 +258,10 @@ class Prober:
         return data
 
     # ------------------------------------------------------------------ probe
+
+    def probe_batch(self, paths: Sequence[Path]) -> list[ProbeResult]:
+        """Metadata of many clips, in the order given (one result per path, never raises)."""
+        return [self.probe(p) for p in paths]
 
     def probe(self, path: Path) -> ProbeResult:
         """Metadata of the clip at ``path``; ``ok=False`` (never an exception) for bad data."""

@@ -2,8 +2,8 @@
 
 Every entry is ``(id, ts, actor, action, subject, detail, prev_hash, hash)`` where ``hash``
 is the SHA-256 of the canonical body ``{"ts","actor","action","subject","detail","prev"}``
-(``dockd.state.dumps``) and ``prev`` is the previous entry's hash ("" for the first). The
-chain is written by :meth:`dockd.state.State.audit`; this module reads and checks it:
+(``dockd.store.dumps``) and ``prev`` is the previous entry's hash ("" for the first). The
+chain is written by :meth:`dockd.store.State.audit`; this module reads and checks it:
 
 * :func:`chain_problems` walks entries in order and names the **first** entry that was
   edited (its hash does not match its content), removed (a gap in the ids, or the next

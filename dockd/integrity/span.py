@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Collection
 from typing import Any
 
-from ..state import State
+from ..store import State
 from .continuity import Gap, Timeline
 
 _JUDGED = ("checked", "signed", "delivered", "cleared")

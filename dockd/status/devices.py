@@ -26,7 +26,7 @@ from ..cli_text import tr
 from ..config import Config
 from ..devices import health
 from ..devices.health import HealthSample
-from ..state import State, parse_iso
+from ..store import State, parse_iso
 from .timefmt import local_time, zone_label, zone_of
 from .views import human_bytes, human_duration
 
@@ -378,7 +378,7 @@ def cmd_devices(cfg: Config, args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..devices.clock import dock_clock_synced
-    from ..state import open_readonly, utcnow
+    from ..store import open_readonly, utcnow
 
     dock_clock = dock_clock_synced()
     with open_readonly(cfg.paths.database) as state:

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from .. import __version__
 from ..config import Config
 from ..lifecycle import CLIP_STATES
-from ..state import State, parse_iso
+from ..store import State, parse_iso
 from .queue import pending_by_target, queue_data
 from .views import backlog_view, incomplete_view, ports_view
 from .web_data import disk_data, fleet_data

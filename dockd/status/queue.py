@@ -14,7 +14,7 @@ from rich.text import Text
 from ..cli_text import tr
 from ..config import Config
 from ..delivery.schedule import ALARM, OK, WARNING, Forecast, Pending, forecast, measured_throughput
-from ..state import State, parse_iso
+from ..store import State, parse_iso
 from .timefmt import local_time
 from .views import human_bytes, human_duration
 

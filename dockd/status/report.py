@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..cli_text import tr
-from ..state import State
+from ..store import State
 from .timefmt import local_time, zone_of
 from .views import human_duration
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, tzinfo
 
-from ..state import parse_iso
+from ..store import parse_iso
 
 
 def zone_label(dt: datetime) -> str:

@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import Config
-from ..state import State, utcnow
+from ..store import State, utcnow
 from .timefmt import local_time
 from .views import human_bytes, human_duration
 from .web_data import api_queue, disk_data, kiosk_ports

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..cli_text import tr
-from ..state import State, parse_iso
+from ..store import State, parse_iso
 from ..tiles import OPEN_INCOMPLETE_SQL, earlier_pending
 from .timefmt import local_time
 

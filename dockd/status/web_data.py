@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import Config, HealthConfig
 from ..errors import StateError
-from ..state import State, utcnow
+from ..store import State, utcnow
 from .queue import queue_data
 from .report import report_data
 from .views import backlog_view, incomplete_view, ports_view, status_data

@@ -41,7 +41,7 @@ from dockd.ingest.offload import clean_stale_partials
 from dockd.ingest.probe import Prober
 from dockd.integrity.keys import generate_key, own_key
 from dockd.integrity.verify import verify_path
-from dockd.state import State, utcnow
+from dockd.store import State, utcnow
 
 PORT = "port-01"
 STATES = ("discovered", "copying", "copied", "probed", "checked", "signing",

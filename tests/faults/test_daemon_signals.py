@@ -15,7 +15,7 @@ import pytest
 
 from dockd.config import load
 from dockd.devices.simulator import plug
-from dockd.state import State
+from dockd.store import State
 
 from ..conftest import dockd_cmd, run_dockd, wait_for
 from .harness import invariants, sha

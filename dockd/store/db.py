@@ -24,8 +24,8 @@ from typing import Any
 
 import sqlite_utils
 
-from .errors import StateError, TransitionError
-from .lifecycle import check_clip_edge, check_docking_edge
+from ..errors import StateError, TransitionError
+from ..lifecycle import check_clip_edge, check_docking_edge
 
 log = logging.getLogger(__name__)
 
@@ -322,10 +322,11 @@ class State:
         """Move one clip along one edge, with the columns that go with it, in one transaction."""
         check_clip_edge(old, new)
         with self.tx() as conn:
-            self._advance_clip(conn, clip_id, old, new, fields)
+            self.advance_clip_in(conn, clip_id, old, new, fields)
 
-    def _advance_clip(self, conn: sqlite3.Connection, clip_id: int, old: str, new: str,
+    def advance_clip_in(self, conn: sqlite3.Connection, clip_id: int, old: str, new: str,
                       fields: dict[str, Any]) -> None:
+        """The clip edge ``old`` -> ``new`` inside the caller's transaction ``conn``."""
         check_clip_edge(old, new)
         cols = {**fields, "state": new, "updated_at": self.now(), "error": None}
         sets = ", ".join(f"{k} = ?" for k in cols)
@@ -344,10 +345,11 @@ class State:
     def advance_docking(self, docking_id: int, old: str, new: str, **fields: Any) -> None:
         check_docking_edge(old, new)
         with self.tx() as conn:
-            self._advance_docking(conn, docking_id, old, new, fields)
+            self.advance_docking_in(conn, docking_id, old, new, fields)
 
-    def _advance_docking(self, conn: sqlite3.Connection, docking_id: int, old: str, new: str,
+    def advance_docking_in(self, conn: sqlite3.Connection, docking_id: int, old: str, new: str,
                          fields: dict[str, Any]) -> None:
+        """The docking edge ``old`` -> ``new`` inside the caller's transaction ``conn``."""
         check_docking_edge(old, new)
         cols = {**fields, "state": new}
         sets = ", ".join(f"{k} = ?" for k in cols)

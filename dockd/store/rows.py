@@ -1,0 +1,131 @@
+"""Typed rows: what the store hands out, one ``TypedDict`` per table.
+
+Rows stay plain dicts at run time (``row["sha256"]``), so callers and JSON views need no
+conversion; the types let ``mypy --strict`` check every column name and its kind. Columns
+a migration added later are ``NotRequired`` only where an old row can lack them, which
+none can after migration: every column is present, many may be ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class PortRow(TypedDict):
+    port: str
+    dock_id: str | None
+    state: str
+    serial: str | None
+    docking_id: int | None
+    clips_done: int
+    clips_total: int
+    bytes_done: int
+    bytes_total: int
+    rate_bps: float | None
+    message: str | None
+    error: str | None
+    updated_at: str | None
+
+
+class DockingRow(TypedDict):
+    id: int
+    serial: str
+    port: str
+    dock_id: str | None
+    root: str | None
+    state: str
+    docked_at: str
+    undocked_at: str | None
+    deadline_at: str | None
+    driver: str | None
+    profile: str | None
+    snapshot: str | None
+    findings: str | None
+    clock_offset_s: float | None
+    clips_total: int | None
+    bytes_total: int | None
+    skipped_known: int | None
+    prefix: str | None
+    error: str | None
+    signed_at: str | None
+    delivered_at: str | None
+    continuity: str | None
+    dock_clock: str | None
+    incomplete: int | None
+    resolved_by: int | None
+    acked_at: str | None
+    acked_by: str | None
+    earlier_pending: str | None
+
+
+class ClipRow(TypedDict):
+    id: int
+    docking_id: int
+    first_docking_id: int | None
+    serial: str
+    rel_path: str  # decoded with os.fsdecode (surrogates keep odd bytes)
+    safe_name: str
+    size: int | None
+    mtime: float | None
+    state: str
+    sha256: str | None
+    staged_path: str | None
+    probe: str | None
+    findings: str | None
+    start_recorded: str | None
+    start_utc: str | None
+    duration_s: float | None
+    deadline_at: str | None
+    error: str | None
+    attempts: int
+    created_at: str | None
+    updated_at: str | None
+    copied_at: str | None
+    delivered_at: str | None
+    retention_class: str | None
+
+
+class DeliveryRow(TypedDict):
+    clip_id: int
+    target: str
+    state: str | None
+    key: str | None
+    attempts: int
+    last_error: str | None
+    next_try_at: str | None
+    verified_at: str | None
+
+
+class ManifestRow(TypedDict):
+    id: int
+    docking_id: int
+    dock_id: str | None
+    sha256: str
+    prev_sha256: str | None
+    key_id: str | None
+    prefix: str | None
+    created_at: str | None
+    manifest: bytes
+    signature: bytes
+    seq: int | None
+
+
+class GapRow(TypedDict):
+    id: int
+    docking_id: int
+    kind: str
+    before_clip: int | None
+    after_clip: int | None
+    start: str | None
+    end: str | None
+    length_s: float | None
+    verdict: str | None
+    speech_start_s: float | None
+    speech_end_s: float | None
+    transcript: str | None
+    reason: str | None
+    confidence: float | None
+    language: str | None
+    needs_review: int | None
+    error: str | None
+    analyzed_at: str | None
