@@ -404,30 +404,45 @@ class Daemon:
                 self.pipeline.clear(port, root)
 
     def _deliver_loop(self) -> None:
+        """Start one delivery worker per target (dockd.stages.deliver), wake them when work
+        appears, and run the periodic jobs: custody documents, checkpoints, the target
+        audit, deadline alarms, clearing recorders whose clips landed, health re-reads.
+        Stops the workers when dockd stops."""
+        stage = self.pipeline.delivery
+        stage.on_landed = self.work_event.set  # clearing looks when something landed
+        stage.start()
         last_resume = last_check = last_reread = time.monotonic()
         last_checkpoint = last_audit = -float("inf")  # both run once at start-up
-        while not self.stop_event.is_set():
-            self.work_event.clear()
-            try:
-                if self.pipeline.deliver_pending(self.stop_event.is_set):
-                    self._clear_docked()
-                if time.monotonic() - last_resume > 30:
-                    last_resume = time.monotonic()
-                    self._resume_in_background()  # dockings a failed job left half-checked
-                if time.monotonic() - last_reread > self.cfg.health.reread_minutes * 60:
-                    last_reread = time.monotonic()
-                    self._reread_docked()
-                if time.monotonic() - last_checkpoint > self.cfg.integrity.checkpoint_minutes * 60:
-                    last_checkpoint = time.monotonic()
-                    self.pipeline.publish_checkpoints()
-                if time.monotonic() - last_audit > self.cfg.integrity.audit_minutes * 60:
-                    last_audit = time.monotonic()
-                    from .delivery.target_audit import audit_targets
-                    audit_targets(self.state, self.cfg, self.pipeline.targets)
-                if time.monotonic() - last_check > self.check_interval:
-                    last_check = time.monotonic()
-                    check_deadlines(self.state, self.cfg, self.state.clock())
-                    self._clear_docked()
-            except Exception:  # keep the delivery thread alive; the error is in state/logs
-                log.exception("delivery pass failed")
-            self.work_event.wait(timeout=1.0)
+        try:
+            while not self.stop_event.is_set():
+                self.work_event.clear()
+                try:
+                    if stage.take_landed():
+                        self._clear_docked()
+                    stage.deliver_custody()
+                    if time.monotonic() - last_resume > 30:
+                        last_resume = time.monotonic()
+                        self._resume_in_background()  # dockings a failed job left half-checked
+                    if time.monotonic() - last_reread > self.cfg.health.reread_minutes * 60:
+                        last_reread = time.monotonic()
+                        self._reread_docked()
+                    if time.monotonic() - last_checkpoint > \
+                            self.cfg.integrity.checkpoint_minutes * 60:
+                        last_checkpoint = time.monotonic()
+                        self.pipeline.publish_checkpoints()
+                    if time.monotonic() - last_audit > self.cfg.integrity.audit_minutes * 60:
+                        last_audit = time.monotonic()
+                        from .delivery.target_audit import audit_targets
+                        audit_targets(self.state, self.cfg, self.pipeline.targets)
+                    if time.monotonic() - last_check > self.check_interval:
+                        last_check = time.monotonic()
+                        check_deadlines(self.state, self.cfg, self.state.clock())
+                        self._clear_docked()
+                except Exception:  # keep the loop alive; the error is in state/logs
+                    log.exception("delivery housekeeping failed")
+                if self.work_event.wait(timeout=1.0):
+                    stage.wake()  # a docking moved on (copied, checked, signed)
+        finally:
+            if not stage.stop(timeout=60):
+                log.warning("delivery workers still busy at stop; their work resumes after "
+                            "restart")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from ..alerts import resolve_alerts
-from ..store import State
+from ..store import State, deliveries
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +23,8 @@ def retry_deliveries(state: State, target: str | None = None, *, actor: str = "o
     """Set failed deliveries (clips and manifests) of ``target`` (all when None) back to
     pending and due now; pending ones waiting out a backoff are due now too. Returns how many
     failed ones were set back."""
-    where, params = "", ()
-    if target is not None:
-        where, params = " AND target = ?", (target,)
     with state.tx() as conn:
-        n = 0
-        for table in ("deliveries", "manifest_deliveries"):
-            n += conn.execute(f"UPDATE {table} SET state = 'pending', next_try_at = NULL "
-                              f"WHERE state = 'failed'{where}", params).rowcount
-            conn.execute(f"UPDATE {table} SET next_try_at = NULL WHERE state = 'pending'"
-                         f"{where}", params)
+        n = deliveries.retry_failed(conn, target)
         if n:
             state.audit("delivery_retry", f"target/{target or '*'}",
                         {"failed_set_back": n, "why": why}, actor=actor, conn=conn)
@@ -46,9 +38,5 @@ def target_delivered(state: State, target: str) -> None:
     """Something landed verified on ``target``: it is usable again; and once nothing of it is
     failed any more, its failure alarm is over too."""
     resolve_alerts(state, TARGET_UNUSABLE, f"target/{target}")
-    left = state.query_one(
-        "SELECT (SELECT count(*) FROM deliveries WHERE target = :t AND state = 'failed') + "
-        "(SELECT count(*) FROM manifest_deliveries WHERE target = :t AND state = 'failed') "
-        "AS n", {"t": target})
-    if left is not None and left["n"] == 0:
+    if deliveries.failed_count(state, target) == 0:
         resolve_alerts(state, DELIVERY_FAILED, f"target/{target}")

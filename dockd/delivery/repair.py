@@ -26,7 +26,7 @@ from ..alerts import raise_alert
 from ..errors import DeliveryError, DockdError
 from ..ingest.offload import copy_clip, hash_file
 from ..model import ClipEntry
-from ..store import State
+from ..store import State, deliveries
 from .base import StorageTarget
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,7 @@ def repair_copies(state: State, clip: Mapping[str, Any], bad: Collection[str], *
     """Handle the copies of ``clip`` on the targets named in ``bad`` that did not verify.
     Returns {target: "resend" | "operator"}."""
     clip_id = int(clip["id"])
-    keys: Mapping[str, str] = clip.get("_keys") or {
-        r["target"]: r["key"] for r in state.query(
-            "SELECT target, key FROM deliveries WHERE clip_id = ?", (clip_id,))}
+    keys: Mapping[str, str] = clip.get("_keys") or deliveries.keys_of(state, clip_id)
     outcome: dict[str, str] = {}
     for name in sorted(bad):
         target = targets.get(name)
@@ -65,22 +63,18 @@ def repair_copies(state: State, clip: Mapping[str, Any], bad: Collection[str], *
         outcome = {n: "operator" for n in outcome}  # nothing to send from
     with state.tx() as conn:
         for name, action in outcome.items():
-            conn.execute(
-                "UPDATE deliveries SET state = ?, verified_at = NULL, next_try_at = NULL, "
-                "last_error = ? WHERE clip_id = ? AND target = ?",
-                ("pending" if action == "resend" else "failed",
-                 "copy on the target did not verify when re-checked before clearing"
-                 + ("; sending again" if action == "resend" else
-                    "; target cannot replace it: operator action needed"), clip_id, name))
-        row = conn.execute("SELECT state, docking_id FROM clips WHERE id = ?",
-                           (clip_id,)).fetchone()
-        if row is not None and row["state"] == "delivered":
+            deliveries.reset_for_repair(
+                conn, clip_id, name, resend=action == "resend",
+                error="copy on the target did not verify when re-checked before clearing"
+                + ("; sending again" if action == "resend" else
+                   "; target cannot replace it: operator action needed"))
+        found = deliveries.clip_docking(conn, clip_id)
+        if found is not None and found[1] == "delivered":
             state.advance_clip_in(conn, clip_id, "delivered", "signed",
-                                {"staged_path": str(staged) if staged else clip["staged_path"]})
-        d = conn.execute("SELECT state FROM dockings WHERE id = ?",
-                         (row["docking_id"],)).fetchone() if row is not None else None
-        if d is not None and d["state"] == "delivered":
-            state.advance_docking_in(conn, row["docking_id"], "delivered", "signed", {})
+                                  {"staged_path": str(staged) if staged else clip["staged_path"]})
+        who = deliveries.docking_who(conn, found[0]) if found is not None else None
+        if found is not None and who is not None and who.get("state") == "delivered":
+            state.advance_docking_in(conn, found[0], "delivered", "signed", {})
     raise_alert(state, level="alarm", kind="corrupt_copy", subject=f"clip/{clip_id}",
                 message=f"{clip['safe_name']}: the copy on {', '.join(sorted(bad))} does not "
                         f"match SHA-256 {clip['sha256']}; not erased from the recorder; "
@@ -122,15 +116,11 @@ def docking_complete(state: State, docking_id: int, required: Collection[str]) -
     """After a re-sent clip landed: move a ``signed`` docking whose manifest is already on
     every required target and whose clips are all delivered back to ``delivered``."""
     with state.tx() as conn:
-        d = conn.execute("SELECT state FROM dockings WHERE id = ?", (docking_id,)).fetchone()
-        if d is None or d["state"] != "signed":
+        d = deliveries.docking_who(conn, docking_id)
+        if d is None or d.get("state") != "signed":
             return False
-        left = conn.execute("SELECT count(*) FROM clips WHERE docking_id = ? AND "
-                            "state = 'signed'", (docking_id,)).fetchone()[0]
-        have = {r["target"] for r in conn.execute(
-            "SELECT md.target FROM manifest_deliveries md JOIN manifests m ON "
-            "m.id = md.manifest_id WHERE m.docking_id = ? AND md.state = 'delivered'",
-            (docking_id,))}
+        left = deliveries.count_clips(conn, docking_id, "signed")
+        have = deliveries.docking_manifest_targets(conn, docking_id)
         if left or not set(required) <= have:
             return False
         state.advance_docking_in(conn, docking_id, "signed", "delivered",

@@ -129,3 +129,43 @@ class GapRow(TypedDict):
     needs_review: int | None
     error: str | None
     analyzed_at: str | None
+
+
+class DueClipRow(TypedDict):
+    """A clip copy the delivery stage is to send (deliveries joined with clip and docking)."""
+
+    clip_id: int
+    target: str
+    key: str | None
+    staged_path: str | None
+    sha256: str
+    size: int
+    docking_id: int
+    safe_name: str
+    retention_class: str | None
+    docked_at: str
+
+
+class DueManifestRow(TypedDict):
+    id: int
+    docking_id: int
+    prefix: str
+    manifest: bytes
+    signature: bytes
+    key_id: str | None
+    target: str
+
+
+class ReadyClipRow(TypedDict):
+    id: int
+    docking_id: int
+    safe_name: str
+
+
+class WhoRow(TypedDict, total=False):
+    """Port, serial and name for a log line (``state`` where a docking's is read too)."""
+
+    port: str
+    serial: str
+    safe_name: str
+    state: str

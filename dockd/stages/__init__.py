@@ -1,0 +1,1 @@
+"""The stages of a docking, one owner each (see docs/STYLE.md)."""
