@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", default="manual", help="port label recorded in the manifest")
     p.add_argument("--create-key", action="store_true",
                    help="create the dock's signing key if it is missing (implied by --workdir)")
+    p.add_argument("--reverify", action="store_true",
+                   help="at the end, re-read every delivered byte on local targets (each copy "
+                        "is already read back once as it lands)")
     _json_flag(p)
     p.set_defaults(func=cmd_ingest)
 
@@ -224,7 +227,8 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
         return rc
     with IngestProgress() as progress:
         result = ingest_tree(cfg, args.path, port=args.port, progress=progress,
-                             create_key=args.create_key or args.workdir is not None)
+                             create_key=args.create_key or args.workdir is not None,
+                             reverify=args.reverify)
     if args.json:
         _print_json(result)
     else:

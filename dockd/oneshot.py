@@ -1,7 +1,13 @@
 """``dockd ingest PATH``: the manual import an admin uses for a recorder mounted elsewhere.
 
 One pass of the same pipeline the daemon runs: identify, offload, probe, check, sign,
-deliver, then verify what landed. Succeeds only if every clip is delivered and verified.
+deliver, then check what landed. Succeeds only if every clip is delivered and verified.
+
+Each copy on a target is read back once, as it lands (the delivery's verification); the
+final check re-uses that record — every copy and the manifest have a verification time —
+and reads only the small manifest and signature files again. ``reverify`` (the CLI's
+``--reverify``) also re-reads the whole delivered docking on every local target, the way
+``dockd verify`` does: a third read of every byte, for when the disk itself is in doubt.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from .errors import DockdError, SigningError
 from .ingest.offload import clean_stale_partials
 from .ingest.probe import Prober
 from .integrity.keys import generate_key
-from .store import State
+from .store import State, deliveries
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,8 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
                 create_key: bool = False, attempts: int = 3,
                 progress: Callable[..., None] | None = None,
                 hints: Mapping[str, str] | None = None,
-                writable_for: Callable[[str], Any] | None = None) -> dict[str, Any]:
+                writable_for: Callable[[str], Any] | None = None,
+                reverify: bool = False) -> dict[str, Any]:
     """Import one recorder tree. A missing signing key is created only with ``create_key``
     (the CLI sets it for ``--workdir`` or ``--create-key``); otherwise ingest stops and
     names the keygen command, so a production dock never signs with a surprise key.
@@ -48,7 +55,8 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
     (see :class:`dockd.ingest.progress.IngestProgress`); ``hints``: what the device layer
     knows (udev properties, ``DOCKD_FSCK``); ``writable_for``: port -> the recorder's write
     window (see ``Pipeline.writable_for``), for a recorder mounted read-only through the
-    mount helper."""
+    mount helper. ``reverify``: re-read every delivered byte on local targets at the end
+    (see the module docstring)."""
     root = Path(root)
     if not root.is_dir():
         raise DockdError(f"{root}: not a directory (expected a mounted recorder tree)")
@@ -82,15 +90,17 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
             if c["state"] not in ("delivered", "cleared"):
                 problems.append(f"{c['safe_name']}: not delivered (state {c['state']}"
                                 + (f": {c['error']}" if c["error"] else "") + ")")
-        for e in state.query(
-                "SELECT dl.target, dl.last_error, c.safe_name FROM deliveries dl "
-                "JOIN clips c ON c.id = dl.clip_id WHERE c.docking_id = ? AND "
-                "dl.state != 'delivered'", (docking_id,)):
+        for e in deliveries.undelivered_of(state, docking_id):
             problems.append(f"{e['safe_name']}: {e['target']}: {e['last_error']}")
-        manifest = state.query_one("SELECT sha256, prefix FROM manifests WHERE docking_id = ?",
-                                   (docking_id,))
-        verified = _verify_local(cfg, manifest["prefix"]) if manifest else ["no manifest"]
-        problems.extend(verified)
+        manifest = deliveries.manifest_of(state, docking_id)
+        if manifest is None:
+            problems.append("no manifest")
+        else:
+            problems.extend(f"{e['safe_name']}: {e['target']}: not verified on delivery"
+                            for e in deliveries.unverified_of(state, docking_id))
+            problems.extend(_check_manifests(cfg, manifest["prefix"], manifest["sha256"]))
+            if reverify:
+                problems.extend(_verify_local(cfg, manifest["prefix"]))
         delivered = sum(c["state"] in ("delivered", "cleared") for c in clips)
         cleared_names = cleared.cleared if cleared else []
         return {
@@ -164,4 +174,38 @@ def _verify_local(cfg: Config, prefix: str) -> list[str]:
             continue
         report = verify_path(t.path / prefix, {key_id(key): key})
         problems.extend(f"{t.name}: {p}" for p in report.problems)
+    return problems
+
+
+def _check_manifests(cfg: Config, prefix: str, sha256: str) -> list[str]:
+    """The manifest and its signature on every local target: the signed document, signed
+    by this dock's key (small files; the clips were read back as they landed)."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+
+    from .delivery.layout import manifest_key, signature_key
+    from .errors import VerifyError
+    from .integrity.keys import load_public_key
+    from .integrity.manifest import manifest_sha256, parse_signature
+
+    key = load_public_key(cfg.paths.public_key_file)
+    problems = []
+    for t in cfg.targets:
+        if t.kind != "local":
+            continue
+        try:
+            body = (t.path / manifest_key(prefix)).read_bytes()
+            sig = (t.path / signature_key(prefix)).read_bytes()
+        except OSError as exc:
+            problems.append(f"{t.name}: manifest not readable: {exc.strerror or exc}")
+            continue
+        if manifest_sha256(body) != sha256:
+            problems.append(f"{t.name}: manifest.json is not the one signed (SHA-256 "
+                            f"{manifest_sha256(body)}, expected {sha256})")
+            continue
+        try:
+            key.verify(base64.b64decode(parse_signature(sig)["signature"]), body)
+        except (InvalidSignature, VerifyError, ValueError, KeyError):
+            problems.append(f"{t.name}: manifest.json.sig does not verify with the dock's key")
     return problems
