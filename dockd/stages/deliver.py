@@ -122,7 +122,9 @@ class DeliveryStage:
         try:
             requests = [w.request_pass(should_stop, ignore_backoff=ignore_backoff)
                         for w in self.workers]
-            landed = sum(r.wait() for r in requests)
+            for r in requests:
+                r.done.wait()
+            landed = sum(r.wait() for r in requests)  # raises what ended a pass, if any
         finally:
             if started_here:
                 self.stop()

@@ -52,9 +52,14 @@ class PassRequest:
     ignore_backoff: bool = False
     landed: int = 0
     done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    """What ended the pass in a way no item can record (``SystemExit``, a simulated crash):
+    raised again in the waiting caller, as if the pass had run in its thread."""
 
     def wait(self, timeout: float | None = None) -> int:
         self.done.wait(timeout)
+        if self.error is not None:
+            raise self.error
         return self.landed
 
 
@@ -67,6 +72,10 @@ class _Batch:
     landed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def stopping(self) -> bool:
+        return self.error is not None or self.should_stop()
 
     def finish(self, ok: bool) -> None:
         with self.lock:
@@ -188,13 +197,18 @@ class TargetWorker:
                 return self._stopping or (bool(stops) and all(s() for s in stops))
 
             landed = 0
+            error: BaseException | None = None
             try:
                 landed = self.run_pass(should_stop,
                                        ignore_backoff=any(r.ignore_backoff for r in requests))
             except Exception:  # a pass that cannot even start (the database): next time
                 log.exception("%s: delivery pass failed", self.target.name)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                error = exc
+                if not requests:
+                    log.error("%s: delivery pass ended by %r", self.target.name, exc)
             for req in requests:
-                req.landed = landed
+                req.landed, req.error = landed, error
                 req.done.set()
 
     def _lane(self) -> None:
@@ -203,7 +217,13 @@ class TargetWorker:
             if job is None:
                 return
             row, batch = job
-            batch.finish(self.deliver_one(row, batch.should_stop))
+            ok = False
+            try:
+                ok = self.deliver_one(row, batch.stopping)
+            except BaseException as exc:  # noqa: BLE001 - the pass hands it to its caller
+                batch.error = batch.error or exc
+            finally:
+                batch.finish(ok)
 
     def deliver_one(self, row: DueClipRow, should_stop: StopFn) -> bool:
         """One clip copy; whatever goes wrong is a failed attempt on this item."""
@@ -258,4 +278,6 @@ class TargetWorker:
         for r in rows:
             self._jobs.put((r, batch))
         batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
         return batch.landed
