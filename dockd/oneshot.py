@@ -32,7 +32,7 @@ def _credential_key() -> bool:
     import os
 
     d = os.environ.get("CREDENTIALS_DIRECTORY")
-    return bool(d) and (Path(d) / "dock.key").exists()
+    return d is not None and d != "" and (Path(d) / "dock.key").exists()
 
 
 def ensure_key(cfg: Config) -> None:
@@ -168,7 +168,7 @@ def _verify_local(cfg: Config, prefix: str) -> list[str]:
     from .integrity.verify import verify_path
 
     key = load_public_key(cfg.paths.public_key_file)
-    problems = []
+    problems: list[str] = []
     for t in cfg.targets:
         if t.kind != "local":
             continue
@@ -190,7 +190,7 @@ def _check_manifests(cfg: Config, prefix: str, sha256: str) -> list[str]:
     from .integrity.manifest import manifest_sha256, parse_signature
 
     key = load_public_key(cfg.paths.public_key_file)
-    problems = []
+    problems: list[str] = []
     for t in cfg.targets:
         if t.kind != "local":
             continue

@@ -90,7 +90,7 @@ _Job = tuple[DueClipRow, _Batch]
 
 class TargetWorker:
     def __init__(self, ctx: DeliveryContext, target: StorageTarget, *, concurrency: int,
-                 prepare: Callable[[], None], cancel: Callable[[], threading.Event],
+                 prepare: Callable[[], object], cancel: Callable[[], threading.Event],
                  on_landed: Callable[[], None] = lambda: None, interval: float = 1.0):
         self.ctx = ctx
         self.target = target

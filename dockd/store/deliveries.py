@@ -228,9 +228,7 @@ def reset_for_repair(conn: sqlite3.Connection, clip_id: int, target: str, *, res
 def retry_failed(conn: sqlite3.Connection, target: str | None) -> int:
     """Failed deliveries (clips and manifests) of ``target`` (all when None) back to pending
     and due now; pending ones waiting out a backoff are due now too. How many were failed."""
-    where, params = "", ()
-    if target is not None:
-        where, params = " AND target = ?", (target,)
+    where, params = ("", ()) if target is None else (" AND target = ?", (target,))
     n = 0
     for table in ("deliveries", "manifest_deliveries"):
         n += conn.execute(f"UPDATE {table} SET state = 'pending', next_try_at = NULL "
