@@ -95,16 +95,27 @@ def parse_time(value: object) -> datetime | None:
     return None if dt == _QT_EPOCH else dt
 
 
-def _tag(meta: dict[str, Any], *names: str) -> Any:
-    """First value of the given tags; a bare name matches that tag in any group."""
+def _bare_names(meta: dict[str, Any]) -> dict[str, Any]:
+    """Each tag's first non-empty value by its name without the group (``Make``)."""
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if value is not None and value != "":
+            out.setdefault(key.rpartition(":")[2], value)
+    return out
+
+
+def _tag(meta: dict[str, Any], *names: str, bare: dict[str, Any] | None = None) -> Any:
+    """First value of the given tags; a bare name matches that tag in any group (pass
+    ``bare=_bare_names(meta)`` when looking up many)."""
     for name in names:
         if ":" in name:
             if meta.get(name) not in (None, ""):
                 return meta[name]
             continue
-        for key, value in meta.items():
-            if key.rpartition(":")[2] == name and value not in (None, ""):
-                return value
+        if bare is None:
+            bare = _bare_names(meta)
+        if name in bare:
+            return bare[name]
     return None
 
 
@@ -516,9 +527,14 @@ def _merge(exif: dict[str, Any] | None, ff: dict[str, Any] | None, errors: list[
     audio = next((s for s in streams if s.get("codec_type") == "audio"), {})
     ftags = {k.lower(): v for k, v in fmt.get("tags", {}).items()}
 
+    bare = _bare_names(e)
+
+    def tag(*names: str) -> Any:
+        return _tag(e, *names, bare=bare)
+
     start = None
-    for tag in _START_TAGS:
-        start = parse_time(e.get(tag))
+    for name in _START_TAGS:
+        start = parse_time(e.get(name))
         if start is not None:
             break
     if start is None:
@@ -527,7 +543,7 @@ def _merge(exif: dict[str, Any] | None, ff: dict[str, Any] | None, errors: list[
     if duration is None:
         duration = _as_float(video.get("duration") or audio.get("duration"))
     if duration is None:
-        duration = _as_float(_tag(e, "QuickTime:Duration", "Duration"))
+        duration = _as_float(tag("QuickTime:Duration", "Duration"))
 
     handlers = [s.get("tags", {}).get("handler_name", "") for s in streams]
     if not any(handlers) and e:
@@ -550,16 +566,16 @@ def _merge(exif: dict[str, Any] | None, ff: dict[str, Any] | None, errors: list[
         ok=ok,
         start=start,
         duration_s=duration,
-        format_name=str(fmt.get("format_name") or _tag(e, "File:FileType") or "").lower(),
-        video_codec=str(video.get("codec_name") or _codec(_tag(e, "CompressorID"))),
-        audio_codec=str(audio.get("codec_name") or _codec(_tag(e, "AudioFormat"))),
-        width=_as_int(video.get("width")) or _as_int(_tag(e, "SourceImageWidth", "ImageWidth")),
+        format_name=str(fmt.get("format_name") or tag("File:FileType") or "").lower(),
+        video_codec=str(video.get("codec_name") or _codec(tag("CompressorID"))),
+        audio_codec=str(audio.get("codec_name") or _codec(tag("AudioFormat"))),
+        width=_as_int(video.get("width")) or _as_int(tag("SourceImageWidth", "ImageWidth")),
         height=(_as_int(video.get("height"))
-                or _as_int(_tag(e, "SourceImageHeight", "ImageHeight"))),
-        encoder=str(ftags.get("encoder") or _tag(e, "Encoder", "Software") or ""),
-        make=str(_tag(e, "Make") or ftags.get("make") or ""),
-        model=str(_tag(e, "Model") or ftags.get("model") or ""),
-        device_serial=str(_tag(e, "SerialNumber", "InternalSerialNumber") or ""),
+                or _as_int(tag("SourceImageHeight", "ImageHeight"))),
+        encoder=str(ftags.get("encoder") or tag("Encoder", "Software") or ""),
+        make=str(tag("Make") or ftags.get("make") or ""),
+        model=str(tag("Model") or ftags.get("model") or ""),
+        device_serial=str(tag("SerialNumber", "InternalSerialNumber") or ""),
         tool="+".join(tools),
         error="" if ok else "; ".join(errors) or "no tool could read the clip",
         raw=raw,
