@@ -1,9 +1,14 @@
-"""Read a staged clip's metadata with exiftool and ffprobe.
+"""Read staged clips' metadata with exiftool and, where needed, ffprobe.
 
 :class:`Prober` keeps **one** ``exiftool -stay_open`` process (through pyexiftool) for the
-whole docking, started on first use and restarted if it dies, and runs ``ffprobe`` per
-clip with a timeout. Each tool covers for the other: when one is missing or fails, the
-other's answer is used and ``ProbeResult.tool`` says who answered.
+whole docking, started on first use and restarted if it dies. :meth:`Prober.probe_batch`
+asks it about :data:`BATCH_SIZE` clips per command (a recorder of 20 000 small clips was
+probed at ~15 clips/s with a command and an ffprobe run per clip). ffprobe runs, with a
+timeout, only for a clip whose exiftool answer does not settle it (:func:`ffprobe_reason`:
+an error or warning, not MP4/MOV, no duration, start time or video track, media data past
+the end of the file), and then decides ``ok`` as before. Each tool covers for the other:
+when one is missing or fails, the other's answer is used and ``ProbeResult.tool`` says who
+answered. :meth:`Prober.probe` is ``probe_batch`` of one clip: the same answer per clip.
 
 A clip is evidence whatever its state, so bad clip data (random bytes, a truncated file
 without its ``moov`` atom, a clip that makes a tool hang) gives ``ProbeResult(ok=False,
