@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .status.devices import add_devices_parser
     add_devices_parser(sub, parents=[common])
 
-    from .devices.ports import add_ports_parser
+    from .devices.ports_cli import add_ports_parser
     add_ports_parser(sub, parents=[common])
 
     from .status.top import add_top_parser

@@ -66,6 +66,6 @@ def deadline_for(docked_at: datetime, hours: float) -> datetime:
 def retry_delay(attempts: int, base_s: float, *, cap_s: float = 3600.0,
                 rng: random.Random | None = None) -> float:
     """Exponential backoff with full jitter in [delay/2, delay] (like rclone's pacer)."""
-    delay = min(cap_s, base_s * (2 ** max(0, attempts - 1)))
-    r = (rng or random).random()
+    delay = min(cap_s, base_s * 2.0 ** max(0, attempts - 1))
+    r = rng.random() if rng is not None else random.random()
     return delay / 2 + r * delay / 2

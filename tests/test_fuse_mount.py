@@ -252,7 +252,7 @@ def test_failed_read_write_driver_leaves_the_recorder_mounted_read_only(
 def test_the_driver_travels_to_the_docking_hints() -> None:
     """helper answer -> MountResult.driver -> docking hints; fusefat's times are flagged."""
     from dockd.devices.mount import HelperMounter
-    from dockd.devices.udev import PortView, docking_hints
+    from dockd.devices.udev_core import PortView, docking_hints
 
     def run(argv: list[str], **_kw: Any) -> subprocess.CompletedProcess[str]:
         import json

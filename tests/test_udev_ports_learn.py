@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from dockd.config import AllowConfig, Config, PortMapConfig
-from dockd.devices.ports import add_ports_parser, learn
+from dockd.devices.ports_cli import add_ports_parser, learn
 
 FIX = Path(__file__).parent / "fixtures" / "udev"
 

@@ -19,7 +19,7 @@ from dockd.devices.ports import (
     port_path,
     valid_port_label,
 )
-from dockd.devices.udev import Appeared, BlockDevice, Left, reconcile, snapshot
+from dockd.devices.udev_core import Appeared, BlockDevice, Left, reconcile, snapshot
 
 FIX = Path(__file__).parent / "fixtures" / "udev"
 ALLOW = (AllowConfig(vendor_id="2E8A", model_id="0001", serial_pattern="[A-Z0-9]{8}",

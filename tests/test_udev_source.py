@@ -14,13 +14,13 @@ import pytest
 from dockd.config import AllowConfig, Config, DevicesConfig, PortMapConfig
 from dockd.devices import udev, watch
 from dockd.devices.mount import FsckResult, MountError, MountResult
-from dockd.devices.udev import (
+from dockd.devices.udev import UdevSource
+from dockd.devices.udev_core import (
     Docked,
     Foreign,
     ForeignGone,
     MountFailed,
     UdevHint,
-    UdevSource,
     Undocked,
 )
 

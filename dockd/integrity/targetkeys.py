@@ -52,13 +52,13 @@ def load_keys(ctx: VerifyContext) -> None:
     anchors = dict(ctx.trust.anchors)
     for kid, tk in list(anchors.items()):
         if tk.key is None:  # trust file entry: the fingerprint pins the key found here
-            k = ctx.found_keys.get(kid) or next(
+            pinned = ctx.found_keys.get(kid) or next(
                 (r.public_key for r in ctx.records if r.key_id == kid), None)
-            if k is None:
+            if pinned is None:
                 del anchors[kid]
                 ctx.warnings.append(f"trusted key {kid} ({tk.dock}) is not on the target")
             else:
-                anchors[kid] = TrustedKey(k, tk.dock, tk.how)
+                anchors[kid] = TrustedKey(pinned, tk.dock, tk.how)
     if not ctx.trust.anchors:
         # UNTRUSTED: check against what the target offers, so tampering still shows, but
         # the verdict cannot be OK
