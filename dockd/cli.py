@@ -268,7 +268,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_queue(cfg: Config, args: argparse.Namespace) -> int:
-    from .status.queue import queue_data, render_queue
+    from .status.queue import queue_data
+    from .status.queue_view import render_queue
     from .store import utcnow
 
     return _readout(cfg, args, lambda st: queue_data(st, cfg, utcnow()),

@@ -73,7 +73,7 @@ def test_live_dashboard_under_tmux_quits_on_q(tmp_path):
     build_dock(tmp_path / "w")
     sock = str(tmp_path / "tmux.sock")
     tmux = ["tmux", "-S", sock]
-    cmd = (f"{sys.executable} -m dockd.status.top --workdir {tmp_path / 'w'}; "
+    cmd = (f"{sys.executable} -m dockd.cli top --workdir {tmp_path / 'w'}; "
            f"echo EXITED $? > {tmp_path / 'rc'}; sleep 30")
     subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", cmd], check=True,
                    env={"TERM": "xterm-256color", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})

@@ -11,7 +11,7 @@ from ..delivery.layout import KEYS_DIR, key_path
 from ..errors import SigningError, VerifyError
 from .keyhistory import RECORD_SUFFIX, TrustedKey, expand_trust, parse_record
 from .keys import key_id, load_public_key
-from .verify import _PEM, VerifyContext, _read_regular
+from .verify_context import PEM, VerifyContext, read_regular
 
 
 def load_keys(ctx: VerifyContext) -> None:
@@ -38,13 +38,13 @@ def load_keys(ctx: VerifyContext) -> None:
                 kid = key_id(k)
                 if key_path(kid) != where:
                     ctx.problems.append(f"{where}: file name does not match its key id {kid}")
-                elif f.read_bytes() != k.public_bytes(*_PEM):
+                elif f.read_bytes() != k.public_bytes(*PEM):
                     ctx.problems.append(f"{where}: not the PEM dockd wrote for key {kid} "
                                         "(altered)")
                 ctx.found_keys[kid] = k
             elif name.endswith(RECORD_SUFFIX):
                 try:
-                    ctx.records.append(parse_record(_read_regular(f)))
+                    ctx.records.append(parse_record(read_regular(f)))
                 except (VerifyError, OSError) as exc:
                     ctx.problems.append(f"{where}: {exc}")
             elif not name.startswith("."):

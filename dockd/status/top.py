@@ -235,26 +235,3 @@ def add_top_parser(subparsers: Any, parents: Sequence[Any] = ()) -> None:
 
 def cmd_top(cfg: Config, args: argparse.Namespace) -> int:
     return run_top(cfg, once=args.once, interval=max(0.2, args.interval))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dockd.status.top`` (same options as ``dockd top``)."""
-    from ..cli import _common, setup_logging
-    from ..config import load
-    from ..errors import DockdError
-
-    parser = argparse.ArgumentParser(prog="dockd top", parents=[_common()])
-    sub = parser.add_subparsers(dest="command")
-    add_top_parser(sub, [_common()])
-    args = parser.parse_args(["top", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        cfg = load(args.config, workdir=args.workdir)
-        setup_logging(args.verbose, cfg.logging.level)
-        return cmd_top(cfg, args)
-    except DockdError as exc:
-        print(f"dockd top: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
