@@ -53,11 +53,6 @@ def check_docking_edge(old: str, new: str) -> None:
         raise TransitionError(f"docking state {old!r} cannot move to {new!r}")
 
 
-def clip_rank(state: str) -> int:
-    """Position of ``state`` along the clip path (for "at least copied" style questions)."""
-    return CLIP_STATES.index(state)
-
-
 def deadline_for(docked_at: datetime, hours: float) -> datetime:
     """R3: footage must reach dedicated storage within ``hours`` of the recorder's return."""
     return docked_at + timedelta(hours=hours)

@@ -28,7 +28,8 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 
 from dockd.config import Config, TargetConfig  # noqa: E402
 from dockd.delivery.base import Retention, StorageTarget  # noqa: E402
-from dockd.delivery.s3 import S3Credentials, S3Target, translate_error  # noqa: E402
+from dockd.delivery.s3 import S3Credentials, S3Target  # noqa: E402
+from dockd.delivery.s3_wire import translate_error  # noqa: E402
 from dockd.errors import DeliveryError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -422,6 +423,46 @@ def test_error_translation(status: int, code: str, retry: bool, after: float | N
                           "primary", KEY, "upload")
     assert (err.retry, err.retry_after, err.target_state) == (retry, after, state)
     assert code in str(err)
+
+
+class _Bug(TypeError):
+    """A programming error raised inside a real boto3 call (by a botocore event hook)."""
+
+
+@pytest.mark.parametrize(("event", "size"), [
+    ("before-call.s3.HeadObject", 1000),   # looking the key up
+    ("before-call.s3.PutObject", 1000),    # a single PUT
+    ("before-call.s3.UploadPart", 0),      # a multipart upload (size: part_size + 1)
+])
+def test_programming_error_inside_an_s3_call_surfaces_as_itself(
+        tmp_path: Path, make_target: Callable[..., S3Target], event: str, size: int) -> None:
+    """A bug (here a TypeError) inside an S3 call is not a delivery problem to retry for a
+    day: it surfaces as itself, and nothing is stored."""
+    t = make_target()
+    src, sha, n = _src(tmp_path, os.urandom(size or t.part_size + 1))
+
+    def bug(**_kw: Any) -> None:
+        raise _Bug("a bug in dockd, not in the store")
+
+    t.client.meta.events.register(event, bug)
+    with pytest.raises(_Bug):
+        t.put_file(src, KEY, sha256=sha, size=n)
+    t.client.meta.events.unregister(event, bug)
+    assert t.stat(KEY) is None
+
+
+def test_translate_error_keeps_its_meaning_for_botocore_and_os_errors() -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    down = translate_error(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+                           "primary", KEY, "upload")
+    reset = translate_error(ConnectionResetError(104, "reset"), "primary", KEY, "upload")
+    assert isinstance(down, DeliveryError) and isinstance(reset, DeliveryError)
+    assert down.retry and reset.retry and "EndpointConnectionError" in str(down)
+    given = DeliveryError("already translated", retry=False)
+    assert translate_error(given, "primary", KEY, "upload") is given
+    with pytest.raises(KeyError):
+        translate_error(KeyError("Body"), "primary", KEY, "upload")
 
 
 def test_from_config_with_credentials_file(tmp_path: Path, endpoint: str, bucket: str) -> None:
