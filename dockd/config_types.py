@@ -106,8 +106,9 @@ def build(cls: type[T], raw: object, path: str, problems: list[str]) -> T:
     if not isinstance(raw, dict):
         problems.append(f"{path or '<top>'}: expected a table, got {type(raw).__name__}")
         return cls()
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    schema: type = cls  # any dataclass (``fields`` is typed for dataclass types only)
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
     for key in raw:
         if key not in fields:
             where = f"{path}.{key}" if path else key

@@ -29,7 +29,6 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from dockd.config import Config, TargetConfig  # noqa: E402
 from dockd.delivery.base import Retention, StorageTarget  # noqa: E402
 from dockd.delivery.s3 import S3Credentials, S3Target  # noqa: E402
-from dockd.delivery.s3_wire import translate_error  # noqa: E402
 from dockd.errors import DeliveryError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -398,33 +397,6 @@ def test_permanent_errors(tmp_path: Path, make_target: Callable[..., S3Target], 
     assert e.value.target_state is True
 
 
-def _client_error(status: int, code: str, headers: dict[str, str] | None = None) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code},
-                        "ResponseMetadata": {"HTTPStatusCode": status,
-                                             "HTTPHeaders": headers or {}}}, "PutObject")
-
-
-@pytest.mark.parametrize(("status", "code", "retry", "after", "state"), [
-    (503, "SlowDown", True, 7.0, False),
-    (500, "InternalError", True, None, False),
-    (507, "InsufficientStorage", True, None, False),
-    (400, "InvalidArgument", False, None, False),
-    (400, "EntityTooLarge", False, None, False),
-    # the store's set-up, not the object: retried with backoff and alarmed (issue #12)
-    (403, "AccessDenied", True, None, True),
-    (403, "InvalidAccessKeyId", True, None, True),
-    (403, "SignatureDoesNotMatch", True, None, True),
-    (404, "NoSuchBucket", True, None, True),
-    (429, "TooManyRequests", True, None, False),
-])
-def test_error_translation(status: int, code: str, retry: bool, after: float | None,
-                           state: bool) -> None:
-    err = translate_error(_client_error(status, code, {"retry-after": "7"} if after else None),
-                          "primary", KEY, "upload")
-    assert (err.retry, err.retry_after, err.target_state) == (retry, after, state)
-    assert code in str(err)
-
-
 class _Bug(TypeError):
     """A programming error raised inside a real boto3 call (by a botocore event hook)."""
 
@@ -449,20 +421,6 @@ def test_programming_error_inside_an_s3_call_surfaces_as_itself(
         t.put_file(src, KEY, sha256=sha, size=n)
     t.client.meta.events.unregister(event, bug)
     assert t.stat(KEY) is None
-
-
-def test_translate_error_keeps_its_meaning_for_botocore_and_os_errors() -> None:
-    from botocore.exceptions import EndpointConnectionError
-
-    down = translate_error(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
-                           "primary", KEY, "upload")
-    reset = translate_error(ConnectionResetError(104, "reset"), "primary", KEY, "upload")
-    assert isinstance(down, DeliveryError) and isinstance(reset, DeliveryError)
-    assert down.retry and reset.retry and "EndpointConnectionError" in str(down)
-    given = DeliveryError("already translated", retry=False)
-    assert translate_error(given, "primary", KEY, "upload") is given
-    with pytest.raises(KeyError):
-        translate_error(KeyError("Body"), "primary", KEY, "upload")
 
 
 def test_from_config_with_credentials_file(tmp_path: Path, endpoint: str, bucket: str) -> None:
