@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
 from ..config import Config
 from .ports import PortMap, allowed_rule, port_path, render_udev_rules
@@ -132,7 +132,8 @@ def cmd_ports_udev_rules(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_ports_parser(subparsers: Any, parents: Sequence[Any] = ()) -> None:
+def add_ports_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+                     parents: Sequence[argparse.ArgumentParser] = ()) -> None:
     """Register ``ports learn`` and ``ports udev-rules`` (``func(cfg, args) -> int``)."""
     p = subparsers.add_parser("ports", parents=list(parents),
                               help="physical port map: learn ports, print the udev rule")
