@@ -355,9 +355,12 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
+_HTTP_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+
+
 def _integrity_checks(i: IntegrityConfig) -> list[str]:
     problems = []
-    if i.tsa_url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", i.tsa_url):
+    if i.tsa_url and not _HTTP_URL.fullmatch(i.tsa_url):
         problems.append(f"integrity.tsa_url: must be an http(s) URL, got {i.tsa_url!r}")
     for key in ("tsa_timeout_seconds", "checkpoint_minutes", "audit_minutes"):
         if getattr(i, key) <= 0:
@@ -497,6 +500,10 @@ def _semantic_checks(cfg: Config) -> list[str]:
                                 f"\"COMPLIANCE\" (got {t.object_lock!r})")
             if t.part_size < 5 * 1024 * 1024:
                 problems.append(f"{where}.part_size: S3 parts must be at least 5 MiB")
+            if t.endpoint_url and not _HTTP_URL.fullmatch(t.endpoint_url):
+                problems.append(f"{where}.endpoint_url: an http(s) URL such as "
+                                f"\"https://minio.example:9000\" (got {t.endpoint_url!r}; "
+                                "empty: AWS)")
         if t.kind == "sftp":
             for key in ("host", "user", "key_file", "known_hosts"):
                 if not getattr(t, key):

@@ -102,6 +102,20 @@ def test_integrity_section_is_checked():
     assert ok.integrity.tsa_url.endswith("/tsa")
 
 
+@pytest.mark.parametrize("url", ["minio.local:9000", "ftp://minio.local", "http://", "http:// x",
+                                 "https://host/ path"])
+def test_s3_endpoint_must_be_an_http_url(url):
+    """botocore refuses such an endpoint only when the first upload creates its client: it
+    is a configuration problem, reported by config-check, not a delivery to retry."""
+    target = {"name": "s3", "kind": "s3", "bucket": "evidence", "endpoint_url": url}
+    with pytest.raises(ConfigError) as ei:
+        from_dict({"targets": [{"path": "/srv/evidence"}, {**target, "required": False}]})
+    assert [p for p in ei.value.problems if p.startswith("targets[1].endpoint_url:")]
+    for good in ("", "http://127.0.0.1:9000", "https://s3.example.gov.cn/prefix"):
+        from_dict({"targets": [{"path": "/srv/evidence"},
+                               {**target, "endpoint_url": good, "required": False}]})
+
+
 def test_pattern_without_start_group_is_rejected():
     with pytest.raises(ConfigError, match=r"profiles\[0\].file_pattern: needs a named group"):
         from_dict({"profiles": [{"file_pattern": r"^(?P<serial>\w+)\.MP4$"}]})
