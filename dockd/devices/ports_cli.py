@@ -4,7 +4,7 @@
 next one plugged in, ``--next``) and the ``[[port_map]]`` snippet to paste (with an
 ``[[allow]]`` one for a model not on the allow-list yet); ``ports udev-rules`` prints the
 udev rule for the configured allow-list. The mapping itself is :mod:`.ports` (pure); the
-enumeration is the udev source's (:func:`dockd.devices.udev.list_block_properties`).
+enumeration is :func:`dockd.devices.udev_edge.list_block_properties`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TextIO
 
 from ..config import Config
 from .ports import PortMap, allowed_rule, port_path, render_udev_rules
-from .udev import list_block_properties
+from .udev_edge import list_block_properties
 
 
 @dataclass(frozen=True)

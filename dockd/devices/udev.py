@@ -61,6 +61,7 @@ from .udev_core import (
     reconcile,
     snapshot,
 )
+from .udev_edge import Stoppable, list_block_properties, watch_block_events
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,25 +72,6 @@ UNUSABLE_GRACE_SECONDS = 3.0
 """A recorder still without a mountable filesystem after this is reported as failed."""
 UNKNOWN_OUTCOME = ("timeout", "unreachable", "protocol")
 """Helper errors after which a remount may or may not have happened."""
-
-# --------------------------------------------------------------------------- pyudev edge
-
-
-def list_block_properties() -> list[dict[str, str]]:
-    """udev properties of every initialised block device (the real enumeration)."""
-    import pyudev
-
-    ctx = pyudev.Context()
-    out = []
-    for dev in ctx.list_devices(subsystem="block"):
-        try:
-            if not dev.is_initialized:
-                continue
-            out.append({str(k): str(v) for k, v in dev.properties.items()})
-        except (OSError, KeyError):  # vanished while we looked
-            continue
-    return out
-
 
 # --------------------------------------------------------------------------- the source
 
@@ -118,7 +100,7 @@ class UdevSource:
         self._wake: queue.Queue[object] = queue.Queue(maxsize=64)
         self._pool: ThreadPoolExecutor | None = None
         self._workers = max(1, mount_workers)
-        self._observer: Any = None
+        self._observer: Stoppable | None = None
         self._seen: dict[str, PortView] = {}
         self._attaching: dict[str, _Attach] = {}
         self._chain: dict[str, Future[Any]] = {}
@@ -446,20 +428,8 @@ class UdevSource:
 
     def _start_monitor(self) -> None:
         try:
-            import pyudev
-
-            ctx = pyudev.Context()
-            monitor = pyudev.Monitor.from_netlink(ctx)
-            monitor.filter_by(subsystem="block")
-
-            def on_event(device: Any) -> None:  # monitor thread: reduce and queue, nothing else
-                self.push_hint(UdevHint(str(device.action or ""), str(device.device_node or ""),
-                                        str(device.properties.get("ID_PATH", ""))))
-
-            observer = pyudev.MonitorObserver(monitor, callback=on_event, name="udev-monitor")
-            observer.daemon = True
-            observer.start()
-            self._observer = observer
+            self._observer = watch_block_events(
+                lambda action, devnode, id_path: self.push_hint(UdevHint(action, devnode, id_path)))
         except Exception as exc:  # no netlink, no libudev: the slow re-scan still works
             log.warning("port ?: cannot watch udev events (%s); relying on the %.0f s re-scan",
                         exc, self.rescan_seconds)

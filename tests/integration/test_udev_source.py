@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dockd.config import AllowConfig, Config, DevicesConfig, PortMapConfig
-from dockd.devices import udev, watch
+from dockd.devices import udev, udev_edge, watch
 from dockd.devices.mount import FsckResult, MountError, MountResult
 from dockd.devices.udev import UdevSource
 from dockd.devices.udev_core import (
@@ -254,7 +254,7 @@ def test_poll_before_start_is_an_error(tmp_path: Path) -> None:
 def test_real_pyudev_enumeration_and_monitor(tmp_path: Path) -> None:
     """The pyudev edge runs here (no USB devices, maybe no udevd): no events, no errors."""
     pytest.importorskip("pyudev")
-    found = udev.list_block_properties()
+    found = udev_edge.list_block_properties()
     assert all(isinstance(p, dict) for p in found)
     m = FakeMounter(tmp_path / "mnt")
     src = UdevSource(make_cfg(tmp_path), mounter=m, use_monitor=True)

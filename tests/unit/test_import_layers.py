@@ -94,10 +94,28 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def _loaded_by(mod: str) -> set[str]:
-    """Every module importing ``mod`` loads (module-level imports, transitively), by name."""
+def _function_imports(mod: str, function: str) -> list[str]:
+    """What the function ``function`` of ``mod`` imports when it runs (dockd's own resolved
+    to modules)."""
+    tree = ast.parse(MODULES[mod].read_text(encoding="utf-8"))
+    (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function]
+    package = mod.split(".")[:-1]
+    out = []
+    for node in ast.walk(fn):
+        if isinstance(node, ast.ImportFrom):
+            base = ".".join(package[:len(package) - node.level + 1] + [node.module or ""]) \
+                if node.level else node.module or ""
+            out += [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base
+                    for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+    return out
+
+
+def _loaded_by(*mods: str) -> set[str]:
+    """Every module importing ``mods`` loads (module-level imports, transitively), by name."""
     seen: set[str] = set()
-    todo = [mod]
+    todo = list(mods)
     while todo:
         m = todo.pop()
         if m in seen:
@@ -143,3 +161,16 @@ def test_the_pure_core_imports_no_ui_hardware_or_storage_library(core: str) -> N
     banned = {"rich", "pyudev", "boto3", "botocore", "asyncssh", "sqlite3", "sqlite_utils",
               "starlette", "uvicorn", "faster_whisper"}
     assert _third_party(_loaded_by(core)) & banned == set()
+
+
+def test_dockd_verify_needs_only_cryptography_rich_and_sqlite_utils() -> None:
+    """A reviewer installs dockd with just these three (tests/e2e/test_custody.py does it for
+    real): every command's parser is built on each run, so what the parsers' modules import
+    counts, and so does what ``dockd verify`` imports."""
+    run = ["dockd.cli", *_function_imports("dockd.cli", "build_parser"),
+           *_function_imports("dockd.cli", "cmd_verify")]
+    assert "dockd.devices.ports_cli" in run and "dockd.integrity.verify" in run
+    import sys
+
+    third_party = _third_party(_loaded_by(*run)) - set(sys.stdlib_module_names) - {"dockd"}
+    assert third_party <= {"cryptography", "rich", "sqlite_utils"}
