@@ -12,13 +12,13 @@ import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import VerifyError
+from .checkpoint import Checkpoint
 from .keyhistory import KeyRecord, TrustedKey
 from .tsa import check_token
 
@@ -63,8 +63,9 @@ class VerifyContext:
     warnings: list[str] = field(default_factory=list)
     info: list[str] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)
-    checkpoints: dict[str, Any] = field(default_factory=dict)
-    """dock -> its newest valid checkpoint (set by :mod:`.chain`)."""
+    checkpoints: dict[str, tuple[Checkpoint, str, datetime | None]] = field(default_factory=dict)
+    """dock -> its newest valid checkpoint, where it lies and the TSA's time for it (set by
+    :mod:`.chain`)."""
     tokens: dict[str, int] = field(default_factory=lambda: {"ok": 0, "unchecked": 0,
                                                             "missing": 0})
     bound: dict[str, str] = field(default_factory=dict)
@@ -74,7 +75,7 @@ class VerifyContext:
     def now(self) -> datetime:
         return self.trust.now or datetime.now(UTC)
 
-    def signing_key(self, kid: str, dock: Any, where: str) -> Ed25519PublicKey | None:
+    def signing_key(self, kid: str, dock: object, where: str) -> Ed25519PublicKey | None:
         """The trusted key ``kid`` if it may sign for ``dock``; else None (problem added)."""
         tk = self.keys.get(kid)
         if tk is None:
