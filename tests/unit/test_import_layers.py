@@ -5,6 +5,7 @@ hardware or storage library (docs/STYLE.md)."""
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,17 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _imports(mod: str, *, nested: bool) -> Iterator[str]:
+@functools.cache
+def _tree(mod: str) -> ast.Module:
+    return ast.parse(MODULES[mod].read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _imports(mod: str, *, nested: bool) -> tuple[str, ...]:
+    return tuple(_walk_imports(mod, nested=nested))
+
+
+def _walk_imports(mod: str, *, nested: bool) -> Iterator[str]:
     """Modules ``mod`` imports (dockd's own resolved to modules, others by top-level name);
     with ``nested``, imports inside functions count too. ``if TYPE_CHECKING:`` never does."""
     path = MODULES[mod]
@@ -51,7 +62,7 @@ def _imports(mod: str, *, nested: bool) -> Iterator[str]:
                 if isinstance(sub, list):
                     yield from walk(sub, inner)
 
-    yield from walk(ast.parse(path.read_text(encoding="utf-8")).body, False)
+    yield from walk(_tree(mod).body, False)
 
 
 def _graph(nested: bool) -> dict[str, set[str]]:
@@ -97,8 +108,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def _function_imports(mod: str, function: str) -> list[str]:
     """What the function ``function`` of ``mod`` imports when it runs (dockd's own resolved
     to modules)."""
-    tree = ast.parse(MODULES[mod].read_text(encoding="utf-8"))
-    (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function]
+    (fn,) = [n for n in _tree(mod).body if isinstance(n, ast.FunctionDef) and n.name == function]
     package = mod.split(".")[:-1]
     out = []
     for node in ast.walk(fn):
