@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 from dockd.config import ToolsConfig
 from dockd.ingest import probe as probe_mod
 from dockd.ingest.probe import Prober, ffprobe_reason
-
-from .conftest import garbage
+from tests.conftest import garbage
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("ffmpeg") and shutil.which("ffprobe") and shutil.which("exiftool")),
