@@ -64,7 +64,8 @@ def config_toml(workdir: Path) -> str:
     ])
 
 
-def build(db: Path, *, ports: int, clips: int, seed: int = 7) -> dict[str, int]:
+def build(db: Path, *, ports: int, clips: int, seed: int = 7,
+          analyze: bool = False) -> dict[str, int]:
     """Fill a fresh state database; returns the row counts."""
     rnd = random.Random(seed)
     State(db).close()  # the schema, migrated to this dockd's version
@@ -207,7 +208,8 @@ def build(db: Path, *, ports: int, clips: int, seed: int = 7) -> dict[str, int]:
             conn.execute("UPDATE dockings SET earlier_pending = ?, skipped_known = 3 "
                          "WHERE id = ?", (json.dumps(list(range(first, first + 5))), p[4]))
     conn.execute("COMMIT")
-    conn.execute("ANALYZE")
+    if analyze:  # the daemon never runs ANALYZE: the planner works without statistics
+        conn.execute("ANALYZE")
     counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608
               for t in ("ports", "recorders", "dockings", "clips", "deliveries", "gaps",
                         "alerts", "transfers", "audit")}
@@ -284,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="keep the database here (default: a tmp dir)")
     ap.add_argument("--without-indexes", action="store_true",
                     help="also time the views with the fleet-status indexes dropped")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --workdir: time the database built there by an earlier run")
+    ap.add_argument("--analyze", action="store_true",
+                    help="run ANALYZE after building (planner statistics; the daemon has none)")
     ap.add_argument("--no-cli", action="store_true", help="skip the CLI subprocess timing")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dockd-fleet-") as tmp:
@@ -294,20 +300,22 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load(work / "config.toml", workdir=work)
         db = cfg.paths.database
-        if db.exists():
-            db.unlink()
-        t0 = time.perf_counter()
-        counts = build(db, ports=args.ports, clips=args.clips)
-        print(f"built {db} in {time.perf_counter() - t0:.1f} s: "
-              + ", ".join(f"{k} {v}" for k, v in counts.items())
-              + f"; {db.stat().st_size / 1e6:.0f} MB")
+        if not (args.reuse and db.exists()):
+            for p in db.parent.glob(db.name + "*"):
+                p.unlink()
+            t0 = time.perf_counter()
+            counts = build(db, ports=args.ports, clips=args.clips, analyze=args.analyze)
+            print(f"built {db} in {time.perf_counter() - t0:.1f} s: "
+                  + ", ".join(f"{k} {v}" for k, v in counts.items())
+                  + f"; {db.stat().st_size / 1e6:.0f} MB")
         report("with this dockd's schema (indexes of the fleet-status migration included)",
                measure(db, cfg, args.repeat, cli=not args.no_cli))
         if args.without_indexes:
             conn = sqlite3.connect(db)
             for name in fleet_indexes(db):
                 conn.execute(f"DROP INDEX IF EXISTS {name}")
-            conn.execute("ANALYZE")
+            if args.analyze:
+                conn.execute("ANALYZE")
             conn.commit()
             conn.close()
             report("baseline: the same views with the fleet-status indexes dropped",

@@ -26,8 +26,7 @@ from ..cli_text import tr
 from ..config import Config
 from ..devices import health
 from ..devices.health import HealthSample
-from ..store import Reader, parse_iso
-from ..store import fleet
+from ..store import Reader, fleet, parse_iso
 from .timefmt import local_time, zone_label, zone_of
 from .views import human_bytes, human_duration
 
@@ -74,6 +73,8 @@ class _Fleet:
         self.docked = fleet.docked_ports_by_serial(state)
         self.pending = fleet.pending_by_serial(state)
         self.clock_sets = fleet.clock_sets_by_serial(state)
+        # the verdict weighs the newest reading and those of the same docking only
+        self.health = fleet.current_health_by_serial(state)
 
 
 def _recorder(state: Reader, cfg: Config, r: dict[str, Any], now: datetime, batch: _Fleet,
@@ -82,7 +83,8 @@ def _recorder(state: Reader, cfg: Config, r: dict[str, Any], now: datetime, batc
     last_n = batch.last.get(serial)
     last: dict[str, Any] | None = dict(last_n[0]) if last_n else None
     n_dockings = last_n[1] if last_n else 0
-    health_rows = fleet.health_of(state, serial)
+    health_rows = (fleet.health_of(state, serial) if detailed
+                   else batch.health.get(serial, []))
     dockings: list[dict[str, Any]] | None = None
     if detailed or not health_rows:
         dockings = [dict(d) for d in fleet.dockings_of(state, serial)]

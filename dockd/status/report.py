@@ -12,8 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..cli_text import tr
-from ..store import Reader
-from ..store import fleet
+from ..store import Reader, fleet
 from .timefmt import local_time, zone_of
 from .views import human_duration
 

@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
 from ..errors import DockdError
-from ..store import ReadOnlyState, Reader, utcnow
+from ..store import Reader, ReadOnlyState, utcnow
 from . import i18n, web_data, web_hosts
 from .metrics import metrics_response
 from .web_openapi import openapi_spec

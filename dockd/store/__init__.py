@@ -17,7 +17,7 @@ from .db import (
     parse_iso,
     utcnow,
 )
-from .readonly import ReadOnlyState, Reader, open_readonly, require_database
+from .readonly import Reader, ReadOnlyState, open_readonly, require_database
 
 __all__ = [
     "MIGRATIONS", "SCHEMA_VERSION", "State", "decode_row", "dumps", "encode_path", "iso",

@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StateError, TransitionError
 from ..lifecycle import check_clip_edge, check_docking_edge
+
+if TYPE_CHECKING:  # imported by the writer only: sqlite-utils pulls in numpy (~0.5 s)
+    import sqlite_utils
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,10 @@ def _m6_incomplete(db: sqlite_utils.Database) -> None:
 
 
 FLEET_INDEXES: tuple[tuple[str, str], ...] = (
+    # the clips not delivered yet: a small set however long the dock's history (backlog,
+    # queue forecast, ports, clip counts); its rows come sorted by docking
+    ("clips_pending", "clips (docking_id, state) WHERE state IN "
+                      "('discovered', 'copied', 'probed', 'checked', 'signed')"),
     # a recorder's dockings (devices, report --serial, continuity across dockings)
     ("dockings_serial", "dockings (serial, id)"),
     # the open incomplete copies (status, kiosk, fleet)
@@ -242,6 +247,8 @@ FLEET_INDEXES: tuple[tuple[str, str], ...] = (
     ("alerts_open", "alerts (ts) WHERE resolved_at IS NULL"),
     # a target's newest transfers (the queue forecast's throughput)
     ("transfers_target_id", "transfers (target, id)"),
+    # the health readings taken at one docking (the fleet's fitness verdicts)
+    ("recorder_health_docking", "recorder_health (docking_id, ts)"),
     # audit entries of one kind (the last clock setting of each recorder)
     ("audit_action", "audit (action, id)"),
 )
@@ -280,6 +287,8 @@ class State:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA busy_timeout = 30000")
         self.conn = conn
+        import sqlite_utils
+
         self.db = sqlite_utils.Database(conn)
         if str(path) != ":memory:":
             self.db.enable_wal()

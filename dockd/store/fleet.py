@@ -77,6 +77,28 @@ def health_of(r: Reader, serial: str) -> list[HealthRow]:
         "SELECT * FROM recorder_health WHERE serial = ? ORDER BY ts, id", (serial,)))
 
 
+def current_health_by_serial(r: Reader) -> dict[str, list[HealthRow]]:
+    """Per recorder: its newest health reading and the other readings of the same docking
+    (what the fitness verdict weighs), oldest first, the newest last. Two queries for the
+    whole fleet, each an index seek per recorder."""
+    rows = r.query(
+        "WITH latest AS (SELECT (SELECT h.id FROM recorder_health h WHERE h.serial = r.serial "
+        "ORDER BY h.ts DESC, h.id DESC LIMIT 1) AS id FROM recorders r) "
+        "SELECT * FROM recorder_health WHERE id IN (SELECT id FROM latest) OR docking_id IN "
+        "(SELECT docking_id FROM recorder_health WHERE id IN (SELECT id FROM latest)) "
+        "ORDER BY serial, ts, id")
+    by_serial: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_serial.setdefault(row["serial"], []).append(row)
+    out: dict[str, list[HealthRow]] = {}
+    for serial, group in by_serial.items():
+        newest = group[-1]
+        keep = [h for h in group if h is newest or (newest["docking_id"] is not None and
+                                                    h["docking_id"] == newest["docking_id"])]
+        out[serial] = cast(list[HealthRow], keep)
+    return out
+
+
 def clock_sets_by_serial(r: Reader) -> dict[str, dict[str, Any]]:
     """Per recorder: the newest ``clock_set`` audit entry (ts, subject, detail)."""
     out: dict[str, dict[str, Any]] = {}
