@@ -147,6 +147,17 @@ def clips_by_id(r: Reader, serial: str, ids: set[int]) -> dict[int, ClipRow]:
     return {row["id"]: cast(ClipRow, row) for row in rows}
 
 
+def judged_clips_elsewhere(r: Reader, serial: str, docking_id: int,
+                           states: tuple[str, ...]) -> list[ClipRow]:
+    """Clips of recorder ``serial`` in ``states`` from its dockings other than
+    ``docking_id`` whose timeline is judged (continuity stored), by id."""
+    marks = ", ".join("?" * len(states))
+    return cast(list[ClipRow], r.query(
+        "SELECT c.* FROM clips c JOIN dockings d ON d.id = c.docking_id WHERE c.serial = ? "
+        f"AND c.docking_id != ? AND d.continuity IS NOT NULL AND c.state IN ({marks}) "
+        "ORDER BY c.id", (serial, docking_id, *states)))
+
+
 def gaps_of(r: Reader, docking_id: int) -> list[GapRow]:
     return cast(list[GapRow], r.query("SELECT * FROM gaps WHERE docking_id = ? ORDER BY start",
                                       (docking_id,)))

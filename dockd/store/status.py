@@ -106,6 +106,13 @@ def clip_counts_by_state(r: Reader) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def clips_in_state(r: Reader, docking_id: int, state: str) -> int:
+    """How many clips of a docking are in ``state``."""
+    row = r.query_one("SELECT count(*) AS n FROM clips WHERE docking_id = ? AND state = ?",
+                      (docking_id, state))
+    return int(row["n"]) if row else 0
+
+
 def backlog_by_docking(r: Reader) -> list[BacklogRow]:
     """Each docking with undelivered clips: how many, how big, their states, the deadline."""
     return cast(list[BacklogRow], r.query(
