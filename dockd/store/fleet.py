@@ -184,3 +184,19 @@ def labelled_revisions(r: Reader, limit: int) -> list[dict[str, Any]]:
         "LEFT JOIN recorders c ON c.serial = d.serial WHERE r.seq = (SELECT max(seq) FROM "
         "revisions WHERE docking_id = r.docking_id) ORDER BY r.docking_id DESC LIMIT ?",
         (limit,))
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def serials_in_state(r: Reader, state: str) -> set[str]:
+    """Recorders with a docking in ``state`` (e.g. ``delivered``)."""
+    return {row["serial"] for row in r.query(
+        "SELECT DISTINCT serial FROM dockings WHERE state = ?", (state,))}
+
+
+def signed_dockings_summary(r: Reader) -> list[dict[str, Any]]:
+    """Per signed docking: serial, clip count (n) and manifest hash, by serial."""
+    return r.query("SELECT d.serial, count(c.id) AS n, m.sha256 FROM dockings d "
+                   "JOIN clips c ON c.docking_id = d.id JOIN manifests m ON "
+                   "m.docking_id = d.id GROUP BY d.id ORDER BY d.serial")
