@@ -12,7 +12,8 @@ Then it times, best and median of ``--repeat`` runs:
 - in process, over the read-only store: ``status_data`` (``dockd status --json``) and the
   web endpoints' data functions (``/api/status``, ``/api/ports`` = the kiosk,
   ``/api/queue``, ``/api/recorders``, ``/api/findings``);
-- the CLI: ``dockd status --json`` as a subprocess (interpreter start-up included);
+- the CLI: ``dockd status --json`` as a subprocess (interpreter start-up included), beside
+  ``dockd --version`` (the same interpreter, imports and argument parser, no database);
 - the baseline in the same run: a bare ``SELECT count(*) FROM clips`` (one pass over the
   clips' smallest index) and, with ``--without-indexes``, the same views after dropping the
   indexes of the fleet-status migration (the queries as the old schema served them).
@@ -263,9 +264,10 @@ def measure(db: Path, cfg: Config, repeat: int, *, cli: bool) -> list[tuple[str,
         best, med = timed(lambda: subprocess.run(argv, env=env, check=True,
                                                  capture_output=True), max(3, repeat // 2))
         out.append(("CLI: dockd status --json (process)", best, med))
-        best, med = timed(lambda: subprocess.run([sys.executable, "-c", "import dockd.cli"],
-                                                 env=env, check=True), max(3, repeat // 2))
-        out.append(("baseline: python -c 'import dockd.cli'", best, med))
+        best, med = timed(lambda: subprocess.run([sys.executable, "-m", "dockd.cli", "--version"],
+                                                 env=env, check=True, capture_output=True),
+                          max(3, repeat // 2))
+        out.append(("baseline: dockd --version (process)", best, med))
     return out
 
 
