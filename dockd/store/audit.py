@@ -7,46 +7,11 @@ the segments: runs of entries signed together and delivered to the targets.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sqlite3
 from typing import Any, cast
 
-from .db import dumps
 from .readonly import Reader
 from .rows import AuditRow, AuditSegmentRow
-
-
-def _entry_hash(ts: str, actor: str, action: str, subject: str, detail: Any,
-                prev_hash: str) -> str:
-    body = dumps({"ts": ts, "actor": actor, "action": action, "subject": subject,
-                  "detail": detail, "prev": prev_hash})
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
-
-
-def append_entry(conn: sqlite3.Connection, *, ts: str, actor: str, action: str, subject: str,
-                 detail: dict[str, Any] | None) -> str:
-    """Append one entry chained to the newest, in the caller's transaction; its hash."""
-    prev = conn.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
-    prev_hash = prev["hash"] if prev else ""
-    digest = _entry_hash(ts, actor, action, subject, detail or {}, prev_hash)
-    conn.execute("INSERT INTO audit (ts, actor, action, subject, detail, prev_hash, hash) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (ts, actor, action, subject, dumps(detail or {}), prev_hash, digest))
-    return digest
-
-
-def chain_problems(r: Reader) -> list[str]:
-    """Recompute the chain in id order; one line per entry that does not chain."""
-    problems = []
-    prev_hash = ""
-    for row in r.query("SELECT * FROM audit ORDER BY id"):
-        digest = _entry_hash(row["ts"], row["actor"], row["action"], row["subject"],
-                             json.loads(row["detail"]), prev_hash)
-        if row["prev_hash"] != prev_hash or row["hash"] != digest:
-            problems.append(f"audit entry {row['id']} does not chain (altered or removed)")
-        prev_hash = row["hash"]
-    return problems
 
 
 def entries_after(r: Reader, after_id: int = 0, limit: int = -1) -> list[AuditRow]:

@@ -436,22 +436,38 @@ class State:
 
     def audit(self, action: str, subject: str, detail: dict[str, Any] | None = None,
               *, actor: str = "dockd", conn: sqlite3.Connection | None = None) -> str:
-        """Append a hash-chained audit entry; returns its hash. Joins ``conn``'s transaction
-        (:func:`dockd.store.audit.append_entry`)."""
-        from .audit import append_entry
-
+        """Append a hash-chained audit entry; returns its hash. Joins ``conn``'s transaction."""
         if conn is None:
             with self.tx() as c:
-                return append_entry(c, ts=self.now(), actor=actor, action=action,
-                                    subject=subject, detail=detail)
-        return append_entry(conn, ts=self.now(), actor=actor, action=action, subject=subject,
-                            detail=detail)
+                return self.audit(action, subject, detail, actor=actor, conn=c)
+        import hashlib
+
+        prev = conn.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        prev_hash = prev["hash"] if prev else ""
+        ts = self.now()
+        body = dumps({"ts": ts, "actor": actor, "action": action, "subject": subject,
+                      "detail": detail or {}, "prev": prev_hash})
+        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        conn.execute("INSERT INTO audit (ts, actor, action, subject, detail, prev_hash, hash) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (ts, actor, action, subject, dumps(detail or {}), prev_hash, digest))
+        return digest
 
     def verify_audit_chain(self) -> list[str]:
         """Recompute the audit chain; returns problems (empty when intact)."""
-        from .audit import chain_problems
+        import hashlib
 
-        return chain_problems(self)
+        problems = []
+        prev_hash = ""
+        for row in self.query("SELECT * FROM audit ORDER BY id"):
+            body = dumps({"ts": row["ts"], "actor": row["actor"], "action": row["action"],
+                          "subject": row["subject"], "detail": json.loads(row["detail"]),
+                          "prev": prev_hash})
+            digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+            if row["prev_hash"] != prev_hash or row["hash"] != digest:
+                problems.append(f"audit entry {row['id']} does not chain (altered or removed)")
+            prev_hash = row["hash"]
+        return problems
 
 
 def encode_path(rel_path: str) -> bytes:

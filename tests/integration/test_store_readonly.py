@@ -17,7 +17,6 @@ from dockd.errors import StateError
 from dockd.status.views import status_data
 from dockd.status.web_data import api_ports, api_queue, api_status, fleet_data
 from dockd.store import MIGRATIONS, SCHEMA_VERSION, ReadOnlyState, State, open_readonly, utcnow
-from tests.conftest import run_dockd
 
 
 def _seed(path: Path) -> None:
@@ -144,15 +143,3 @@ def test_reads_a_consistent_snapshot_while_the_daemon_writes(tmp_path: Path) -> 
         t.join(10)
         assert sorted(r["serial"] for r in ro.query("SELECT serial FROM recorders")) == [
             "A1", "B2"]
-
-
-def test_status_cli_does_not_migrate_an_old_database(tmp_path: Path) -> None:
-    work = tmp_path / "w"
-    db = for_workdir(work).paths.database
-    db.parent.mkdir(parents=True)
-    _old_database(db, SCHEMA_VERSION - 1)
-    before = _fingerprint(db)
-    proc = run_dockd("status", "--json", "--workdir", str(work))
-    assert proc.returncode != 0
-    assert "is older than this dockd" in proc.stderr
-    assert _fingerprint(db) == before

@@ -23,7 +23,7 @@ from dockd.store import fleet as store_fleet
 from dockd.store import status as store
 from dockd.store.db import FLEET_INDEXES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench() -> Any:
