@@ -21,6 +21,10 @@ Four threads keep the source, the CPU and the staging disk busy at once:
   by the time the last byte is written.
 
 Memory is a handful of ``chunk_size`` buffers, whatever the file size.
+
+:func:`pace_sources` makes the reader deliver no more than a given rate per copy (a
+simulated USB bus for ``bench/dock.py``, whose recorders are trees on a local disk); off
+unless called.
 """
 
 from __future__ import annotations
@@ -62,6 +66,23 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 Progress = Callable[[int], None]
 ShouldStop = Callable[[], bool]
+
+_source_rate = 0.0
+"""Bytes per second a copy may read from its recorder (0: as fast as it comes)."""
+
+
+def pace_sources(bytes_per_second: float | None) -> None:
+    """Read every recorder of this process at most ``bytes_per_second`` per copy (None or
+    0: unpaced, the default). The reader sleeps after each chunk until the chunk would have
+    arrived over a bus of that rate, so everything downstream (staging writes, read-back,
+    hashing, delivery) sees the bytes as they would come off a recorder on USB. Used by
+    ``bench/dock.py``, whose simulated recorders are trees on a local disk; copies already
+    running keep their rate."""
+    global _source_rate
+    rate = float(bytes_per_second or 0.0)
+    if rate < 0:
+        raise ValueError(f"source rate must not be negative, got {rate}")
+    _source_rate = rate
 
 
 # --------------------------------------------------------------------------- helpers
@@ -199,6 +220,7 @@ class _Reader(threading.Thread):
         for _ in range(READ_BUFFERS):
             self.free.put(mmap.mmap(-1, chunk_size))  # page-aligned, for O_DIRECT
         self.cancelled = threading.Event()
+        self.rate = _source_rate
 
     def run(self) -> None:
         try:
@@ -216,6 +238,7 @@ class _Reader(threading.Thread):
         except OSError:  # pragma: no cover - advisory only
             pass
         remaining = self.size
+        started = time.monotonic()
         while remaining > 0:
             buf = self.free.get()
             if buf is None or self.cancelled.is_set():
@@ -226,6 +249,10 @@ class _Reader(threading.Thread):
                 break
             self.hasher.update(mv[:n])
             remaining -= n
+            if self.rate:  # a simulated bus: the chunk arrives when the bus has carried it
+                due = started + (self.size - remaining) / self.rate - time.monotonic()
+                if due > 0 and self.cancelled.wait(due):
+                    return
             self.full.put(("data", buf, n))
         extra = len(os.read(self.fd, 1)) if remaining == 0 else 0
         self.full.put(("eof", extra, os.fstat(self.fd)))
