@@ -15,8 +15,9 @@ Four threads keep the source, the CPU and the staging disk busy at once:
   costs more CPU than SHA-256), buffered for an unaligned tail or where the filesystem
   refuses ``O_DIRECT``; it reports progress and honours ``should_stop``;
 * the *syncer* ``fdatasync``-s what has been written every ``SYNC_STEP`` bytes and reads
-  that range back from the disk (``O_DIRECT``, or ``POSIX_FADV_DONTNEED`` then a buffered
-  read), handing the buffers to
+  that range back from the disk (``POSIX_FADV_DONTNEED`` then a buffered read, which
+  leaves the verified pages cached for the delivery that reads them next; or
+  ``O_DIRECT`` with ``keep_cached=False``), handing the buffers to
 * the *verify hasher*, so the final ``fsync`` and the verification pass are mostly done
   by the time the last byte is written.
 
@@ -50,8 +51,11 @@ from .scan import GONE_ERRNOS
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 4 * 1024 * 1024
-SYNC_STEP = 32 * 1024 * 1024
-"""Bytes written between two background ``fdatasync`` + verify rounds."""
+SYNC_STEP = 8 * 1024 * 1024
+"""Bytes written before the next background ``fdatasync`` + verify round starts (a round
+takes everything written so far, so rounds grow when the source outpaces the disk; small
+steps keep the verification close behind a slow source, so little is left after its last
+byte)."""
 READ_BUFFERS = 3
 VERIFY_BUFFERS = 2
 ALIGN = 4096
@@ -328,7 +332,7 @@ class _Syncer(threading.Thread):
         self._written = 0
         self._final = False
         self._abort = False
-        self._step = max(SYNC_STEP, 2 * chunk_size)
+        self._step = max(SYNC_STEP, chunk_size)
 
     def advance(self, written: int, final: bool = False) -> None:
         with self._cond:
@@ -500,7 +504,8 @@ def _fsync_dir(path: Path) -> None:
 
 def copy_clip(root: Path, entry: ClipEntry, staging_dir: Path, *, chunk_size: int = CHUNK_SIZE,
               verify: bool = True, min_free: int = 0, progress: Progress | None = None,
-              should_stop: ShouldStop | None = None, direct_io: bool = True) -> CopyResult:
+              should_stop: ShouldStop | None = None, direct_io: bool = True,
+              keep_cached: bool = True) -> CopyResult:
     """Copy ``entry`` from the recorder mounted at ``root`` into ``staging_dir``.
 
     ``progress`` gets the number of bytes of this clip copied so far, after each chunk.
@@ -508,6 +513,10 @@ def copy_clip(root: Path, entry: ClipEntry, staging_dir: Path, *, chunk_size: in
     hashed again. ``direct_io`` uses O_DIRECT for staging writes and read-back where the
     filesystem allows it; without it (or where refused) writes are buffered and the pages
     are dropped from the page cache (``POSIX_FADV_DONTNEED``) before the read-back.
+    ``keep_cached`` reads back through the page cache (each range dropped first, so the
+    bytes still come from the disk) and leaves the verified pages there: the delivery that
+    follows reads them from memory instead of reading the staging disk a second time
+    (without it the read-back uses ``O_DIRECT`` where ``direct_io`` allows).
 
     Raises RecorderGone (source vanished, I/O error, changed under us), StagingFull (not
     enough room, ENOSPC), HostileName (not a regular file, unsafe name), CopyError (stopped,
@@ -540,7 +549,7 @@ def copy_clip(root: Path, entry: ClipEntry, staging_dir: Path, *, chunk_size: in
             out = _StagedFile(partial, direct_io)
         except OSError as exc:
             raise _staging_error(exc, what) from exc
-        syncer = _Syncer(out.fd, partial, chunk_size, verify, direct_io)
+        syncer = _Syncer(out.fd, partial, chunk_size, verify, direct_io and not keep_cached)
         syncer.start()
         reader.start()
         done, extra, st_after = _pump(reader, out, syncer, what, progress, should_stop)
