@@ -134,15 +134,20 @@ def _phases(log: str, t_start: float, t_end: float) -> dict[str, float]:
     return out
 
 
-def run_dockd(src: Path, work: Path, nclips: int) -> tuple[float, dict[str, float]]:
+def run_dockd(src: Path, work: Path, nclips: int, code: Path | None = None
+              ) -> tuple[float, dict[str, float]]:
+    """``dockd ingest`` of ``src``; ``code``: another checkout's ``dockd`` package to run."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cmd = [sys.executable, "-m", "dockd.cli", "ingest", "--workdir", str(work), "--json",
            str(src)]
     env = dict(os.environ, DOCKD_CONFIG="", PYTHONUNBUFFERED="1")
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     t_start = time.time()
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                          cwd=code if code is not None else REPO)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"dockd ingest failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
@@ -175,6 +180,10 @@ def main() -> int:
                     help="where the recorder, staging and targets go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    ap.add_argument("--compare", type=Path, default=None, metavar="DIR",
+                    help="also run the dockd package of another checkout (DIR holds its "
+                         "dockd/, e.g. `git archive <commit> dockd | tar -x -C DIR`), "
+                         "interleaved with this one in every round")
     args = ap.parse_args()
 
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="dockd-floor-"))).absolute()
@@ -193,9 +202,12 @@ def main() -> int:
         steps_seen: list[dict[str, float]] = []
         dockd: list[float] = []
         phases: list[dict[str, float]] = []
+        other: list[float] = []
+        other_phases: list[dict[str, float]] = []
         cache_note: str | None = None
+        cases = ["floor", "dockd"] + (["compare"] if args.compare else [])
         for r in range(args.repeat):
-            order = ("floor", "dockd") if r % 2 == 0 else ("dockd", "floor")
+            order = cases if r % 2 == 0 else cases[::-1]
             for case in order:
                 shutil.rmtree(work / "floor", ignore_errors=True)
                 shutil.rmtree(work / "dockd", ignore_errors=True)
@@ -206,11 +218,17 @@ def main() -> int:
                     floor.append(sum(steps.values()))
                     strict.append(floor[-1] - steps["staging->null"])
                     print(f"round {r + 1}: floor {floor[-1]:.2f} s", flush=True)
-                else:
+                elif case == "dockd":
                     wall, ph = run_dockd(src, work / "dockd", len(files))
                     dockd.append(wall)
                     phases.append(ph)
                     print(f"round {r + 1}: dockd {wall:.2f} s", flush=True)
+                else:
+                    wall, ph = run_dockd(src, work / "dockd", len(files),
+                                         args.compare.absolute())
+                    other.append(wall)
+                    other_phases.append(ph)
+                    print(f"round {r + 1}: dockd ({args.compare}) {wall:.2f} s", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -218,23 +236,34 @@ def main() -> int:
     print(f"\npage cache: {cache_note or 'dropped before every run'}")
     mb = nbytes / 1e6
     print(f"\n{'case':<34}{'best s':>8}{'median s':>10}{'best MB/s':>11}")
-    for name, ts in (("floor (dd O_DIRECT, 4 passes)", floor),
-                     ("strict floor (staging read once)", strict), ("dockd ingest", dockd)):
+    rows = [("floor (dd O_DIRECT, 4 passes)", floor),
+            ("strict floor (staging read once)", strict), ("dockd ingest", dockd)]
+    if other:
+        rows.append((f"dockd ingest ({args.compare})", other))
+    for name, ts in rows:
         print(f"{name:<34}{min(ts):>8.2f}{statistics.median(ts):>10.2f}{mb / min(ts):>11.0f}")
     ratio = min(floor) / min(dockd)
     ratio_med = statistics.median(floor) / statistics.median(dockd)
     sratio = min(strict) / min(dockd)
     print(f"\ndockd / floor:        {ratio:.2f}x best, {ratio_med:.2f}x median (target >= 0.8x)")
     print(f"dockd / strict floor: {sratio:.2f}x best")
+    if other:
+        print(f"dockd ({args.compare}) / floor: {min(floor) / min(other):.2f}x best, "
+              f"{statistics.median(floor) / statistics.median(other):.2f}x median")
     best_steps = min(steps_seen, key=lambda s: sum(s.values()))
     print("\nfloor steps (best run): " + ", ".join(f"{k} {v:.2f} s" for k, v in best_steps.items()))
     best_ph = phases[dockd.index(min(dockd))]
     print("dockd phases (best run): " + ", ".join(f"{k} {v:.2f} s" for k, v in best_ph.items()))
+    if other:
+        oph = other_phases[other.index(min(other))]
+        print(f"dockd ({args.compare}) phases (best run): "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in oph.items()))
     if args.json:
         print(json.dumps({"bytes": nbytes, "floor_s": floor, "strict_floor_s": strict,
                           "dockd_s": dockd, "ratio_best": ratio, "ratio_median": ratio_med,
                           "strict_ratio_best": sratio, "dockd_phases": phases,
-                          "floor_steps": steps_seen, "cache": cache_note}, indent=2))
+                          "floor_steps": steps_seen, "cache": cache_note,
+                          "compare_s": other, "compare_phases": other_phases}, indent=2))
     return 0
 
 

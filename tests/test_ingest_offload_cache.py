@@ -119,3 +119,31 @@ def test_pace_sources_refuses_a_negative_rate(unpaced: None) -> None:
         pace_sources(-1)
     pace_sources(0)
     assert offload._source_rate == 0.0
+
+
+def test_buffer_budget_shrinks_chunks_as_copies_pile_up() -> None:
+    """25 ports copying at once share one budget: later copies get smaller chunks (never
+    below MIN_CHUNK, never blocked), so buffer memory stays flat in the number of ports."""
+    budget = offload._BufferBudget()
+    nbuf = offload.READ_BUFFERS + offload.VERIFY_BUFFERS
+    chunks = [budget.take(4 * MIB) for _ in range(25)]
+    assert chunks[0] == 4 * MIB
+    assert chunks == sorted(chunks, reverse=True) and chunks[-1] == offload.MIN_CHUNK
+    assert all(c % offload.ALIGN == 0 for c in chunks)
+    assert budget.used == nbuf * sum(chunks)
+    assert budget.used <= offload.BUFFER_BUDGET + 25 * nbuf * offload.MIN_CHUNK
+    assert budget.take(64 * 1024) == 64 * 1024  # a small ask is never raised
+    for c in chunks + [64 * 1024]:
+        budget.give(c)
+    assert budget.used == 0
+    assert budget.take(4 * MIB) == 4 * MIB
+
+
+def test_copies_give_their_buffers_back(tmp_path: Path) -> None:
+    entry, _ = make_clip(tmp_path / "rec", MIB)
+    before = offload._BUFFERS.used
+    copy_clip(tmp_path / "rec", entry, tmp_path / "staging", chunk_size=256 * 1024)
+    with pytest.raises(CopyError, match="stopped"):
+        copy_clip(tmp_path / "rec", entry, tmp_path / "staging2", chunk_size=256 * 1024,
+                  should_stop=lambda: True)
+    assert offload._BUFFERS.used == before

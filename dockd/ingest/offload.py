@@ -21,7 +21,9 @@ Four threads keep the source, the CPU and the staging disk busy at once:
 * the *verify hasher*, so the final ``fsync`` and the verification pass are mostly done
   by the time the last byte is written.
 
-Memory is a handful of ``chunk_size`` buffers, whatever the file size.
+Memory is a handful of ``chunk_size`` buffers, whatever the file size; copies running at
+once share ``BUFFER_BUDGET`` (later ones get smaller chunks), so it stays flat in the number
+of ports.
 
 :func:`pace_sources` makes the reader deliver no more than a given rate per copy (a
 simulated USB bus for ``bench/dock.py``, whose recorders are trees on a local disk); off
@@ -58,6 +60,9 @@ steps keep the verification close behind a slow source, so little is left after 
 byte)."""
 READ_BUFFERS = 3
 VERIFY_BUFFERS = 2
+BUFFER_BUDGET = 96 * 1024 * 1024
+"""All copies of the process together (beyond it each copy gets ``MIN_CHUNK`` buffers)."""
+MIN_CHUNK = 256 * 1024
 ALIGN = 4096
 """O_DIRECT alignment used for offsets, lengths and buffers (covers 512 and 4K sectors)."""
 STALL_SECONDS = 120.0
@@ -410,6 +415,31 @@ class _Syncer(threading.Thread):
 # --------------------------------------------------------------------------- copy
 
 
+class _BufferBudget:
+    """Copy buffers of the whole process within ``BUFFER_BUDGET``: each copy takes
+    ``chunk_size`` (at most what it asks) for its ``READ_BUFFERS + VERIFY_BUFFERS``
+    buffers; when many ports copy at once the later copies get smaller chunks (never below
+    ``MIN_CHUNK``, never waiting), so memory stays flat in the number of ports."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.used = 0
+
+    def take(self, want: int) -> int:
+        with self._lock:
+            share = (BUFFER_BUDGET - self.used) // (READ_BUFFERS + VERIFY_BUFFERS)
+            chunk = min(want, max(MIN_CHUNK, share // ALIGN * ALIGN))
+            self.used += chunk * (READ_BUFFERS + VERIFY_BUFFERS)
+        return chunk
+
+    def give(self, chunk: int) -> None:
+        with self._lock:
+            self.used -= chunk * (READ_BUFFERS + VERIFY_BUFFERS)
+
+
+_BUFFERS = _BufferBudget()
+
+
 def _pump(reader: _Reader, out: _StagedFile | None, syncer: _Syncer | None, what: str,
           progress: Progress | None, should_stop: ShouldStop | None) -> tuple[int, int, os.stat_result]:
     """Drain the reader into ``out``. Returns (bytes, extra bytes at EOF, fstat after)."""
@@ -539,6 +569,22 @@ def copy_clip(root: Path, entry: ClipEntry, staging_dir: Path, *, chunk_size: in
         os.close(fd)
         return CopyResult(size=st.st_size, sha256=resumed, staged_path=final,
                           seconds=time.monotonic() - t0)
+    chunk_size = _BUFFERS.take(chunk_size)
+    try:
+        return _copy_fresh(fd, st, entry, staging, final, partial, chunk_size=chunk_size,
+                           verify=verify, min_free=min_free, progress=progress,
+                           should_stop=should_stop, direct_io=direct_io,
+                           keep_cached=keep_cached, t0=t0)
+    finally:
+        _BUFFERS.give(chunk_size)
+
+
+def _copy_fresh(fd: int, st: os.stat_result, entry: ClipEntry, staging: Path, final: Path,
+                partial: Path, *, chunk_size: int, verify: bool, min_free: int,
+                progress: Progress | None, should_stop: ShouldStop | None, direct_io: bool,
+                keep_cached: bool, t0: float) -> CopyResult:
+    """The copy proper (``fd``: the opened source, owned from here on)."""
+    what = entry.safe_name
     reader = _Reader(fd, st.st_size, chunk_size)
     syncer: _Syncer | None = None
     out: _StagedFile | None = None
