@@ -1,5 +1,6 @@
-"""The copy engine's read-back leaves the verified staged copy in the page cache (so the
-delivery reads it from memory, not from the staging disk a second time), and its source
+"""The copy engine's read-back can leave the verified staged copy in the page cache
+(``keep_cached``: a delivery reads it from memory, not from the staging disk a second
+time), copies share one buffer budget, and the engine's source
 pacer (``pace_sources``, the simulated USB bus of ``bench/dock.py``) neither changes the
 bytes nor keeps a stopped copy waiting."""
 
@@ -61,14 +62,14 @@ def test_verified_copy_stays_cached_and_o_direct_read_back_does_not(tmp_path: Pa
     if not direct_io_works(tmp_path):
         pytest.skip("no O_DIRECT here (tmpfs?): every read-back is cached anyway")
     entry, data = make_clip(tmp_path / "rec", 4 * MIB + 123)
-    res = copy_clip(tmp_path / "rec", entry, tmp_path / "staging", chunk_size=256 * 1024)
+    res = copy_clip(tmp_path / "rec", entry, tmp_path / "staging", chunk_size=256 * 1024,
+                    keep_cached=True)
     assert res.sha256 == hashlib.sha256(data).hexdigest()
-    # the read-back went through the page cache: the delivery reads memory, not the disk
+    # the read-back went through the page cache: a delivery reads memory, not the disk
     assert resident_bytes(res.staged_path) >= len(data) - 4096
-    other = copy_clip(tmp_path / "rec", entry, tmp_path / "staging2", chunk_size=256 * 1024,
-                      keep_cached=False)
+    other = copy_clip(tmp_path / "rec", entry, tmp_path / "staging2", chunk_size=256 * 1024)
     assert other.sha256 == res.sha256
-    assert resident_bytes(other.staged_path) < MIB  # O_DIRECT write and read-back
+    assert resident_bytes(other.staged_path) < MIB  # default: O_DIRECT write and read-back
 
 
 def test_cached_read_back_still_catches_a_bad_write(tmp_path: Path,
@@ -86,7 +87,8 @@ def test_cached_read_back_still_catches_a_bad_write(tmp_path: Path,
 
     monkeypatch.setattr(offload.os, "preadv", corrupting_preadv)
     with pytest.raises(CopyError, match="do not match"):
-        copy_clip(tmp_path / "rec", entry, tmp_path / "staging", chunk_size=256 * 1024)
+        copy_clip(tmp_path / "rec", entry, tmp_path / "staging", chunk_size=256 * 1024,
+                  keep_cached=True)
     assert not any((tmp_path / "staging").iterdir())
 
 

@@ -15,9 +15,9 @@ Four threads keep the source, the CPU and the staging disk busy at once:
   costs more CPU than SHA-256), buffered for an unaligned tail or where the filesystem
   refuses ``O_DIRECT``; it reports progress and honours ``should_stop``;
 * the *syncer* ``fdatasync``-s what has been written every ``SYNC_STEP`` bytes and reads
-  that range back from the disk (``POSIX_FADV_DONTNEED`` then a buffered read, which
-  leaves the verified pages cached for the delivery that reads them next; or
-  ``O_DIRECT`` with ``keep_cached=False``), handing the buffers to
+  that range back from the disk (``O_DIRECT``, or ``POSIX_FADV_DONTNEED`` then a buffered
+  read, which with ``keep_cached`` leaves the verified pages cached for a delivery that
+  reads them next), handing the buffers to
 * the *verify hasher*, so the final ``fsync`` and the verification pass are mostly done
   by the time the last byte is written.
 
@@ -535,7 +535,7 @@ def _fsync_dir(path: Path) -> None:
 def copy_clip(root: Path, entry: ClipEntry, staging_dir: Path, *, chunk_size: int = CHUNK_SIZE,
               verify: bool = True, min_free: int = 0, progress: Progress | None = None,
               should_stop: ShouldStop | None = None, direct_io: bool = True,
-              keep_cached: bool = True) -> CopyResult:
+              keep_cached: bool = False) -> CopyResult:
     """Copy ``entry`` from the recorder mounted at ``root`` into ``staging_dir``.
 
     ``progress`` gets the number of bytes of this clip copied so far, after each chunk.
@@ -544,9 +544,11 @@ def copy_clip(root: Path, entry: ClipEntry, staging_dir: Path, *, chunk_size: in
     filesystem allows it; without it (or where refused) writes are buffered and the pages
     are dropped from the page cache (``POSIX_FADV_DONTNEED``) before the read-back.
     ``keep_cached`` reads back through the page cache (each range dropped first, so the
-    bytes still come from the disk) and leaves the verified pages there: the delivery that
-    follows reads them from memory instead of reading the staging disk a second time
-    (without it the read-back uses ``O_DIRECT`` where ``direct_io`` allows).
+    bytes still come from the disk) and leaves the verified pages there, so a delivery
+    that follows at once reads them from memory instead of reading the staging disk a
+    second time; it costs ~1 CPU-second per GiB more on the reference box (page-cache
+    fills), so it is off by default and the read-back uses ``O_DIRECT`` where
+    ``direct_io`` allows (bench/RESULTS.md, #13).
 
     Raises RecorderGone (source vanished, I/O error, changed under us), StagingFull (not
     enough room, ENOSPC), HostileName (not a regular file, unsafe name), CopyError (stopped,
