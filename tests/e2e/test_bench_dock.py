@@ -16,7 +16,7 @@ import pytest
 from tests.sshd import SSHD
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(not Path(SSHD).exists() or shutil.which("dd") is None,
