@@ -27,7 +27,7 @@ For each N in ``--ports``, in a fresh work directory:
    the dd floor, peak RSS and open files.
 
 **Throttle.** The sources are read through the copy engine's pacer
-(``dockd.ingest.offload.pace_sources``): the daemon process is started by this script as
+(``dockd.ingest.pacing.pace_sources``): the daemon process is started by this script as
 ``python bench/dock.py --serve RATE run --config ...``, which sets the pacer and then runs
 ``dockd.cli.main(["run", ...])`` — the same daemon as ``dockd run``. Each copy's reader
 sleeps after every chunk until ``bytes_read / RATE`` seconds have passed since the copy

@@ -22,7 +22,7 @@ Four threads keep the source, the CPU and the staging disk busy at once:
   by the time the last byte is written.
 
 Memory is a handful of ``chunk_size`` buffers, whatever the file size; copies running at
-once share ``BUFFER_BUDGET`` (later ones get smaller chunks), so it stays flat in the number
+once share one buffer budget (``pacing.BUFFER_BUDGET``; later ones get smaller chunks), so it stays flat in the number
 of ports.
 
 :func:`pace_sources` makes the reader deliver no more than a given rate per copy (a
@@ -48,7 +48,10 @@ from typing import Any
 
 from ..errors import CopyError, HostileName, RecorderGone, SourceChanged, StagingFull
 from ..model import ClipEntry, CopyResult
+from .pacing import BufferBudget, pace_sources, source_rate
 from .scan import GONE_ERRNOS
+
+__all__ = ["CopyResult", "clean_stale_partials", "copy_clip", "hash_file", "pace_sources"]
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +63,6 @@ steps keep the verification close behind a slow source, so little is left after 
 byte)."""
 READ_BUFFERS = 3
 VERIFY_BUFFERS = 2
-BUFFER_BUDGET = 96 * 1024 * 1024
-"""All copies of the process together (beyond it each copy gets ``MIN_CHUNK`` buffers)."""
-MIN_CHUNK = 256 * 1024
 ALIGN = 4096
 """O_DIRECT alignment used for offsets, lengths and buffers (covers 512 and 4K sectors)."""
 STALL_SECONDS = 120.0
@@ -75,23 +75,6 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 Progress = Callable[[int], None]
 ShouldStop = Callable[[], bool]
-
-_source_rate = 0.0
-"""Bytes per second a copy may read from its recorder (0: as fast as it comes)."""
-
-
-def pace_sources(bytes_per_second: float | None) -> None:
-    """Read every recorder of this process at most ``bytes_per_second`` per copy (None or
-    0: unpaced, the default). The reader sleeps after each chunk until the chunk would have
-    arrived over a bus of that rate, so everything downstream (staging writes, read-back,
-    hashing, delivery) sees the bytes as they would come off a recorder on USB. Used by
-    ``bench/dock.py``, whose simulated recorders are trees on a local disk; copies already
-    running keep their rate."""
-    global _source_rate
-    rate = float(bytes_per_second or 0.0)
-    if rate < 0:
-        raise ValueError(f"source rate must not be negative, got {rate}")
-    _source_rate = rate
 
 
 # --------------------------------------------------------------------------- helpers
@@ -229,7 +212,7 @@ class _Reader(threading.Thread):
         for _ in range(READ_BUFFERS):
             self.free.put(mmap.mmap(-1, chunk_size))  # page-aligned, for O_DIRECT
         self.cancelled = threading.Event()
-        self.rate = _source_rate
+        self.rate = source_rate()
 
     def run(self) -> None:
         try:
@@ -415,29 +398,7 @@ class _Syncer(threading.Thread):
 # --------------------------------------------------------------------------- copy
 
 
-class _BufferBudget:
-    """Copy buffers of the whole process within ``BUFFER_BUDGET``: each copy takes
-    ``chunk_size`` (at most what it asks) for its ``READ_BUFFERS + VERIFY_BUFFERS``
-    buffers; when many ports copy at once the later copies get smaller chunks (never below
-    ``MIN_CHUNK``, never waiting), so memory stays flat in the number of ports."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.used = 0
-
-    def take(self, want: int) -> int:
-        with self._lock:
-            share = (BUFFER_BUDGET - self.used) // (READ_BUFFERS + VERIFY_BUFFERS)
-            chunk = min(want, max(MIN_CHUNK, share // ALIGN * ALIGN))
-            self.used += chunk * (READ_BUFFERS + VERIFY_BUFFERS)
-        return chunk
-
-    def give(self, chunk: int) -> None:
-        with self._lock:
-            self.used -= chunk * (READ_BUFFERS + VERIFY_BUFFERS)
-
-
-_BUFFERS = _BufferBudget()
+_BUFFERS = BufferBudget(READ_BUFFERS + VERIFY_BUFFERS, ALIGN)
 
 
 def _pump(reader: _Reader, out: _StagedFile | None, syncer: _Syncer | None, what: str,

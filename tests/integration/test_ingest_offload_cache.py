@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dockd.errors import CopyError
-from dockd.ingest import offload
+from dockd.ingest import offload, pacing
 from dockd.ingest.offload import copy_clip, pace_sources
 from dockd.model import ClipEntry
 
@@ -120,20 +120,20 @@ def test_pace_sources_refuses_a_negative_rate(unpaced: None) -> None:
     with pytest.raises(ValueError, match="negative"):
         pace_sources(-1)
     pace_sources(0)
-    assert offload._source_rate == 0.0
+    assert pacing.source_rate() == 0.0
 
 
 def test_buffer_budget_shrinks_chunks_as_copies_pile_up() -> None:
     """25 ports copying at once share one budget: later copies get smaller chunks (never
     below MIN_CHUNK, never blocked), so buffer memory stays flat in the number of ports."""
-    budget = offload._BufferBudget()
     nbuf = offload.READ_BUFFERS + offload.VERIFY_BUFFERS
+    budget = pacing.BufferBudget(nbuf, offload.ALIGN)
     chunks = [budget.take(4 * MIB) for _ in range(25)]
     assert chunks[0] == 4 * MIB
-    assert chunks == sorted(chunks, reverse=True) and chunks[-1] == offload.MIN_CHUNK
+    assert chunks == sorted(chunks, reverse=True) and chunks[-1] == pacing.MIN_CHUNK
     assert all(c % offload.ALIGN == 0 for c in chunks)
     assert budget.used == nbuf * sum(chunks)
-    assert budget.used <= offload.BUFFER_BUDGET + 25 * nbuf * offload.MIN_CHUNK
+    assert budget.used <= pacing.BUFFER_BUDGET + 25 * nbuf * pacing.MIN_CHUNK
     assert budget.take(64 * 1024) == 64 * 1024  # a small ask is never raised
     for c in chunks + [64 * 1024]:
         budget.give(c)
