@@ -1,52 +1,36 @@
 """``dockd queue``: the delivery backlog by deadline, its forecast at the measured throughput,
 and the alerts it raises (R3). The data functions are shared with the daemon's deadline
-check, so what the admin sees is exactly what raised the alarm."""
+check, so what the admin sees is exactly what raised the alarm. No rich here (the daemon's
+alert path imports this module): the table is drawn by :mod:`.queue_view`."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import datetime, timedelta
 from typing import Any
 
-from rich.console import Group
-from rich.table import Table
-from rich.text import Text
-
-from ..cli_text import tr
 from ..config import Config
 from ..delivery.schedule import ALARM, OK, WARNING, Forecast, Pending, forecast, measured_throughput
-from ..store import State, parse_iso
-from .timefmt import local_time
-from .views import human_bytes, human_duration
+from ..store import Reader, parse_iso
+from ..store import status as store
 
 THROUGHPUT_WINDOW = 50  # most recent transfers per target used for the forecast
 
 
-def target_throughput(state: State, target: str) -> float | None:
-    rows = state.query("SELECT bytes, seconds FROM transfers WHERE target = ? "
-                       "ORDER BY id DESC LIMIT ?", (target, THROUGHPUT_WINDOW))
-    return measured_throughput([(r["bytes"], r["seconds"]) for r in rows])
+def target_throughput(state: Reader, target: str) -> float | None:
+    return measured_throughput(store.recent_transfers(state, target, THROUGHPUT_WINDOW))
 
 
-def pending_by_target(state: State, target: str) -> list[Pending]:
+def pending_by_target(state: Reader, target: str) -> list[Pending]:
     """Each docking's undelivered clips on ``target`` (clips not yet signed count as well:
     they will have to be delivered too)."""
-    rows = state.query(
-        "SELECT d.id, d.serial, d.port, d.docked_at, min(c.deadline_at) AS deadline, "
-        "count(c.id) AS n, coalesce(sum(c.size), 0) AS b, "
-        "sum(CASE WHEN dl.state = 'failed' THEN 1 ELSE 0 END) AS failed "
-        "FROM clips c JOIN dockings d ON d.id = c.docking_id "
-        "LEFT JOIN deliveries dl ON dl.clip_id = c.id AND dl.target = ? "
-        "WHERE c.state NOT IN ('delivered', 'cleared') "
-        "AND (dl.state IS NULL OR dl.state != 'delivered') "
-        "GROUP BY d.id", (target,))
     out = []
-    for r in rows:
+    for r in store.pending_on_target(state, target):
         out.append(Pending(r["id"], r["serial"], r["port"], parse_iso(r["deadline"]),  # type: ignore[arg-type]
                            parse_iso(r["docked_at"]), r["b"], r["n"], r["failed"] or 0))  # type: ignore[arg-type]
     return out
 
 
-def queue_forecasts(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+def queue_forecasts(state: Reader, cfg: Config, now: datetime) -> dict[str, Any]:
     """Per required target: throughput and per-docking forecasts; overall: the worst level."""
     warn_margin = timedelta(hours=cfg.delivery.warn_margin_hours)
     warn_age = timedelta(hours=cfg.delivery.warn_age_hours)
@@ -81,10 +65,9 @@ def _fc_dict(f: Forecast, now: datetime) -> dict[str, Any]:
     }
 
 
-def queue_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+def queue_data(state: Reader, cfg: Config, now: datetime) -> dict[str, Any]:
     q = queue_forecasts(state, cfg, now)
-    alerts = state.query("SELECT ts, level, kind, subject, message FROM alerts "
-                         "WHERE resolved_at IS NULL ORDER BY ts")
+    alerts = store.open_alerts_by_time(state)
     return {
         "generated_at": now.isoformat(),
         "level": q["level"],
@@ -95,62 +78,3 @@ def queue_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
                     for name, t in q["targets"].items()},
         "alerts": alerts,
     }
-
-
-def _reasons_text(d: dict[str, Any], tz: tzinfo) -> list[str]:
-    """A forecast's reasons in the CLI's language, times in the dock's zone (the page
-    catalogue's ``dreason.*`` texts)."""
-    from ..cli_text import language
-    from .i18n import translate
-
-    codes = d.get("reason_codes") or []
-    if not codes:
-        return list(d["reasons"])
-    out = []
-    for rc in codes:
-        vals = {k: (local_time(v, tz) if k in ("deadline", "eta") else v)
-                for k, v in rc.items() if k != "code"}
-        out.append(translate(f"dreason.{rc['code']}", language(), **vals))
-    return out
-
-
-LEVELS = (OK, WARNING, ALARM)
-
-
-def _kind_text(kind: str) -> str:
-    from ..cli_text import language
-    from .i18n import MESSAGES
-
-    return MESSAGES[language()].get(f"alertkind.{kind}", kind)
-
-
-def render_queue(data: dict[str, Any], tz: tzinfo = UTC) -> Group:
-    style = {OK: "green", WARNING: "bold yellow", ALARM: "bold red"}
-    targets = Table(title=tr("queue.targets"), expand=False)
-    for col in ("target", "required", "throughput", "clips_left", "bytes_left"):
-        targets.add_column(tr(f"col.{col}"))
-    for name, t in data["targets"].items():
-        targets.add_row(name, tr("yes") if t["required"] else tr("no"),
-                        f"{human_bytes(t['throughput_bps'])}/s" if t["throughput_bps"]
-                        else tr("not_measured"), str(t["clips_left"]),
-                        human_bytes(t["bytes_left"]))
-    q = Table(title=tr("queue.title", level=tr(f"level.{data['level']}").upper()),
-              expand=False)
-    for col in ("docking", "recorder", "port", "clips", "bytes", "deadline", "left",
-                "forecast", "status"):
-        q.add_column(tr(f"col.{col}"))
-    for d in data["dockings"]:
-        q.add_row(str(d["docking_id"]), d["serial"], d["port"], str(d["clips_left"]),
-                  human_bytes(d["bytes_left"]), local_time(d["deadline_at"], tz),
-                  human_duration(d["remaining_s"]),
-                  local_time(d["eta"], tz) if d["eta"] else tr("unknown"),
-                  Text(tr(f"level.{d['level']}")
-                       + "".join(f"\n{r}" for r in _reasons_text(d, tz)),
-                       style=style[d["level"]]))
-    parts: list[Any] = [targets, q]
-    for a in data["alerts"]:
-        level = tr(f"level.{a['level']}").upper() if a["level"] in LEVELS else a["level"]
-        parts.append(Text(f"{local_time(a['ts'], tz)} {level} {_kind_text(a['kind'])} "
-                          f"{a['subject']}: {a['message']}",
-                          style=style.get(a["level"], "")))
-    return Group(*parts)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import Config
-from ..store import State, utcnow
+from ..store import Reader, utcnow
 from .timefmt import local_time
 from .views import human_bytes, human_duration
 from .web_data import api_queue, disk_data, kiosk_ports
@@ -41,7 +41,7 @@ STATE_WORD = {"empty": "empty", "identifying": "identifying", "copying": "copyin
               "error": "ERROR"}
 
 
-def top_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+def top_data(state: Reader, cfg: Config, now: datetime) -> dict[str, Any]:
     """Everything one frame shows (plain data)."""
     q = api_queue(state, cfg, now)
     return {"dock": cfg.dock.id, "now": now, "tz": cfg.tz, "ports": kiosk_ports(state, cfg), "queue": q,
@@ -160,7 +160,7 @@ def render_top(data: dict[str, Any], *, height: int = 24) -> RenderableType:
     return Group(*parts)
 
 
-def frame(state: State, cfg: Config, height: int = 24) -> RenderableType:
+def frame(state: Reader, cfg: Config, height: int = 24) -> RenderableType:
     return render_top(top_data(state, cfg, utcnow()), height=height)
 
 
@@ -168,9 +168,9 @@ def frame(state: State, cfg: Config, height: int = 24) -> RenderableType:
 
 
 @contextmanager
-def cbreak(stream: Any) -> Iterator[int | None]:
+def cbreak(stream: TextIO) -> Iterator[int | None]:
     """Single keypresses from ``stream`` when it is a terminal (restored on exit)."""
-    if not hasattr(stream, "isatty") or not stream.isatty():
+    if not stream.isatty():
         yield None
         return
     import termios
@@ -223,7 +223,8 @@ def run_top(cfg: Config, *, once: bool = False, interval: float = 1.0,
     return 0
 
 
-def add_top_parser(subparsers: Any, parents: Sequence[Any] = ()) -> None:
+def add_top_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+                   parents: Sequence[argparse.ArgumentParser] = ()) -> None:
     """Register ``top`` on an argparse subparsers object (``parents``: common options)."""
     p = subparsers.add_parser("top", parents=list(parents),
                               help="live dashboard: ports, backlog, deadlines, alarms (q quits)")
@@ -235,26 +236,3 @@ def add_top_parser(subparsers: Any, parents: Sequence[Any] = ()) -> None:
 
 def cmd_top(cfg: Config, args: argparse.Namespace) -> int:
     return run_top(cfg, once=args.once, interval=max(0.2, args.interval))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dockd.status.top`` (same options as ``dockd top``)."""
-    from ..cli import _common, setup_logging
-    from ..config import load
-    from ..errors import DockdError
-
-    parser = argparse.ArgumentParser(prog="dockd top", parents=[_common()])
-    sub = parser.add_subparsers(dest="command")
-    add_top_parser(sub, [_common()])
-    args = parser.parse_args(["top", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        cfg = load(args.config, workdir=args.workdir)
-        setup_logging(args.verbose, cfg.logging.level)
-        return cmd_top(cfg, args)
-    except DockdError as exc:
-        print(f"dockd top: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
