@@ -167,8 +167,8 @@ def listen(pipe: Pipeline, clip: ClipRow | dict[str, Any], docking: DockingRow
     if pipe.notes is None:
         return None
     tile(pipe, docking, f"listening for a spoken note in {clip['safe_name']}")
-    path = clip["staged_path"]
-    if path and not Path(path).is_file() and docking.get("root"):
+    path = str(clip["staged_path"] or "")
+    if not Path(path).is_file() and docking.get("root"):
         path = str(Path(docking["root"] or "") / clip["rel_path"])  # delivered to make room
     return pipe.notes.analyze(path, label=f"port {docking['port']} serial "
                               f"{docking['serial']} {clip['safe_name']}")

@@ -150,7 +150,7 @@ def offload(pipe: Pipeline, out: DockingOutcome, root: Path,
                     {"clips": out.copied, "bytes": copied_bytes, "left": left,
                      "skipped_known": out.skipped_known}, conn=conn)
     if left == 0:
-        set_clock_after_offload(state, cfg, docking_id, root, pipe.profile(d["profile"]),
+        set_clock_after_offload(state, cfg, docking_id, root, pipe.profile(d["profile"] or ""),
                                 writable=pipe.writable(port, root))
     return out
 

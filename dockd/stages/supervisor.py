@@ -173,8 +173,10 @@ class Supervisor:
             match request:
                 case ClearDocked():
                     for port, root in idle:
-                        self._side_job("clear", port, root,
-                                       lambda p=port, r=root: self.pipeline.clear(p, r))
+                        def clear(p: str = port, r: Path = root) -> None:
+                            self.pipeline.clear(p, r)
+
+                        self._side_job("clear", port, root, clear)
                 case RereadDocked():
                     for port, root in idle:
                         hints = dict(self.hints.get(port, {}))
