@@ -175,7 +175,12 @@ def test_process_waits_for_the_owner(cfg: Config, make_recorder: Any) -> None:
         pipe.offload(d, rec, known)
         assert pipe.finisher._claim(d, wait=False)
         done = threading.Event()
-        worker = threading.Thread(target=lambda: (pipe.process(d), done.set()))
+
+        def process() -> None:
+            pipe.process(d)
+            done.set()
+
+        worker = threading.Thread(target=process)
         worker.start()
         assert not done.wait(0.5)  # waiting for the owner
         assert states(st, d) == ["copied", "copied"]
