@@ -15,7 +15,7 @@ from typing import Any, cast
 from ..lifecycle import check_clip_edge
 from ..model import ClipEntry
 from .db import State, decode_row, encode_path
-from .rows import ClipRow, CountBytes, IdSha, NameDocking, PathSize, SameNameClip
+from .rows import ClipRow, CountBytes, IdSha, NameDocking, PathSize, SameNameClip, TargetCopy
 
 
 def _rows(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
@@ -177,3 +177,15 @@ def staged_elsewhere(state: State, docking_id: int) -> list[str]:
     return [str(r["staged_path"]) for r in state.query(
         "SELECT staged_path FROM clips WHERE docking_id != ? AND staged_path IS NOT NULL AND "
         "state IN ('copied', 'probed', 'checked', 'signed')", (docking_id,))]
+
+
+def delivered_of_serial(state: State, serial: str) -> list[ClipRow]:
+    """The recorder's clips verified on every required target (clearing's candidates)."""
+    return cast(list[ClipRow], state.query(
+        "SELECT * FROM clips WHERE serial = ? AND state = 'delivered' ORDER BY id", (serial,)))
+
+
+def copies_of(state: State, clip_id: int) -> list[TargetCopy]:
+    """Where the clip went: target, delivery state and key, one row per target."""
+    return cast(list[TargetCopy], state.query(
+        "SELECT target, state, key FROM deliveries WHERE clip_id = ?", (clip_id,)))

@@ -180,3 +180,9 @@ class NameDocking(TypedDict):
 class LastManifest(TypedDict):
     sha256: str
     seq: int | None
+
+
+class TargetCopy(TypedDict):
+    target: str
+    state: str | None
+    key: str | None
