@@ -246,8 +246,7 @@ def wait_for_room(pipe: Pipeline, docking_id: int, should_stop: StopFn) -> bool:
     appearing) for their delivery to free room. True: try the copy again."""
     state = pipe.state
     d = dockings.get(state, docking_id)
-    pipe.process(docking_id)  # copied -> checked now: what the manifest will say
-    pipe.on_ready(docking_id)
+    pipe.process(docking_id)  # copied -> checked now (and due for delivery: on_ready)
     freed = make_room(pipe, docking_id, should_stop)
     if freed > 0:
         log.warning("port %s serial %s: staging full: %d bytes freed by delivering ahead of "
