@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from dockd.config import Config, for_workdir
+from dockd.devices.udev import Docked as UdevDocked
 from dockd.devices.udev import Foreign, ForeignGone, MountFailed
 from dockd.devices.watch import Docked, Undocked
 from dockd.errors import CopyError
@@ -39,6 +40,7 @@ class FakePipeline:
     def copy_docking(self, port: str, root: Path, hints: Mapping[str, str],
                      should_stop: Any) -> DockingOutcome:
         self.calls.append(("copy", port))
+        self.hints = dict(hints)
         self.gate.wait(30)
         if self.copy_errors:
             raise self.copy_errors.pop(0)
@@ -129,6 +131,15 @@ def test_a_docked_recorder_is_copied_then_finished_elsewhere_and_released(
     assert pipe.calls == [("copy", "port-01")]
     assert pipe.requested == [7]  # the finisher signs, not the copy job
     assert sup.source.released == ["port-01"]  # type: ignore[attr-defined]
+
+
+def test_a_udev_recorder_brings_its_properties_to_the_job(sup: Supervisor,
+                                                          tmp_path: Path) -> None:
+    pipe: FakePipeline = sup.pipeline  # type: ignore[assignment]
+    sup.on_event(UdevDocked("port-03", tmp_path, FP, hints={"ID_SERIAL_SHORT": "U1"}))
+    settle(sup)
+    assert sup.hints["port-03"] == {"ID_SERIAL_SHORT": "U1"}
+    assert pipe.hints == {"ID_SERIAL_SHORT": "U1"} and pipe.requested == [7]
 
 
 def test_clearing_asked_from_another_thread_runs_as_the_ports_job(sup: Supervisor,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import tiles
 from ..devices.source import DeviceSource
+from ..devices.udev import Docked as UdevDocked
 from ..devices.udev import Foreign, ForeignGone, MountFailed
 from ..devices.watch import Docked, Undocked
 from ..errors import CopyError, DockdError
@@ -99,15 +100,20 @@ class Supervisor:
                 log.error("port %s serial %s: cannot mount the recorder: %s", port, serial,
                           reason)
                 self.state.set_port(port, state="error", serial=serial, error=reason)
+            case UdevDocked(port=port, root=root, hints=hints):  # with its udev properties
+                self.arrived(port, root, hints)
             case Docked(port=port, root=root):
-                log.info("port %s: recorder tree appeared at %s", port, root)
-                self.docked[port] = root
-                self.hints[port] = dict(getattr(ev, "hints", {}) or {})
-                self.submit(port, root)
+                self.arrived(port, root, {})
             case Undocked(port=port):
                 self.undocked(port)
             case _:
                 log.warning("unknown device event %r ignored", ev)
+
+    def arrived(self, port: str, root: Path, hints: Mapping[str, str]) -> None:
+        log.info("port %s: recorder tree appeared at %s", port, root)
+        self.docked[port] = root
+        self.hints[port] = dict(hints)
+        self.submit(port, root)
 
     def undocked(self, port: str) -> None:
         log.info("port %s: recorder removed", port)
