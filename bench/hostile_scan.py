@@ -15,7 +15,7 @@ each in a fresh subprocess that reports its own peak RSS (``ru_maxrss``), best o
 * ``scan (max_files)``    the same with the default limit at half the count: stops early
                           with a ``scan_truncated`` finding
 
-The suite checks the same rules at 5 000 files (tests/test_hostile_recorders.py); this
+The suite checks the same rules at 5 000 files (tests/e2e/test_hostile_recorders.py); this
 measures the 100 000-file case the issue asks for.
 """
 

@@ -16,8 +16,8 @@ OpenSSH on 127.0.0.1, ``tests/sshd.py``), clearing on (``after_delivery``). For
 * the off-site target down for a while (sshd stopped) and erroring (sessions killed).
 
 Spoken-note analysis (Whisper) is off: on a shared 2-core box it would dominate the CPU;
-it is tested on its own (tests/test_notes.py). Read errors, a full staging disk, wrong bytes / lying checksums on a target and clock jumps
-are covered state by state in ``tests/faults`` (they need in-process seams).
+it is tested on its own (tests/integration/test_notes.py). Read errors, a full staging disk, wrong bytes / lying checksums on a target and clock jumps
+are covered state by state in ``tests/e2e/faults`` (they need in-process seams).
 
 Then every fault is healed, every recorder still holding clips is docked again until it is
 cleared (drain), the daemon is stopped, and the invariants are measured: clips lost

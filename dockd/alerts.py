@@ -14,6 +14,7 @@ import shlex
 import subprocess
 from typing import Any
 
+from .status.queue import queue_forecasts
 from .store import State
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,6 @@ def run_hook(command: str, *, level: str, kind: str, subject: str, message: str,
 
 def check_deadlines(state: State, cfg: Any, now: Any) -> list[dict[str, Any]]:
     """Raise/resolve deadline alerts from the queue forecast; returns the open ones."""
-    from .status.queue import queue_forecasts
-
     q = queue_forecasts(state, cfg, now)
     seen = set()
     for f in q["dockings"]:

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .status.devices import add_devices_parser
     add_devices_parser(sub, parents=[common])
 
-    from .devices.ports import add_ports_parser
+    from .devices.ports_cli import add_ports_parser
     add_ports_parser(sub, parents=[common])
 
     from .status.top import add_top_parser
@@ -268,7 +268,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_queue(cfg: Config, args: argparse.Namespace) -> int:
-    from .status.queue import queue_data, render_queue
+    from .status.queue import queue_data
+    from .status.queue_view import render_queue
     from .store import utcnow
 
     return _readout(cfg, args, lambda st: queue_data(st, cfg, utcnow()),

@@ -14,46 +14,21 @@ import dataclasses
 import os
 import re
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .config_types import ByteSize as ByteSize
+from .config_types import build, dataclass_keys, parse_bandwidth
+from .config_types import parse_size as parse_size
 from .errors import ConfigError
+from .status.web_hosts import bad_allowed_hosts
 
 DEFAULT_FILE_PATTERN = (
     r"^(?P<serial>[A-Za-z0-9]+)_(?P<officer>[A-Za-z0-9]+)_(?P<start>\d{14})_(?P<seq>\d+)"
     r"\.(?P<ext>[A-Za-z0-9]+)$"
 )
-
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "kib": 1024,
-    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
-    "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
-}
-
-
-class ByteSize(int):
-    """An int that TOML may spell as ``1048576`` or ``"1 MiB"``."""
-
-
-def parse_size(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 1048576 or \"1 MiB\"")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("size must not be negative")
-        return value
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
-        if m and m.group(2).lower() in _SIZE_UNITS:
-            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    raise ValueError(f"expected a size such as 1048576 or \"1 MiB\", got {value!r}")
-
 
 @dataclass(frozen=True)
 class DockConfig:
@@ -373,16 +348,19 @@ def from_dict(raw: dict[str, Any]) -> Config:
     """Build the configuration; raise ConfigError listing *every* problem (type errors and
     semantic ones in one round; a value already reported as malformed is not judged again)."""
     problems: list[str] = []
-    cfg = _build(Config, raw, "", problems)
+    cfg = build(Config, raw, "", problems)
     problems = merge_problems(problems, _semantic_checks(cfg))
     if problems:
         raise ConfigError(problems, cfg)
     return cfg
 
 
+_HTTP_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+
+
 def _integrity_checks(i: IntegrityConfig) -> list[str]:
     problems = []
-    if i.tsa_url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", i.tsa_url):
+    if i.tsa_url and not _HTTP_URL.fullmatch(i.tsa_url):
         problems.append(f"integrity.tsa_url: must be an http(s) URL, got {i.tsa_url!r}")
     for key in ("tsa_timeout_seconds", "checkpoint_minutes", "audit_minutes"):
         if getattr(i, key) <= 0:
@@ -475,8 +453,6 @@ def _semantic_checks(cfg: Config) -> list[str]:
         problems.append(f"web.language: \"zh\" or \"en\" (got {cfg.web.language!r})")
     if not 0 <= cfg.web.port < 65536:
         problems.append("web.port: 1..65535 (or 0: any free port)")
-    from .status.web_hosts import bad_allowed_hosts
-
     for bad in bad_allowed_hosts(cfg.web.allowed_hosts):
         problems.append(f"web.allowed_hosts: {bad!r} is not a host name or IP address")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -524,6 +500,10 @@ def _semantic_checks(cfg: Config) -> list[str]:
                                 f"\"COMPLIANCE\" (got {t.object_lock!r})")
             if t.part_size < 5 * 1024 * 1024:
                 problems.append(f"{where}.part_size: S3 parts must be at least 5 MiB")
+            if t.endpoint_url and not _HTTP_URL.fullmatch(t.endpoint_url):
+                problems.append(f"{where}.endpoint_url: an http(s) URL such as "
+                                f"\"https://minio.example:9000\" (got {t.endpoint_url!r}; "
+                                "empty: AWS)")
         if t.kind == "sftp":
             for key in ("host", "user", "key_file", "known_hosts"):
                 if not getattr(t, key):
@@ -534,8 +514,6 @@ def _semantic_checks(cfg: Config) -> list[str]:
         problems.append("delivery.warn_margin_hours/warn_age_hours: must be positive")
     for i, t in enumerate(cfg.targets):
         if t.bandwidth_limit:
-            from .delivery.schedule import parse_bandwidth
-
             try:
                 parse_bandwidth(t.bandwidth_limit)
             except ValueError as exc:
@@ -560,96 +538,6 @@ def _semantic_checks(cfg: Config) -> list[str]:
     return problems
 
 
-def _describe(tp: Any) -> str:
-    if tp is ByteSize:
-        return "a size"
-    if tp is Path:
-        return "a path (string)"
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        return "a list"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
-    if not isinstance(raw, dict):
-        problems.append(f"{path or '<top>'}: expected a table, got {type(raw).__name__}")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            where = f"{path}.{key}" if path else key
-            problems.append(f"{where}: unknown key (known: {', '.join(sorted(fields))})")
-    kwargs: dict[str, Any] = {}
-    for name in fields:
-        if name not in raw:
-            continue
-        where = f"{path}.{name}" if path else name
-        value = _convert(hints[name], raw[name], where, problems)
-        if value is not _BAD:
-            kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:  # pragma: no cover - defensive
-        problems.append(f"{path or '<top>'}: {exc}")
-        return cls()
-
-
-_BAD = object()
-
-
-def _convert(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where, problems)  # type: ignore[arg-type]
-    if origin is tuple:
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        if not isinstance(value, list):
-            problems.append(f"{where}: expected a list, got {type(value).__name__}")
-            return _BAD
-        items = [_convert(item_tp, v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
-        return _BAD if any(i is _BAD for i in items) else tuple(items)
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported union in config schema at {where}")  # pragma: no cover
-    if tp is ByteSize:
-        try:
-            return ByteSize(parse_size(value))
-        except ValueError as exc:
-            problems.append(f"{where}: {exc}")
-            return _BAD
-    if tp is Path:
-        if isinstance(value, str) and value:
-            return Path(value)
-        problems.append(f"{where}: expected a non-empty path string, got {value!r}")
-        return _BAD
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    problems.append(f"{where}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
-    return _BAD
-
-
 def schema_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """Every key path of the schema (``offload.workers``, ``targets[].path``, ...)."""
-    out: list[str] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(tp):
-            out.extend(schema_keys(tp, key + "."))  # type: ignore[arg-type]
-        elif typing.get_origin(tp) is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
-            out.extend(schema_keys(typing.get_args(tp)[0], key + "[]."))
-        else:
-            out.append(key)
-    return out
+    return dataclass_keys(cls, prefix)

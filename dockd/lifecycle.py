@@ -53,11 +53,6 @@ def check_docking_edge(old: str, new: str) -> None:
         raise TransitionError(f"docking state {old!r} cannot move to {new!r}")
 
 
-def clip_rank(state: str) -> int:
-    """Position of ``state`` along the clip path (for "at least copied" style questions)."""
-    return CLIP_STATES.index(state)
-
-
 def deadline_for(docked_at: datetime, hours: float) -> datetime:
     """R3: footage must reach dedicated storage within ``hours`` of the recorder's return."""
     return docked_at + timedelta(hours=hours)
@@ -66,6 +61,6 @@ def deadline_for(docked_at: datetime, hours: float) -> datetime:
 def retry_delay(attempts: int, base_s: float, *, cap_s: float = 3600.0,
                 rng: random.Random | None = None) -> float:
     """Exponential backoff with full jitter in [delay/2, delay] (like rclone's pacer)."""
-    delay = min(cap_s, base_s * (2 ** max(0, attempts - 1)))
-    r = (rng or random).random()
+    delay = min(cap_s, base_s * 2.0 ** max(0, attempts - 1))
+    r = rng.random() if rng is not None else random.random()
     return delay / 2 + r * delay / 2

@@ -1,4 +1,8 @@
-"""Shared fixtures: work directories, simulated recorders, a running daemon."""
+"""Shared fixtures: work directories, simulated recorders, a running daemon; and the tiers.
+
+Every test is marked ``unit``, ``integration`` or ``e2e`` by the folder it lives in
+(tests/README.md says which holds what): ``pytest -m unit`` runs the fast, pure tier.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from dockd.devices.simulator import RecorderSpec, simulate_recorder
 from dockd.integrity.keys import generate_key
 
 FIXTURES = Path(__file__).parent / "fixtures"
+TIERS = ("unit", "integration", "e2e")
 
 # a dock's own /etc/dockd/config.toml must never leak into the tests (nor their subprocesses)
 os.environ["DOCKD_CONFIG"] = ""
@@ -150,3 +155,17 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[[Path], DaemonProcess]]:
         if d.proc and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait(10)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, taken from its folder (tests/unit, tests/integration,
+    tests/e2e). A test file not yet sorted into a folder gets no tier mark: it runs with
+    the whole suite but not under ``-m unit`` (tests/README.md: where new tests go)."""
+    here = Path(__file__).parent
+    for item in items:
+        try:
+            parts = item.path.relative_to(here).parts
+        except ValueError:
+            continue
+        if len(parts) > 1 and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))

@@ -200,7 +200,7 @@ class Dock:
             _run(["losetup", "-d", node])
         self.nodes.clear()
         self.helpers.clear()
-        from tests.test_mount_helper import detach_all
+        from tests.integration.test_mount_helper import detach_all
 
         detach_all(self.base / "stage")
 

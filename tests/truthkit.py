@@ -11,8 +11,7 @@ from typing import Any
 
 from dockd.config import Config, load
 from dockd.store import State
-
-from .conftest import dockd_cmd, wait_for
+from tests.conftest import dockd_cmd, wait_for
 
 
 def write_config(workdir: Path, extra: str = "", *, ports: int = 4) -> Path:

@@ -24,14 +24,13 @@ Keys are relative ``/``-separated paths built by ``dockd.delivery.layout``.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ..errors import DeliveryError
 
@@ -112,16 +111,6 @@ class StorageTarget(Protocol):
 
     def close(self) -> None:
         ...
-
-
-def hash_stream(stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> tuple[int, str]:
-    """(size, SHA-256 hex) of everything left in ``stream``, read in chunks."""
-    h = hashlib.sha256()
-    size = 0
-    while chunk := stream.read(chunk_size):
-        h.update(chunk)
-        size += len(chunk)
-    return size, h.hexdigest()
 
 
 def os_error_to_delivery(exc: OSError, target: str, key: str, action: str) -> DeliveryError:

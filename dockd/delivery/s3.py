@@ -35,11 +35,12 @@ upload (``<prefix>_dockd/checksum-probe``, always aborted — nothing is stored)
 that catches a store that keeps wrong bytes, which is what may not happen before a
 recorder is erased (R6), so it is the default.
 
-Errors are ``DeliveryError``: network trouble, timeouts, 5xx, ``SlowDown``/503 (with
-``retry_after`` from ``Retry-After``), 507/out of storage → ``retry=True``; access denied,
-bad keys or signatures, a missing bucket, other 4xx ("can never be stored") and
-conflicting content → ``retry=False``. botocore retries at most once itself
-(``max_attempts=2``): the dock's queue owns retrying.
+Errors are ``DeliveryError`` with their retry meaning (:mod:`.s3_wire`): network trouble,
+timeouts, 5xx, ``SlowDown``/503, 507 → retried; refused credentials and a missing bucket
+are the target's state (retried and alarmed); other 4xx and conflicting content → never.
+An exception that is neither botocore's nor an ``OSError`` is a bug and surfaces as
+itself. botocore retries at most once itself (``max_attempts=2``): the dock's queue owns
+retrying.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ from .base import (
     os_error_to_delivery,
 )
 from .layout import split_key
+from .s3_multipart import put_multipart
 from .s3_uploads import UploadJournal
+from .s3_wire import BAD_DIGEST_CODES, b64_to_hex, error_code, translate_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import Config, TargetConfig
@@ -81,20 +84,6 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 PROBE_KEY = "_dockd/checksum-probe"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _MULTIPART_ETAG = re.compile(r"-\d+\"?$")
-
-_RETRY_CODES = frozenset({
-    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
-    "ThrottlingException", "TooManyRequests", "RequestTimeTooSkewed", "OperationAborted",
-    "XMinioStorageFull", "InsufficientStorage", "XMinioServerNotInitialized", "ExpiredToken",
-})
-# the store's set-up, not this object: a missing bucket, refused or unknown credentials
-_TARGET_STATE_CODES = frozenset({
-    "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-    "AllAccessDisabled", "AccountProblem", "InvalidToken",
-})
-_BAD_DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch",
-                               "XAmzContentChecksumMismatch"})
-
 
 @dataclass(frozen=True)
 class S3Credentials:
@@ -130,19 +119,6 @@ def load_credentials(path: Path) -> S3Credentials:
     except (KeyError, configparser.Error) as exc:
         raise DeliveryError(f"S3 credentials file {path} needs [default] aws_access_key_id "
                             "and aws_secret_access_key", target_state=True) from exc
-
-
-def b64_to_hex(value: str) -> str:
-    return base64.b64decode(value.split("-")[0]).hex()
-
-
-def hex_to_b64(value: str) -> str:
-    return base64.b64encode(bytes.fromhex(value)).decode("ascii")
-
-
-def composite_sha256(part_digests: list[bytes]) -> str:
-    """S3's composite checksum of a multipart object: SHA-256 of the parts' digests (base64)."""
-    return base64.b64encode(hashlib.sha256(b"".join(part_digests)).digest()).decode("ascii")
 
 
 class S3Target:
@@ -234,7 +210,8 @@ class S3Target:
                     config=conf, **kw)
             return self._client_obj
 
-    def _call(self, action: str, key: str, op: str, **kw: Any) -> Any:
+    def call(self, action: str, key: str, op: str, **kw: Any) -> Any:
+        """``client.<op>(Bucket=..., **kw)``, its errors translated (``action`` names it)."""
         try:
             return getattr(self.client, op)(Bucket=self.bucket, **kw)
         except Exception as exc:
@@ -270,8 +247,6 @@ class S3Target:
             except OSError as exc:
                 raise os_error_to_delivery(exc, self.name, str(local_path), "read source") from exc
             return self._put_single(data, key, full, sha256, size, retention)
-        from .s3_multipart import put_multipart
-
         receipt = put_multipart(self, local_path, key, full, sha256, size, retention)
         if receipt.already_present:
             return receipt
@@ -327,7 +302,7 @@ class S3Target:
 
     def read_chunks(self, key: str) -> Iterator[bytes]:
         """The stored object's bytes, streamed (exports read evidence back this way)."""
-        resp = self._call("read", key, "get_object", Key=self.full_key(key))
+        resp = self.call("read", key, "get_object", Key=self.full_key(key))
         body = resp["Body"]
         try:
             yield from body.iter_chunks(CHUNK_SIZE)
@@ -359,7 +334,7 @@ class S3Target:
             raise DeliveryError(f"{self.name}: source for {key} is {len(data)} bytes "
                                 f"{digest.hexdigest()}, expected {size} bytes {sha256}; "
                                 "not delivered", retry=False)
-        kw = self._object_args(sha256, size, retention)
+        kw = self.object_args(sha256, size, retention)
         self.pace(len(data))
         try:
             resp = self.client.put_object(
@@ -367,8 +342,8 @@ class S3Target:
                 ChecksumAlgorithm="SHA256", ChecksumSHA256=base64.b64encode(
                     digest.digest()).decode("ascii"), **kw)
         except Exception as exc:
-            if _error_code(exc) == "PreconditionFailed":
-                return self._lost_race(key, full, sha256, size)
+            if error_code(exc) == "PreconditionFailed":
+                return self.lost_race(key, full, sha256, size)
             raise translate_error(exc, self.name, key, "upload") from exc
         echoed = resp.get("ChecksumSHA256")
         if echoed and b64_to_hex(echoed) != sha256:
@@ -378,7 +353,7 @@ class S3Target:
         log.info("%s: delivered %s (%d bytes, sha256 %s)", self.name, key, size, sha256)
         return Receipt(key=key, size=size, sha256=sha256, already_present=False)
 
-    def _object_args(self, sha256: str, size: int, retention: Retention | None) -> dict[str, Any]:
+    def object_args(self, sha256: str, size: int, retention: Retention | None) -> dict[str, Any]:
         meta = {"sha256": sha256, "size": str(size)}
         kw: dict[str, Any] = {"Metadata": meta}
         if retention is not None:
@@ -406,26 +381,27 @@ class S3Target:
             if current is None or current < until:
                 log.info("%s: setting %s retention of %s until %s", self.name,
                          self.object_lock, key, until.isoformat())
-                self._call("set retention of", key, "put_object_retention", Key=full,
+                self.call("set retention of", key, "put_object_retention", Key=full,
                            Retention={"Mode": self.object_lock, "RetainUntilDate": until},
                            **vkw)
         if (retention.legal_hold or until is None) and head.get(
                 "ObjectLockLegalHoldStatus") != "ON":
             log.info("%s: setting legal hold on %s", self.name, key)
-            self._call("set legal hold on", key, "put_object_legal_hold", Key=full,
+            self.call("set legal hold on", key, "put_object_legal_hold", Key=full,
                        LegalHold={"Status": "ON"}, **vkw)
 
     def _head(self, full: str, key: str) -> dict[str, Any] | None:
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=full,  # type: ignore[no-any-return]
-                                           ChecksumMode="ENABLED")
+            head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=full,
+                                                           ChecksumMode="ENABLED")
+            return head
         except Exception as exc:
-            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise translate_error(exc, self.name, key, "look up") from exc
 
     def _claimed_sha256(self, head: dict[str, Any]) -> str | None:
-        meta = (head.get("Metadata") or {}).get("sha256", "")
+        meta = str((head.get("Metadata") or {}).get("sha256", ""))
         if _SHA256_HEX.fullmatch(meta):
             return meta
         full = _full_object_checksum(head)
@@ -463,7 +439,7 @@ class S3Target:
             claimed = self._read_back(full, key, head.get("VersionId"))[1]
         return existing_receipt(self.name, key, (found_size, claimed), sha256=sha256, size=size)
 
-    def _lost_race(self, key: str, full: str, sha256: str, size: int) -> Receipt:
+    def lost_race(self, key: str, full: str, sha256: str, size: int) -> Receipt:
         head = self._head(full, key)
         if head is None:
             raise DeliveryError(f"{self.name}: {key} appeared and vanished while uploading",
@@ -472,7 +448,7 @@ class S3Target:
 
     def _read_back(self, full: str, key: str, version: str | None) -> tuple[int, str]:
         kw = {"VersionId": version} if version else {}
-        resp = self._call("read back", key, "get_object", Key=full, **kw)
+        resp = self.call("read back", key, "get_object", Key=full, **kw)
         h = hashlib.sha256()
         n = 0
         body = resp["Body"]
@@ -488,7 +464,7 @@ class S3Target:
 
     def _probe_checksums(self) -> bool:
         probe = self.prefix + PROBE_KEY
-        up = self._call("probe", probe, "create_multipart_upload", Key=probe,
+        up = self.call("probe", probe, "create_multipart_upload", Key=probe,
                         ChecksumAlgorithm="SHA256")
         upload_id = up["UploadId"]
         try:
@@ -497,8 +473,8 @@ class S3Target:
                 Body=b"dockd checksum probe", ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=base64.b64encode(b"\0" * 32).decode("ascii"))
         except Exception as exc:
-            code = _error_code(exc)
-            if code in _BAD_DIGEST_CODES:
+            code = error_code(exc)
+            if code in BAD_DIGEST_CODES:
                 log.info("%s: store rejects wrong checksums (%s)", self.name, code)
                 return True
             raise translate_error(exc, self.name, probe, "probe") from exc
@@ -508,7 +484,7 @@ class S3Target:
                                                    UploadId=upload_id)
             except Exception as exc:  # an orphaned probe upload is harmless
                 log.warning("%s: cannot abort checksum probe upload: %s", self.name,
-                            _error_code(exc) or exc)
+                            error_code(exc) or exc)
         log.warning("%s: store accepted a part with a wrong SHA-256: its checksums are not "
                     "verified; delivery is confirmed by read-back", self.name)
         return False
@@ -537,69 +513,10 @@ def lock_until(when: datetime) -> datetime:
     return when
 
 
-def _error_code(exc: BaseException) -> str | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", "")) or None
-    return None
-
-
-def translate_error(exc: BaseException, target: str, key: str, action: str) -> DeliveryError:
-    """A boto/botocore exception as a ``DeliveryError`` carrying its retry meaning."""
-    if isinstance(exc, DeliveryError):
-        return exc
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        NoCredentialsError,
-        PartialCredentialsError,
-    )
-
-    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return DeliveryError(f"{target}: no usable S3 credentials to {action} {key}",
-                             target_state=True)
-    if isinstance(exc, ClientError):
-        meta = exc.response.get("ResponseMetadata", {})
-        status = int(meta.get("HTTPStatusCode") or 0)
-        code = _error_code(exc) or str(status)
-        headers = meta.get("HTTPHeaders") or {}
-        retry_after = _retry_after(headers.get("retry-after"))
-        retry = status >= 500 or status in (408, 429) or code in _RETRY_CODES
-        if code == "403":  # HEAD answers have no body to carry the code
-            code = "Forbidden (access denied or bad credentials)"
-        msg = f"{target}: cannot {action} {key}: {code} (HTTP {status})"
-        state = status in (401, 403) or code in _TARGET_STATE_CODES
-        log.debug("%s retry=%s target state=%s", msg, retry, state)
-        return DeliveryError(msg, retry=retry, retry_after=retry_after if retry else None,
-                             target_state=state)
-    if isinstance(exc, (BotoCoreError, OSError)):
-        return DeliveryError(f"{target}: cannot {action} {key}: {type(exc).__name__}: {exc}",
-                             retry=True)
-    return DeliveryError(f"{target}: cannot {action} {key}: {type(exc).__name__}: {exc}",
-                         retry=True)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "s3"
 
 
 
 
-__all__ = ["S3Credentials", "S3Target", "composite_sha256", "load_credentials",
-           "lock_until", "translate_error"]
+__all__ = ["S3Credentials", "S3Target", "load_credentials", "lock_until"]

@@ -24,16 +24,41 @@ import base64
 import hashlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import DeliveryError
 from .base import Receipt, Retention, os_error_to_delivery
-from .s3_uploads import JournalPart, PendingUpload
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .s3 import S3Target
+from .s3_uploads import JournalPart, PendingUpload, UploadJournal
+from .s3_wire import b64_to_hex, composite_sha256, error_code, translate_error
 
 log = logging.getLogger(__name__)
+
+
+class MultipartTarget(Protocol):
+    """What a multipart upload needs of its target (:class:`dockd.delivery.s3.S3Target`)."""
+
+    name: str
+    bucket: str
+    part_size: int
+    journal: UploadJournal
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client (boto3 ships no types)."""
+
+    def pace(self, nbytes: int) -> None:
+        """Wait as long as the bandwidth cap requires before sending ``nbytes``."""
+
+    def call(self, action: str, key: str, op: str, **kw: Any) -> Any:
+        """``client.<op>(Bucket=..., **kw)`` with errors translated."""
+
+    def object_args(self, sha256: str, size: int, retention: Retention | None
+                    ) -> dict[str, Any]:
+        """Metadata and object-lock arguments of a new object."""
+
+    def lost_race(self, key: str, full: str, sha256: str, size: int) -> Receipt:
+        """The receipt for an object that appeared under ``full`` meanwhile (compared,
+        never replaced)."""
 
 MAX_PARTS = 10_000
 MIB = 1024 * 1024
@@ -47,10 +72,8 @@ def part_size_for(size: int, part_size: int) -> int:
     return -(-need // MIB) * MIB
 
 
-def put_multipart(t: S3Target, local_path: Path, key: str, full: str, sha256: str,
+def put_multipart(t: MultipartTarget, local_path: Path, key: str, full: str, sha256: str,
                   size: int, retention: Retention | None) -> Receipt:
-    from .s3 import composite_sha256, translate_error
-
     part_size = part_size_for(size, t.part_size)
     up, on_server = _resume_or_start(t, key, full, sha256, size, part_size, retention)
     journalled = t.journal.parts(up.upload_id)
@@ -103,10 +126,10 @@ def put_multipart(t: S3Target, local_path: Path, key: str, full: str, sha256: st
             Bucket=t.bucket, Key=full, UploadId=up.upload_id, IfNoneMatch="*",
             MultipartUpload={"Parts": parts})
     except Exception as exc:
-        code = _code(exc)
+        code = error_code(exc)
         if code == "PreconditionFailed":
             _abandon(t, up, key)
-            return t._lost_race(key, full, sha256, size)
+            return t.lost_race(key, full, sha256, size)
         if code == "NoSuchUpload":
             t.journal.forget(up.upload_id)
         raise translate_error(exc, t.name, key, "complete upload of") from exc
@@ -119,7 +142,7 @@ def put_multipart(t: S3Target, local_path: Path, key: str, full: str, sha256: st
     return Receipt(key=key, size=size, sha256=sha256, already_present=False)
 
 
-def _resume_or_start(t: S3Target, key: str, full: str, sha256: str, size: int,
+def _resume_or_start(t: MultipartTarget, key: str, full: str, sha256: str, size: int,
                      part_size: int, retention: Retention | None
                      ) -> tuple[PendingUpload, dict[int, tuple[str, int]]]:
     resume: PendingUpload | None = None
@@ -138,18 +161,16 @@ def _resume_or_start(t: S3Target, key: str, full: str, sha256: str, size: int,
         log.info("%s: journalled upload of %s is gone from the server; starting again",
                  t.name, key)
         t.journal.forget(resume.upload_id)
-    kw = t._object_args(sha256, size, retention)
-    created = t._call("start upload of", key, "create_multipart_upload", Key=full,
+    kw = t.object_args(sha256, size, retention)
+    created = t.call("start upload of", key, "create_multipart_upload", Key=full,
                       ChecksumAlgorithm="SHA256", **kw)
     up = PendingUpload(t.bucket, full, sha256, created["UploadId"], size, part_size)
     t.journal.start(up)
     return up, {}
 
 
-def _list_parts(t: S3Target, up: PendingUpload, key: str) -> dict[int, tuple[str, int]] | None:
+def _list_parts(t: MultipartTarget, up: PendingUpload, key: str) -> dict[int, tuple[str, int]] | None:
     """{part number: (ETag, size)} the server holds for ``up``; None if the upload is gone."""
-    from .s3 import translate_error
-
     found: dict[int, tuple[str, int]] = {}
     marker = 0
     while True:
@@ -157,7 +178,7 @@ def _list_parts(t: S3Target, up: PendingUpload, key: str) -> dict[int, tuple[str
             resp = t.client.list_parts(Bucket=t.bucket, Key=up.key, UploadId=up.upload_id,
                                        PartNumberMarker=marker)
         except Exception as exc:
-            if _code(exc) in ("NoSuchUpload", "404"):
+            if error_code(exc) in ("NoSuchUpload", "404"):
                 return None
             raise translate_error(exc, t.name, key, "list parts of") from exc
         for p in resp.get("Parts", []):
@@ -167,17 +188,15 @@ def _list_parts(t: S3Target, up: PendingUpload, key: str) -> dict[int, tuple[str
         marker = int(resp["NextPartNumberMarker"])
 
 
-def _upload_part(t: S3Target, up: PendingUpload, key: str, number: int, data: bytes,
+def _upload_part(t: MultipartTarget, up: PendingUpload, key: str, number: int, data: bytes,
                  digest: bytes) -> str:
-    from .s3 import b64_to_hex, translate_error
-
     t.pace(len(data))
     try:
         resp = t.client.upload_part(
             Bucket=t.bucket, Key=up.key, UploadId=up.upload_id, PartNumber=number, Body=data,
             ChecksumAlgorithm="SHA256", ChecksumSHA256=base64.b64encode(digest).decode("ascii"))
     except Exception as exc:
-        if _code(exc) == "NoSuchUpload":
+        if error_code(exc) == "NoSuchUpload":
             t.journal.forget(up.upload_id)
         raise translate_error(exc, t.name, key, f"upload part {number} of") from exc
     echoed = resp.get("ChecksumSHA256")
@@ -189,18 +208,12 @@ def _upload_part(t: S3Target, up: PendingUpload, key: str, number: int, data: by
     return etag
 
 
-def _abandon(t: S3Target, up: PendingUpload, key: str) -> None:
+def _abandon(t: MultipartTarget, up: PendingUpload, key: str) -> None:
     """Abort ``up`` on the server (best effort) and forget it."""
     try:
         t.client.abort_multipart_upload(Bucket=t.bucket, Key=up.key, UploadId=up.upload_id)
     except Exception as exc:
-        if _code(exc) not in ("NoSuchUpload", "404"):
-            log.warning("%s: cannot abort upload of %s: %s", t.name, key, _code(exc) or exc)
+        if error_code(exc) not in ("NoSuchUpload", "404"):
+            log.warning("%s: cannot abort upload of %s: %s", t.name, key, error_code(exc) or exc)
             return  # keep it journalled: the next attempt aborts it again
     t.journal.forget(up.upload_id)
-
-
-def _code(exc: BaseException) -> str | None:
-    from .s3 import _error_code
-
-    return _error_code(exc)

@@ -8,21 +8,22 @@ when any of its clips has waited longer than ``warn_age``; ``alarm`` once the de
 passed with clips undelivered, or when a required target refuses permanently.
 
 Bandwidth caps (``"40 MB/s"``, or a schedule ``"08:00-18:00=10 MB/s,*=80 MB/s"``) are parsed
-here too; :class:`Pacer` enforces them with a thread-safe token bucket.
+by :mod:`dockd.config_types`; :class:`Pacer` enforces them with a thread-safe token bucket.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from datetime import time as dtime
 from typing import Any
 
-from ..config import parse_size
+# the bandwidth syntax is the configuration's (config-check reports a bad one)
+from ..config_types import RateRule
+from ..config_types import parse_bandwidth as parse_bandwidth
+from ..config_types import parse_rate as parse_rate
 
 OK, WARNING, ALARM = "ok", "warning", "alarm"
 
@@ -116,52 +117,6 @@ def measured_throughput(samples: Sequence[tuple[int, float]]) -> float | None:
 
 
 # --------------------------------------------------------------------------- bandwidth
-
-
-@dataclass(frozen=True)
-class RateRule:
-    start: dtime | None  # None: any time ("*")
-    end: dtime | None
-    bytes_per_s: float | None  # None: unlimited
-
-
-_RATE = re.compile(r"^\s*(?P<n>[\d.]+\s*[A-Za-z]*?)\s*(?:/s|ps)?\s*$")
-
-
-def parse_rate(text: str) -> float | None:
-    """``"40 MB/s"`` → 40e6; ``"off"``/``""`` → None (unlimited)."""
-    t = text.strip()
-    if t.lower() in ("", "off", "none", "unlimited"):
-        return None
-    m = _RATE.match(t)
-    if not m:
-        raise ValueError(f"not a rate: {text!r} (e.g. \"40 MB/s\")")
-    value = parse_size(m.group("n").replace(" ", ""))
-    if value <= 0:
-        raise ValueError(f"rate must be positive: {text!r}")
-    return float(value)
-
-
-def parse_bandwidth(spec: str) -> list[RateRule]:
-    """A single rate, or comma-separated ``HH:MM-HH:MM=RATE`` rules with ``*=RATE`` fallback."""
-    spec = spec.strip()
-    if not spec:
-        return []
-    if "=" not in spec:
-        return [RateRule(None, None, parse_rate(spec))]
-    rules = []
-    for part in spec.split(","):
-        when, _, rate = part.partition("=")
-        when = when.strip()
-        if when == "*":
-            rules.append(RateRule(None, None, parse_rate(rate)))
-            continue
-        m = re.fullmatch(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})", when)
-        if not m:
-            raise ValueError(f"bad time window {when!r} (use HH:MM-HH:MM or *)")
-        a, b, c, d = (int(x) for x in m.groups())
-        rules.append(RateRule(dtime(a, b), dtime(c % 24, d), parse_rate(rate)))
-    return rules
 
 
 def rate_at(rules: Sequence[RateRule], local: datetime) -> float | None:

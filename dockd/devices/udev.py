@@ -4,7 +4,7 @@ udev events are hints (as in Home Assistant's usb integration and udiskie). The 
 monitor thread only turns each event into a frozen :class:`UdevHint` on a small queue. The
 owner of the source calls :meth:`UdevSource.poll`, which re-enumerates every block device
 (on a hint, a second later again, at start-up and every ``devices.rescan_seconds``) into
-:class:`BlockDevice` snapshots; pure functions decide:
+:class:`BlockDevice` snapshots; pure functions (:mod:`.udev_core`) decide:
 
 - :func:`snapshot` groups USB block devices by physical port (:mod:`.ports`), checks the
   allow-list, and picks the volume to mount: a partition with a vfat/exfat filesystem is
@@ -32,264 +32,46 @@ unmounted rather than left writable. Windows and unmounts of one port are serial
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ..config import AllowConfig, Config
+from ..config import Config
 from . import watch
-from .mount import UNRELIABLE_FILE_TIMES, FsckResult, HelperMounter, Mounter, MountError
-from .ports import PortMap, allowed_rule, port_path
+from .mount import FsckResult, HelperMounter, Mounter, MountError
+from .ports import PortMap
+from .udev_core import (
+    BlockDevice,
+    Docked,
+    Foreign,
+    ForeignGone,
+    Left,
+    MountFailed,
+    PortView,
+    UdevEvent,
+    UdevHint,
+    Undocked,
+    docking_hints,
+    reconcile,
+    snapshot,
+)
+from .udev_edge import Stoppable, list_block_properties, watch_block_events
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-MOUNTABLE_FS = ("vfat", "exfat")
 FOLLOWUP_SECONDS = 1.0
 """After a hint, re-enumerate once more this much later (partitions follow their disk)."""
 UNUSABLE_GRACE_SECONDS = 3.0
 """A recorder still without a mountable filesystem after this is reported as failed."""
 UNKNOWN_OUTCOME = ("timeout", "unreachable", "protocol")
 """Helper errors after which a remount may or may not have happened."""
-HINT_KEYS = ("DEVNAME", "DEVTYPE", "ID_PATH", "ID_BUS", "ID_VENDOR", "ID_VENDOR_ID", "ID_MODEL",
-             "ID_MODEL_ID", "ID_SERIAL", "ID_SERIAL_SHORT", "ID_REVISION", "ID_FS_TYPE",
-             "ID_FS_UUID", "ID_FS_LABEL", "ID_FS_VERSION", "ID_PART_ENTRY_NUMBER")
-
-
-# --------------------------------------------------------------------------- plain data
-
-
-@dataclass(frozen=True)
-class UdevHint:
-    """A udev event, reduced: something changed on a block device."""
-
-    action: str
-    devnode: str
-    id_path: str
-
-
-@dataclass(frozen=True)
-class BlockDevice:
-    """What one enumeration saw of one block device (a snapshot of its udev properties)."""
-
-    devnode: str
-    devtype: str
-    id_path: str
-    bus: str
-    vendor_id: str
-    model_id: str
-    serial: str
-    fs_type: str
-    fs_uuid: str
-    part_number: int
-    major: int
-    minor: int
-    initialized_usec: int
-    properties: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False,
-                                          repr=False)
-
-    @classmethod
-    def from_properties(cls, props: Mapping[str, str]) -> BlockDevice:
-        def num(key: str) -> int:
-            try:
-                return int(props.get(key, "") or 0)
-            except ValueError:
-                return 0
-
-        return cls(
-            devnode=props.get("DEVNAME", ""), devtype=props.get("DEVTYPE", ""),
-            id_path=props.get("ID_PATH", ""), bus=props.get("ID_BUS", ""),
-            vendor_id=props.get("ID_VENDOR_ID", "").lower(),
-            model_id=props.get("ID_MODEL_ID", "").lower(),
-            serial=props.get("ID_SERIAL_SHORT", ""), fs_type=props.get("ID_FS_TYPE", ""),
-            fs_uuid=props.get("ID_FS_UUID", ""),
-            part_number=num("PARTN") or num("ID_PART_ENTRY_NUMBER"),
-            major=num("MAJOR"), minor=num("MINOR"),
-            initialized_usec=num("USEC_INITIALIZED"), properties=dict(props))
-
-    @property
-    def is_dock_candidate(self) -> bool:
-        """A USB disk or partition that udev has finished processing."""
-        return (self.bus == "usb" and self.devtype in ("disk", "partition")
-                and self.devnode.startswith("/dev/") and bool(self.id_path)
-                and self.initialized_usec > 0)
-
-    @property
-    def mountable(self) -> bool:
-        return self.fs_type in MOUNTABLE_FS
-
-
-@dataclass(frozen=True)
-class PortView:
-    """What one snapshot says is in one port."""
-
-    port: str
-    port_path: str
-    kind: str
-    """"recorder" (allow-listed) or "foreign"."""
-    device: BlockDevice | None
-    """recorder: the volume to mount (None: no vfat/exfat filesystem seen yet);
-    foreign: its whole disk (or first partition)."""
-    rule: AllowConfig | None = None
-    mapped: bool = True
-
-    @property
-    def fingerprint(self) -> watch.Fingerprint:
-        """Identity of this docking: a re-plug (new udev initialisation) changes it."""
-        d = self.device
-        if d is None:
-            return (0, 0, 0, (self.kind, "no-volume"))
-        return (os.makedev(d.major, d.minor), d.part_number, d.initialized_usec,
-                (self.kind, d.devnode, d.serial, d.fs_uuid, d.vendor_id, d.model_id))
-
-
-@dataclass(frozen=True)
-class Appeared:
-    view: PortView
-
-
-@dataclass(frozen=True)
-class Left:
-    view: PortView
-
-
-Change = Appeared | Left
-
-
-@dataclass(frozen=True)
-class Docked(watch.Docked):
-    """A recorder mounted read-only at ``root``; ``hints`` are its udev properties (and fsck)."""
-
-    hints: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
-
-
-Undocked = watch.Undocked
-
-
-@dataclass(frozen=True)
-class Foreign:
-    """A USB block device on a dock port that is not on the allow-list: never mounted."""
-
-    port: str
-    devnode: str
-    vendor_id: str
-    model_id: str
-    serial: str
-    properties: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False,
-                                          repr=False)
-
-
-@dataclass(frozen=True)
-class ForeignGone:
-    port: str
-
-
-@dataclass(frozen=True)
-class MountFailed:
-    """An allowed recorder that could not be mounted (no filesystem, helper refused, ...)."""
-
-    port: str
-    serial: str
-    reason: str
-
-
-UdevEvent = Docked | Undocked | Foreign | ForeignGone | MountFailed
-
-
-# --------------------------------------------------------------------------- pure core
-
-
-def _volume_order(d: BlockDevice) -> tuple[int, int, str]:
-    return (0 if d.devtype == "partition" else 1, d.part_number, d.devnode)
-
-
-def snapshot(devices: Iterable[BlockDevice], port_map: PortMap,
-             allow: Sequence[AllowConfig]) -> dict[str, PortView]:
-    """Per port label: what is in it. Pure (apart from PortMap's one-time warning)."""
-    groups: dict[str, dict[str, BlockDevice]] = {}
-    for d in devices:
-        if d.is_dock_candidate:
-            groups.setdefault(port_path(d.id_path), {})[d.devnode] = d  # duplicates collapse
-    views: dict[str, PortView] = {}
-    for ppath in sorted(groups):
-        members = sorted(groups[ppath].values(), key=_volume_order)
-        label, mapped = port_map.lookup(ppath)
-        disk = next((d for d in members if d.devtype == "disk"), members[0])
-        rule = allowed_rule(disk.properties or _props_of(disk), allow)
-        if rule is None:
-            views[label] = PortView(label, ppath, "foreign", disk, None, mapped)
-            continue
-        volume = next((d for d in members if d.mountable), None)
-        views[label] = PortView(label, ppath, "recorder", volume, rule, mapped)
-    return views
-
-
-def _props_of(d: BlockDevice) -> dict[str, str]:
-    return {"ID_BUS": d.bus, "ID_VENDOR_ID": d.vendor_id, "ID_MODEL_ID": d.model_id,
-            "ID_SERIAL_SHORT": d.serial}
-
-
-def reconcile(old: Mapping[str, PortView], new: Mapping[str, PortView]) -> list[Change]:
-    """What appeared or left between two snapshots, sorted by port. Pure.
-
-    A port whose view changed identity gives ``Left`` (old view) then ``Appeared`` (new).
-    """
-    changes: list[Change] = []
-    for port in sorted(set(old) | set(new)):
-        before, after = old.get(port), new.get(port)
-        same = (before is not None and after is not None
-                and before.fingerprint == after.fingerprint)
-        if before is not None and not same:
-            changes.append(Left(before))
-        if after is not None and not same:
-            changes.append(Appeared(after))
-    return changes
-
-
-def docking_hints(view: PortView, fsck: FsckResult | None,
-                  fs_driver: str = "kernel") -> dict[str, str]:
-    """The udev properties a driver may use, plus dockd's own (port, profile, fsck, which
-    filesystem driver serves the recorder and whether its file times can be trusted)."""
-    props = view.device.properties if view.device is not None else {}
-    hints = {k: props[k] for k in HINT_KEYS if props.get(k)}
-    hints["DOCKD_PORT"] = view.port
-    hints["DOCKD_PORT_PATH"] = view.port_path
-    if view.rule is not None:
-        hints["DOCKD_PROFILE"] = view.rule.profile
-        hints["DOCKD_MODEL_LABEL"] = view.rule.label
-    if fsck is not None:
-        hints["DOCKD_FSCK"] = fsck.verdict
-        hints["DOCKD_FSCK_DETAIL"] = fsck.detail
-    hints["DOCKD_FS_DRIVER"] = fs_driver
-    if fs_driver in UNRELIABLE_FILE_TIMES:
-        hints["DOCKD_FILE_TIMES"] = "unreliable"
-    return hints
-
-
-# --------------------------------------------------------------------------- pyudev edge
-
-
-def list_block_properties() -> list[dict[str, str]]:
-    """udev properties of every initialised block device (the real enumeration)."""
-    import pyudev
-
-    ctx = pyudev.Context()
-    out = []
-    for dev in ctx.list_devices(subsystem="block"):
-        try:
-            if not dev.is_initialized:
-                continue
-            out.append({str(k): str(v) for k, v in dev.properties.items()})
-        except (OSError, KeyError):  # vanished while we looked
-            continue
-    return out
-
 
 # --------------------------------------------------------------------------- the source
 
@@ -297,7 +79,7 @@ def list_block_properties() -> list[dict[str, str]]:
 @dataclass
 class _Attach:
     view: PortView
-    future: Future[tuple[Path, FsckResult | None]]
+    future: Future[tuple[Path, FsckResult | None, str]]
 
 
 class UdevSource:
@@ -318,7 +100,7 @@ class UdevSource:
         self._wake: queue.Queue[object] = queue.Queue(maxsize=64)
         self._pool: ThreadPoolExecutor | None = None
         self._workers = max(1, mount_workers)
-        self._observer: Any = None
+        self._observer: Stoppable | None = None
         self._seen: dict[str, PortView] = {}
         self._attaching: dict[str, _Attach] = {}
         self._chain: dict[str, Future[Any]] = {}
@@ -562,12 +344,12 @@ class UdevSource:
 
     # ------------------------------------------------------------------ mount work
 
-    def _submit(self, port: str, fn: Callable[[], Any]) -> Future[Any]:
+    def _submit(self, port: str, fn: Callable[[], T]) -> Future[T]:
         """Run ``fn`` on the pool after the port's previous operation (FIFO per port)."""
         assert self._pool is not None
         prev = self._chain.get(port)
 
-        def run() -> Any:
+        def run() -> T:
             if prev is not None:
                 try:
                     prev.result()
@@ -608,7 +390,7 @@ class UdevSource:
             log.log(level, "port %s: recorder %s: read-only fsck %s: %s", view.port,
                     dev.serial or "-", fsck.verdict, fsck.detail)
         result = self.mounter.mount(dev.devnode, view.port)
-        return result.mountpoint, fsck, getattr(result, "driver", "kernel")
+        return result.mountpoint, fsck, result.driver
 
     def _detach(self, port: str, why: str) -> None:
         with self._port_lock(port):  # never while a writable window is open on the port
@@ -646,20 +428,8 @@ class UdevSource:
 
     def _start_monitor(self) -> None:
         try:
-            import pyudev
-
-            ctx = pyudev.Context()
-            monitor = pyudev.Monitor.from_netlink(ctx)
-            monitor.filter_by(subsystem="block")
-
-            def on_event(device: Any) -> None:  # monitor thread: reduce and queue, nothing else
-                self.push_hint(UdevHint(str(device.action or ""), str(device.device_node or ""),
-                                        str(device.properties.get("ID_PATH", ""))))
-
-            observer = pyudev.MonitorObserver(monitor, callback=on_event, name="udev-monitor")
-            observer.daemon = True
-            observer.start()
-            self._observer = observer
+            self._observer = watch_block_events(
+                lambda action, devnode, id_path: self.push_hint(UdevHint(action, devnode, id_path)))
         except Exception as exc:  # no netlink, no libudev: the slow re-scan still works
             log.warning("port ?: cannot watch udev events (%s); relying on the %.0f s re-scan",
                         exc, self.rescan_seconds)

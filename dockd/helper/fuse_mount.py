@@ -46,7 +46,14 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .kernel import MNT_DETACH, MountEntry
+from .kernel import fd_path as _fd_path
+from .protocol import Refused
+
+if TYPE_CHECKING:  # pragma: no cover - the helper calls swap() with itself
+    from .mount_helper import Helper
 
 log = logging.getLogger(__name__)
 
@@ -201,17 +208,13 @@ def owner_problems(st: os.stat_result, uid: int, gid: int) -> list[str]:
     return problems
 
 
-def swap(helper: Any, port: str, mode: str, target: str, root_fd: int, port_fd: int,
-         entry: Any) -> dict[str, Any]:
+def swap(helper: Helper, port: str, mode: str, target: str, root_fd: int, port_fd: int,
+         entry: MountEntry) -> dict[str, Any]:
     """``remount PORT rw|ro`` for a recorder mounted through a FUSE driver: detach the mount,
     wait for its driver to let go of the device, mount the driver in the wanted mode through
     the helper's staged sequence. ``rw`` needs today's udev verdict (as for the kernel's
     drivers); ``ro`` never does, and answers only once the read-write driver has exited
     (flushed). Idempotent: a mount already in the wanted mode is left alone."""
-    from .kernel import MNT_DETACH
-    from .kernel import fd_path as _fd_path
-    from .protocol import Refused
-
     fs = fuse_base(entry.fstype)
     assert fs is not None
     writable = mode == "rw"

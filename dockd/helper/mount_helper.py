@@ -113,6 +113,7 @@ from .protocol import (
     check_port,
     check_words,
     direct_caller,
+    drain,
     port_of,
     read_request,
     refuse_elevation,
@@ -141,7 +142,7 @@ class Helper(StagedAttach):
                  umount: Callable[[str, int], None] = sys_umount,
                  mountinfo: Callable[[], str] = read_mountinfo,
                  run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
-                 statvfs: Callable[[str], Any] = os.statvfs,
+                 statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
                  mount_id: Callable[[int], int] = read_mount_id,
                  stage_root: Path = STAGE_ROOT,
                  fuse_start: Callable[..., None] = fuse_mount.start_driver,
@@ -547,24 +548,6 @@ class Helper(StagedAttach):
         log.info("port %s: fsck %s (%s, serial %s): %s (exit %d)", port, devnode, fstype,
                  props.get("ID_SERIAL_SHORT", "-"), verdict, rc)
         return {**answer, "verdict": verdict, "exit": rc, "detail": detail, "argv": argv}
-
-
-def drain(sock: socket.socket, limit: int = 65536) -> None:
-    """Discard what the client sent beyond its request (so closing does not reset the
-    connection before it reads the answer), restore blocking mode (the read timeout made
-    the shared socket non-blocking, stdout included) and close our duplicate."""
-    try:
-        sock.setblocking(False)
-        while limit > 0:
-            chunk = sock.recv(min(limit, 8192))
-            if not chunk:
-                break
-            limit -= len(chunk)
-    except OSError:
-        pass
-    finally:
-        sock.setblocking(True)
-        sock.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

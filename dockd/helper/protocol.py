@@ -133,6 +133,24 @@ def read_request(sock: socket.socket, *, timeout: float = REQUEST_TIMEOUT_S,
     return parse_request(buf.split(b"\n", 1)[0], limit=limit)
 
 
+def drain(sock: socket.socket, limit: int = 65536) -> None:
+    """Discard what the client sent beyond its request (so closing does not reset the
+    connection before it reads the answer), restore blocking mode (the read timeout made
+    the shared socket non-blocking, stdout included) and close our duplicate."""
+    try:
+        sock.setblocking(False)
+        while limit > 0:
+            chunk = sock.recv(min(limit, 8192))
+            if not chunk:
+                break
+            limit -= len(chunk)
+    except OSError:
+        pass
+    finally:
+        sock.setblocking(True)
+        sock.close()
+
+
 def parse_request(line: bytes, *, limit: int = MAX_REQUEST) -> list[str]:
     """Words of one request line: ASCII, printable, at most three; else Refused."""
     if len(line) >= limit:

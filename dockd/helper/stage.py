@@ -14,8 +14,8 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from ..config import Config
 from . import fuse_mount
 from .kernel import (
     ALWAYS_OPTIONS,
@@ -36,7 +36,7 @@ from .kernel import (
     open_dir_nofollow,
     walk_nofollow,
 )
-from .protocol import Refused
+from .protocol import Caller, Refused
 
 log = logging.getLogger("dockd.helper.mount_helper")
 
@@ -49,14 +49,14 @@ def fs_of(mount_fstype: str) -> str | None:
 
 class StagedAttach:
     stage_root: Path
-    cfg: Any
-    caller: Any
+    cfg: Config
+    caller: Caller
     _fuse_start: Callable[..., None]
     _kernel_has: Callable[[str], bool]
     _mount: Callable[[MountCall], None]
     _umount: Callable[[str, int], None]
     _mountinfo: Callable[[], str]
-    _statvfs: Callable[[str], Any]
+    _statvfs: Callable[[str], os.statvfs_result]
     _mount_id: Callable[[int], int]
 
     def _detach_fd(self, port: str, path: str) -> None:

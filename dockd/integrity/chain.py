@@ -25,13 +25,12 @@ from pathlib import Path
 
 from ..errors import VerifyError
 from .checkpoint import (
-    CHECKPOINTS_DIR,
     TOKEN_SUFFIX,
     Checkpoint,
     check_checkpoint,
     parse_checkpoint,
 )
-from .verify import Link, VerifyContext, _read_regular, register_root_dir
+from .verify_context import Link, VerifyContext, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def check_checkpoint_dir(ctx: VerifyContext, cdir: Path) -> None:
 
 def _one_checkpoint(ctx: VerifyContext, p: Path, where: str) -> None:
     try:
-        data = _read_regular(p)
+        data = read_regular(p)
         cp, body = parse_checkpoint(data)
     except OSError as exc:
         ctx.problems.append(f"{where}: cannot read ({exc.strerror or exc})")
@@ -201,5 +200,3 @@ def _ranges(nums: list[int]) -> str:
             start = prev = n
     return ", ".join(out)
 
-
-register_root_dir(CHECKPOINTS_DIR, check_checkpoint_dir)

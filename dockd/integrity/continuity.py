@@ -187,7 +187,9 @@ def build_timeline(
     for c in clips:
         if c.start.tzinfo is None or c.start.utcoffset() is None:
             raise ValueError(f"clip {c.clip_id!r}: start must be timezone-aware (UTC)")
-    ordered = sorted(clips, key=lambda c: (c.start, natural_key(c.name), str(c.clip_id)))
+    names = {id(c): natural_key(c.name) for c in clips}  # once per clip, not per comparison
+    ordered = sorted(clips, key=lambda c: (c.start, names[id(c)], str(c.clip_id)))
+    name_keys = [names[id(c)] for c in ordered]
     ref = ordered[0].start
     tol = params.split_tolerance_s + _EPS
     findings: list[dict[str, Any]] = []
@@ -233,7 +235,7 @@ def build_timeline(
 
     for i in range(1, len(ordered)):
         prev, clip = ordered[i - 1], ordered[i]
-        if natural_key(clip.name) < natural_key(prev.name):
+        if name_keys[i] < name_keys[i - 1]:
             findings.append(_finding(
                 "out_of_order", "warning",
                 f"{clip.name} starts after {prev.name} but its name sorts before it: "

@@ -65,7 +65,40 @@ def canonical_bytes(obj: Any) -> bytes:
     ).encode("utf-8")
 
 
+def _is_plain(obj: Any) -> bool:
+    """:func:`_check_plain` without the error message: the fast pass over a whole manifest
+    (tens of thousands of values for a recorder of many clips); the slow one runs only to
+    say where a value that fails is."""
+    kind = type(obj)
+    if kind is str:
+        return obj.isascii() or _encodes(obj)
+    if kind is dict:
+        return all(type(k) is str and (k.isascii() or _encodes(k)) and _is_plain(v)
+                   for k, v in obj.items())
+    if kind is list or kind is tuple:
+        return all(_is_plain(v) for v in obj)
+    if obj is None or kind is bool or kind is int:
+        return True
+    if kind is float:
+        return math.isfinite(obj)
+    return False  # subclasses, datetimes, anything else: the slow pass decides or explains
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_plain(obj: Any, where: str) -> None:
+    if _is_plain(obj):
+        return
+    _explain_plain(obj, where)
+
+
+def _explain_plain(obj: Any, where: str) -> None:
     if obj is None or isinstance(obj, bool | int):
         return
     if isinstance(obj, str):
@@ -82,12 +115,12 @@ def _check_plain(obj: Any, where: str) -> None:
         for k, v in obj.items():
             if not isinstance(k, str):
                 raise ValueError(f"{where}: key {k!r} is not a string")
-            _check_plain(k, f"{where}.<key>")
-            _check_plain(v, f"{where}.{k}")
+            _explain_plain(k, f"{where}.<key>")
+            _explain_plain(v, f"{where}.{k}")
         return
     if isinstance(obj, list | tuple):
         for i, v in enumerate(obj):
-            _check_plain(v, f"{where}[{i}]")
+            _explain_plain(v, f"{where}[{i}]")
         return
     if isinstance(obj, datetime):
         raise ValueError(f"{where}: datetime must be written as an ISO 8601 string first")

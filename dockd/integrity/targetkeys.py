@@ -11,7 +11,7 @@ from ..delivery.layout import KEYS_DIR, key_path
 from ..errors import SigningError, VerifyError
 from .keyhistory import RECORD_SUFFIX, TrustedKey, expand_trust, parse_record
 from .keys import key_id, load_public_key
-from .verify import _PEM, VerifyContext, _read_regular
+from .verify_context import PEM, VerifyContext, read_regular
 
 
 def load_keys(ctx: VerifyContext) -> None:
@@ -38,13 +38,13 @@ def load_keys(ctx: VerifyContext) -> None:
                 kid = key_id(k)
                 if key_path(kid) != where:
                     ctx.problems.append(f"{where}: file name does not match its key id {kid}")
-                elif f.read_bytes() != k.public_bytes(*_PEM):
+                elif f.read_bytes() != k.public_bytes(*PEM):
                     ctx.problems.append(f"{where}: not the PEM dockd wrote for key {kid} "
                                         "(altered)")
                 ctx.found_keys[kid] = k
             elif name.endswith(RECORD_SUFFIX):
                 try:
-                    ctx.records.append(parse_record(_read_regular(f)))
+                    ctx.records.append(parse_record(read_regular(f)))
                 except (VerifyError, OSError) as exc:
                     ctx.problems.append(f"{where}: {exc}")
             elif not name.startswith("."):
@@ -52,13 +52,13 @@ def load_keys(ctx: VerifyContext) -> None:
     anchors = dict(ctx.trust.anchors)
     for kid, tk in list(anchors.items()):
         if tk.key is None:  # trust file entry: the fingerprint pins the key found here
-            k = ctx.found_keys.get(kid) or next(
+            pinned = ctx.found_keys.get(kid) or next(
                 (r.public_key for r in ctx.records if r.key_id == kid), None)
-            if k is None:
+            if pinned is None:
                 del anchors[kid]
                 ctx.warnings.append(f"trusted key {kid} ({tk.dock}) is not on the target")
             else:
-                anchors[kid] = TrustedKey(k, tk.dock, tk.how)
+                anchors[kid] = TrustedKey(pinned, tk.dock, tk.how)
     if not ctx.trust.anchors:
         # UNTRUSTED: check against what the target offers, so tampering still shows, but
         # the verdict cannot be OK

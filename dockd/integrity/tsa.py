@@ -55,7 +55,7 @@ def request_token(url: str, data: bytes, *, timeout: float = 10.0) -> bytes:
                                   headers={"Content-Type": CONTENT_TYPE_QUERY})
     try:
         with urllib.request.urlopen(http, timeout=timeout) as resp:  # noqa: S310 (configured)
-            body = resp.read(1 << 20)
+            body: bytes = resp.read(1 << 20)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise TimestampError(f"TSA {url}: {getattr(exc, 'reason', exc)}") from exc
     try:

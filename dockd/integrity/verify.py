@@ -35,12 +35,10 @@ import os
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..delivery.layout import (
@@ -54,28 +52,19 @@ from ..delivery.layout import (
 )
 from ..errors import VerifyError
 from ..model import RecorderIdentity
+from . import chain, targetkeys
+from .checkpoint import CHECKPOINTS_DIR
 from .custody_verify import CUSTODY_DIRS, EXPORT_DIR, check_custody
-from .keyhistory import KeyRecord, TrustedKey
+from .keyhistory import TrustedKey
 from .manifest import check_signature, manifest_sha256, parse_manifest, parse_signature
-from .tsa import check_token
+from .verify_context import Link, VerifyContext, read_regular
+from .verify_context import Trust as Trust
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
-_PEM = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 TOKEN_NAME = MANIFEST_NAME + ".tsr"
 """The RFC 3161 token of a docking's manifest, beside it."""
-
-
-@dataclass
-class Trust:
-    """What the reviewer trusts, given from outside the target."""
-
-    anchors: dict[str, TrustedKey] = field(default_factory=dict)
-    tsa_roots: list[x509.Certificate] = field(default_factory=list)
-    max_checkpoint_age: timedelta | None = timedelta(hours=2)
-    now: datetime | None = None
-    """The reviewer's clock (default: now)."""
 
 
 @dataclass
@@ -88,83 +77,6 @@ class VerifyReport:
     trusted: bool = True
     """False: no key from outside the target was given; nothing can be vouched for."""
     info: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Link:
-    """One manifest's place in its dock's hash chain."""
-
-    where: str
-    dock: str
-    sha256: str
-    prev: str | None
-    seq: int | None
-
-
-@dataclass
-class VerifyContext:
-    """Everything one verification run collects; the check functions add to it."""
-
-    root: Path | None
-    path: Path
-    whole_target: bool
-    trust: Trust
-    keys: dict[str, TrustedKey] = field(default_factory=dict)
-    found_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
-    records: list[KeyRecord] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    info: list[str] = field(default_factory=list)
-    links: list[Link] = field(default_factory=list)
-    checkpoints: dict[str, Any] = field(default_factory=dict)
-    """dock -> its newest valid checkpoint (set by :mod:`.chain`)."""
-    tokens: dict[str, int] = field(default_factory=lambda: {"ok": 0, "unchecked": 0,
-                                                            "missing": 0})
-    bound: dict[str, str] = field(default_factory=dict)
-    """key id -> dock, for keys the reviewer gave without a dock (bound on first use)."""
-
-    @property
-    def now(self) -> datetime:
-        return self.trust.now or datetime.now(UTC)
-
-    def signing_key(self, kid: str, dock: Any, where: str) -> Ed25519PublicKey | None:
-        """The trusted key ``kid`` if it may sign for ``dock``; else None (problem added)."""
-        tk = self.keys.get(kid)
-        if tk is None:
-            found = " (a key of that id is on the target, but keys found there are never " \
-                    "trusted)" if kid in self.found_keys else ""
-            self.problems.append(f"{where}: signed by {kid}, which is not a trusted key"
-                                 f"{found}")
-            return None
-        if dock is None:  # unreadable document: the signature check names what is wrong
-            return tk.key
-        owner = tk.dock or self.bound.setdefault(kid, str(dock))
-        if owner != dock:
-            self.problems.append(f"{where}: claims dock {dock} but is signed by {kid}, a key "
-                                 f"of dock {owner}")
-            return None
-        return tk.key
-
-    def check_token_file(self, token_path: Path, where: str, data: bytes) -> datetime | None:
-        """Check an RFC 3161 token beside a file; the TSA's time when it is good."""
-        try:
-            token = _read_regular(token_path)
-        except FileNotFoundError:
-            self.tokens["missing"] += 1
-            return None
-        except OSError as exc:
-            self.problems.append(f"{where}: cannot read ({exc.strerror or exc})")
-            return None
-        if not self.trust.tsa_roots:
-            self.tokens["unchecked"] += 1
-            return None
-        try:
-            info = check_token(token, data, self.trust.tsa_roots)
-        except VerifyError as exc:
-            self.problems.append(f"{where}: {exc}")
-            return None
-        self.tokens["ok"] += 1
-        return info.gen_time
 
 
 RootDirCheck = Callable[[VerifyContext, Path], None]
@@ -201,6 +113,7 @@ def _check_quarantine(ctx: VerifyContext, d: Path) -> None:
 
 
 register_root_dir(KEYS_DIR, None)
+register_root_dir(CHECKPOINTS_DIR, chain.check_checkpoint_dir)
 register_root_dir(QUARANTINE_DIR, _check_quarantine)
 for _name in CUSTODY_DIRS:  # revisions, audit trail, export papers: check_custody
     register_root_dir(_name, None)
@@ -222,8 +135,6 @@ def verify_path(
     docks, TSA certificates, checkpoint age limit). With neither, nothing is trusted and
     the verdict is UNTRUSTED.
     """
-    from . import chain, targetkeys
-
     trust = trust or Trust()
     if public_keys:
         for kid, k in public_keys.items():
@@ -354,15 +265,6 @@ def _walk(ctx: VerifyContext, path: Path) -> list[Path]:
     return found
 
 
-def _read_regular(p: Path) -> bytes:
-    # O_NONBLOCK: a FIFO planted in place of a file must not hang the verifier
-    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IsADirectoryError(f"{p} is not a regular file")
-        return f.read()
-
-
 def _hash_file(p: Path) -> str:
     fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     h = hashlib.sha256()
@@ -376,7 +278,7 @@ def _check_docking(ctx: VerifyContext, d: Path, prefix: str, only: str | None) -
     """Check one docking directory; add its chain link (if trusted) and return files checked."""
     problems, warnings = ctx.problems, ctx.warnings
     try:
-        mbytes = _read_regular(d / MANIFEST_NAME)
+        mbytes = read_regular(d / MANIFEST_NAME)
     except OSError as exc:
         problems.append(f"{prefix}/{MANIFEST_NAME}: cannot read ({exc.strerror or exc})")
         return 0
@@ -387,7 +289,7 @@ def _check_docking(ctx: VerifyContext, d: Path, prefix: str, only: str | None) -
         manifest = None
     signed_ok = False
     try:
-        sbytes = _read_regular(d / SIGNATURE_NAME)
+        sbytes = read_regular(d / SIGNATURE_NAME)
     except FileNotFoundError:
         problems.append(f"{prefix}/{SIGNATURE_NAME}: missing")
     except OSError as exc:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import tiles
 from ..devices.source import DeviceSource
-from ..devices.udev import Docked as UdevDocked
-from ..devices.udev import Foreign, ForeignGone, MountFailed
+from ..devices.udev_core import Docked as UdevDocked
+from ..devices.udev_core import Foreign, ForeignGone, MountFailed
 from ..devices.watch import Docked, Undocked
 from ..errors import CopyError, DockdError
 from ..store import State, dockings

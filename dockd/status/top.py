@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -168,9 +168,9 @@ def frame(state: State, cfg: Config, height: int = 24) -> RenderableType:
 
 
 @contextmanager
-def cbreak(stream: Any) -> Iterator[int | None]:
+def cbreak(stream: TextIO) -> Iterator[int | None]:
     """Single keypresses from ``stream`` when it is a terminal (restored on exit)."""
-    if not hasattr(stream, "isatty") or not stream.isatty():
+    if not stream.isatty():
         yield None
         return
     import termios
@@ -223,7 +223,8 @@ def run_top(cfg: Config, *, once: bool = False, interval: float = 1.0,
     return 0
 
 
-def add_top_parser(subparsers: Any, parents: Sequence[Any] = ()) -> None:
+def add_top_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+                   parents: Sequence[argparse.ArgumentParser] = ()) -> None:
     """Register ``top`` on an argparse subparsers object (``parents``: common options)."""
     p = subparsers.add_parser("top", parents=list(parents),
                               help="live dashboard: ports, backlog, deadlines, alarms (q quits)")
@@ -235,26 +236,3 @@ def add_top_parser(subparsers: Any, parents: Sequence[Any] = ()) -> None:
 
 def cmd_top(cfg: Config, args: argparse.Namespace) -> int:
     return run_top(cfg, once=args.once, interval=max(0.2, args.interval))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dockd.status.top`` (same options as ``dockd top``)."""
-    from ..cli import _common, setup_logging
-    from ..config import load
-    from ..errors import DockdError
-
-    parser = argparse.ArgumentParser(prog="dockd top", parents=[_common()])
-    sub = parser.add_subparsers(dest="command")
-    add_top_parser(sub, [_common()])
-    args = parser.parse_args(["top", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        cfg = load(args.config, workdir=args.workdir)
-        setup_logging(args.verbose, cfg.logging.level)
-        return cmd_top(cfg, args)
-    except DockdError as exc:
-        print(f"dockd top: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
