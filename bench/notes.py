@@ -49,6 +49,8 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=REPO / ".venv" / "whisper-base")
     ap.add_argument("--threads", type=int, default=0, help="CTranslate2 CPU threads (0: auto)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--compare", action="store_true",
+                    help="also time the earlier decoding (beam 2, no ASR padding), alternating")
     args = ap.parse_args()
     if not (args.model / "model.bin").is_file():
         subprocess.run(["bash", str(REPO / "scripts" / "fetch-whisper-base.sh"),
@@ -93,13 +95,24 @@ def main() -> int:
         by_name = {c.name: c for c in sim.clips}
         per_gap = []
         verdicts = []
+        old = None
+        old_s = 0.0
+        if args.compare:  # the decoding before issue 14's tuning, on the same loaded model
+            old = NoteAnalyzer(args.model, NoteParams(cpu_threads=args.threads, beam_size=2,
+                                                      asr_pad_s=0.0))
+            old._model = analyzer._model
         t = time.perf_counter()
         for gap in timeline.gaps:
+            clip = sim.root / by_name[str(gap.after_clip)].rel_path
+            if old is not None:  # alternate, so that the shared machine's load hits both
+                o0 = time.perf_counter()
+                old.analyze(clip)
+                old_s += time.perf_counter() - o0
             g0 = time.perf_counter()
-            res = analyzer.analyze(sim.root / by_name[str(gap.after_clip)].rel_path)
+            res = analyzer.analyze(clip)
             per_gap.append(time.perf_counter() - g0)
             verdicts.append(f"{res.verdict}:{res.reason or '-'}")
-        notes_s = time.perf_counter() - t
+        notes_s = sum(per_gap)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -112,6 +125,9 @@ def main() -> int:
     print(f"per-gap latency: median {statistics.median(per_gap):.2f} s, "
           f"max {max(per_gap):.2f} s  ({', '.join(f'{x:.2f}' for x in per_gap)})")
     print(f"verdicts: {', '.join(verdicts)}")
+    if args.compare:
+        print(f"same gaps, beam 2 without ASR padding: {old_s:.2f} s "
+              f"(now / then: {notes_s / old_s:.2f}x)")
     print(f"\ncontinuity + notes / footage:         {analysis / footage:.4%}  (target < 1 %)")
     print(f"... with model load:                  {(analysis + load_s) / footage:.4%}")
     print(f"... with probing every clip too:      {(analysis + load_s + probe_s) / footage:.4%}")

@@ -117,6 +117,9 @@ def main() -> int:
                     choices=list(CONDITIONS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-hotwords", action="store_true")
+    ap.add_argument("--beam", type=int, help="Whisper beam width (default: NoteParams')")
+    ap.add_argument("--pad", type=float, help="seconds of audio around the speech span for ASR")
+    ap.add_argument("--ids", help="only these note ids (comma-separated)")
     ap.add_argument("--json", type=Path, help="write every result here")
     ap.add_argument("--reclassify", type=Path,
                     help="re-run only the classification on the transcripts of a --json file")
@@ -126,6 +129,8 @@ def main() -> int:
     from dockd.integrity.notes import NoteAnalyzer, NoteParams
 
     rows = [r for r in read_set(args.set) if args.split in ("all", r["split"])]
+    if args.ids:
+        rows = [r for r in rows if r["id"] in set(args.ids.split(","))]
     if args.reclassify:
         old = json.loads(args.reclassify.read_text(encoding="utf-8"))
         keep = {r["id"] for r in rows}
@@ -146,12 +151,16 @@ def main() -> int:
         subprocess.run(["bash", str(REPO / "scripts" / "fetch-whisper-base.sh"),
                         str(args.model)], check=True)
     ffmpeg = shutil.which("ffmpeg") or "ffmpeg"
-    analyzer = NoteAnalyzer(args.model, NoteParams(ffmpeg=ffmpeg, cpu_threads=args.threads,
-                                                   hotwords=not args.no_hotwords))
+    tuned = {k: v for k, v in (("beam_size", args.beam), ("asr_pad_s", args.pad))
+             if v is not None}
+    params = NoteParams(ffmpeg=ffmpeg, cpu_threads=args.threads,
+                        hotwords=not args.no_hotwords, **tuned)
+    analyzer = NoteAnalyzer(args.model, params)
     t = time.perf_counter()
     analyzer.load()
     print(f"machine: {os.cpu_count()} CPU(s), {args.threads} ASR thread(s); model "
-          f"{args.model.name} loaded in {time.perf_counter() - t:.1f} s", flush=True)
+          f"{args.model.name} loaded in {time.perf_counter() - t:.1f} s; beam "
+          f"{params.beam_size}, pad {params.asr_pad_s} s, hotwords {params.hotwords}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="dockd-notes-eval-") as tmp:
         video = Path(tmp) / "video.mp4"
@@ -180,7 +189,9 @@ def main() -> int:
                       f"{(r['got'] or '-'):12s} {elapsed:5.2f} s  {r['transcript']}", flush=True)
     report(results, args.model.name)
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model.name, "results": results},
+        args.json.write_text(json.dumps({"model": args.model.name, "beam_size": params.beam_size,
+                                        "asr_pad_s": params.asr_pad_s,
+                                        "hotwords": params.hotwords, "results": results},
                                         ensure_ascii=False, indent=1), encoding="utf-8")
     return 0
 

@@ -15,7 +15,8 @@ import subprocess
 from typing import Any
 
 from .status.queue import queue_forecasts
-from .store import State
+from .store import Reader, State
+from .store import alerts as store
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +25,13 @@ def raise_alert(state: State, *, level: str, kind: str, subject: str, message: s
                 command: str = "", timeout: float = 30.0) -> bool:
     """Record and announce an alert; returns False if the same one is already open."""
     with state.tx() as conn:
-        open_row = conn.execute(
-            "SELECT id, level FROM alerts WHERE kind = ? AND subject = ? AND resolved_at IS NULL",
-            (kind, subject)).fetchone()
+        open_row = store.open_alert(conn, kind, subject)
         if open_row is not None and open_row["level"] == level:
             return False
         if open_row is not None:  # escalation (warning -> alarm): close the old one
-            conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?",
-                         (state.now(), open_row["id"]))
-        conn.execute("INSERT INTO alerts (ts, level, kind, subject, message) VALUES "
-                     "(?, ?, ?, ?, ?)", (state.now(), level, kind, subject, message))
-        alert_id = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+            store.resolve_alert_id(conn, open_row["id"], state.now())
+        alert_id = store.insert_alert(conn, ts=state.now(), level=level, kind=kind,
+                                      subject=subject, message=message)
         state.audit("alert", subject, {"level": level, "kind": kind, "message": message},
                     conn=conn)
     log.log(logging.ERROR if level == "alarm" else logging.WARNING, "%s %s: %s: %s",
@@ -43,20 +40,17 @@ def raise_alert(state: State, *, level: str, kind: str, subject: str, message: s
         status = run_hook(command, level=level, kind=kind, subject=subject, message=message,
                           timeout=timeout)
         with state.tx() as conn:
-            conn.execute("UPDATE alerts SET hook_status = ? WHERE id = ?", (status, alert_id))
+            store.set_hook_status(conn, alert_id, status)
     return True
 
 
 def resolve_alerts(state: State, kind: str, subject: str) -> int:
     with state.tx() as conn:
-        cur = conn.execute("UPDATE alerts SET resolved_at = ? WHERE kind = ? AND subject = ? "
-                           "AND resolved_at IS NULL", (state.now(), kind, subject))
-        return cur.rowcount
+        return store.resolve(conn, kind, subject, state.now())
 
 
-def open_alerts(state: State) -> list[dict[str, Any]]:
-    return state.query("SELECT * FROM alerts WHERE resolved_at IS NULL ORDER BY "
-                       "level = 'alarm' DESC, ts")
+def open_alerts(state: Reader) -> list[dict[str, Any]]:
+    return [dict(a) for a in store.open_alerts(state)]
 
 
 def run_hook(command: str, *, level: str, kind: str, subject: str, message: str,
@@ -89,8 +83,7 @@ def check_deadlines(state: State, cfg: Any, now: Any) -> list[dict[str, Any]]:
         raise_alert(state, level=f.level, kind="deadline", subject=subject,
                     message=f"recorder {f.serial} ({f.port}): " + "; ".join(f.reasons),
                     command=cfg.delivery.alert_command)
-    for a in state.query("SELECT subject FROM alerts WHERE kind = 'deadline' AND "
-                         "resolved_at IS NULL"):
-        if a["subject"] not in seen:  # delivered since
-            resolve_alerts(state, "deadline", a["subject"])
+    for subject in store.open_subjects(state, "deadline"):
+        if subject not in seen:  # delivered since
+            resolve_alerts(state, "deadline", subject)
     return open_alerts(state)

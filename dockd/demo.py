@@ -32,7 +32,7 @@ from .integrity.verify import format_report, verify_path
 from .oneshot import ensure_key
 from .status.report import render_report, report_data
 from .status.views import render_status, status_data
-from .store import State, utcnow
+from .store import State, fleet, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,7 @@ def run_demo(cfg: Config, *, workdir_given: bool, timeout: float = 300.0) -> int
         while time.monotonic() < deadline:
             data = status_data(state, cfg.dock.id, utcnow())
             live.update(render_status(data, show_empty=False, width=console.width, tz=cfg.tz))
-            done = state.query(
-                "SELECT serial FROM dockings WHERE state = 'delivered'")
-            if serials <= {r["serial"] for r in done} and not data["backlog"]["clips"]:
+            if serials <= fleet.serials_in_state(state, "delivered") and not data["backlog"]["clips"]:
                 ok = True
                 break
             if not thread.is_alive():
@@ -183,9 +181,7 @@ def _finish(console: Console, state: State, target: Path, pub: Any, workdir: Pat
             daemon: Daemon) -> int:
     console.rule("[bold]recording timelines (R1) and spoken notes (R2)")
     console.print(render_report(report_data(state), daemon.cfg.tz))
-    for d in state.query("SELECT d.serial, count(c.id) AS n, m.sha256 FROM dockings d "
-                         "JOIN clips c ON c.docking_id = d.id JOIN manifests m ON "
-                         "m.docking_id = d.id GROUP BY d.id ORDER BY d.serial"):
+    for d in fleet.signed_dockings_summary(state):
         console.print(f"recorder {d['serial']}: {d['n']} clip(s) delivered, signed manifest "
                       f"{d['sha256'][:16]}...")
     console.rule("[bold]offline verification of the delivered tree")

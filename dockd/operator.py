@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import Config
 from .delivery.recheck import retry_deliveries
-from .store import State, open_readonly
+from .store import State, require_database
 from .tiles import acknowledge
 
 
@@ -34,7 +34,7 @@ def add_operator_parsers(sub: Any, parents: Sequence[argparse.ArgumentParser] = 
 
 
 def _writable_state(cfg: Config) -> State:
-    open_readonly(cfg.paths.database).close()  # a clear error when there is no database
+    require_database(cfg.paths.database)  # a clear error, not a new empty database
     return State(cfg.paths.database)
 
 

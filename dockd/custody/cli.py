@@ -277,10 +277,9 @@ def _plain_text(value: str) -> bool:
 
 
 def _pending(state: Any) -> int:
-    row = state.query_one("SELECT (SELECT count(*) FROM revision_deliveries WHERE state != "
-                          "'delivered') + (SELECT count(*) FROM audit_segment_deliveries WHERE "
-                          "state != 'delivered') AS n")
-    return int(row["n"]) if row else 0
+    from ..store import custody as store
+
+    return store.undelivered_count(state)
 
 
 def cmd_export(cfg: Config, args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ from ..integrity.keys import key_id as fingerprint_id
 from ..integrity.manifest import canonical_bytes, parse_manifest, parse_signature
 from ..integrity.revisions import REVISIONS_DIR, revision_key
 from ..store import State
+from ..store import custody as store
 from .describe import describe_html, describe_pdf
 from .publish import deliver_custody
 
@@ -90,9 +91,7 @@ def export_package(state: State, cfg: Config, signer: Any, targets: Sequence[Sto
 
 
 def _docking(state: State, docking_id: int) -> dict[str, Any]:
-    d = state.query_one("SELECT k.*, m.sha256 AS manifest_sha256, m.prefix AS mprefix, "
-                        "m.manifest, m.signature, m.key_id FROM dockings k JOIN manifests m "
-                        "ON m.docking_id = k.id WHERE k.id = ?", (docking_id,))
+    d = store.docking_with_manifest(state, docking_id)
     if d is None:
         raise DockdError(f"docking {docking_id}: unknown or not signed yet; only signed "
                          "footage can be exported")
@@ -140,8 +139,7 @@ def _write(state: State, cfg: Config, signer: Any, targets: Sequence[StorageTarg
             _fetch_clip(row, f"{d['mprefix']}/{mc['name']}", mc["sha256"], mc["size"],
                         ddir / mc["name"], targets)
             exported.append(rec)
-        for r in state.query("SELECT seq, document, signature, key_id FROM revisions WHERE "
-                             "docking_id = ? ORDER BY seq", (d["id"],)):
+        for r in store.revisions_of(state, d["id"]):
             dest = out / revision_key(d["mprefix"], r["seq"])
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(bytes(r["document"]))

@@ -30,7 +30,8 @@ from ..integrity.revisions import (
     check_upgrade,
     parse_revision,
 )
-from ..store import State, dumps
+from ..store import State, dumps, fleet
+from ..store import custody as store
 from .publish import clip_retention, deliver_custody
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,7 @@ def check_label_fields(fields: Mapping[str, str | None]) -> dict[str, str]:
 
 
 def _signed_docking(state: State, docking_id: int) -> dict[str, Any]:
-    d = state.query_one("SELECT k.id, k.state, m.sha256, m.prefix FROM dockings k LEFT JOIN "
-                        "manifests m ON m.docking_id = k.id WHERE k.id = ?", (docking_id,))
+    d = store.signed_docking(state, docking_id)
     if d is None:
         raise DockdError(f"no docking {docking_id}")
     if d["sha256"] is None:
@@ -68,9 +68,7 @@ def _signed_docking(state: State, docking_id: int) -> dict[str, Any]:
 
 
 def _select_clips(state: State, docking_id: int, clips: Sequence[str]) -> list[dict[str, Any]]:
-    rows = state.query("SELECT c.id, c.safe_name, c.retention_class, k.docked_at FROM clips c "
-                       "JOIN dockings k ON k.id = c.first_docking_id WHERE c.docking_id = ? "
-                       "ORDER BY c.safe_name", (docking_id,))
+    rows = store.clips_with_retention(state, docking_id)
     if not clips:
         return rows
     by = {r["safe_name"]: r for r in rows} | {str(r["id"]): r for r in rows}
@@ -87,12 +85,9 @@ def _select_clips(state: State, docking_id: int, clips: Sequence[str]) -> list[d
 def _new_revision(state: State, cfg: Config, signer: Any, targets: Sequence[StorageTarget],
                   conn: Any, docking: Mapping[str, Any], *, kind: str, actor: str,
                   change: dict[str, Any], labels: dict[str, Any]) -> tuple[int, str]:
-    prev = conn.execute("SELECT seq, sha256 FROM revisions WHERE docking_id = ? ORDER BY seq "
-                        "DESC LIMIT 1", (docking["id"],)).fetchone()
+    prev = store.newest_revision_in(conn, docking["id"])
     seq = (prev["seq"] if prev else 0) + 1
-    rows = conn.execute("SELECT c.safe_name, c.retention_class, k.docked_at FROM clips c JOIN "
-                        "dockings k ON k.id = c.first_docking_id WHERE c.docking_id = ? "
-                        "ORDER BY c.safe_name", (docking["id"],)).fetchall()
+    rows = store.clips_with_retention_in(conn, docking["id"])
     retention = {}
     for r in rows:
         ret = clip_retention(cfg, r["retention_class"], r["docked_at"])
@@ -107,26 +102,21 @@ def _new_revision(state: State, cfg: Config, signer: Any, targets: Sequence[Stor
     body = canonical_bytes(doc)
     sig = sign_manifest(body, signer.private_key)
     digest = manifest_sha256(body)
-    cur = conn.execute(
-        "INSERT INTO revisions (docking_id, seq, sha256, prev_sha256, manifest_sha256, key_id, "
-        "prefix, kind, actor, created_at, document, signature) VALUES "
-        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (docking["id"], seq, digest, prev["sha256"] if prev else None, docking["sha256"],
-         signer.key_id, docking["prefix"], kind, actor, state.now(), body, sig))
-    rev_id = int(cur.lastrowid or 0)
-    for t in targets:
-        conn.execute("INSERT OR IGNORE INTO revision_deliveries (revision_id, target, state) "
-                     "VALUES (?, ?, 'pending')", (rev_id, t.name))
+    store.insert_revision(conn, docking_id=docking["id"], seq=seq, sha256=digest,
+                          prev_sha256=prev["sha256"] if prev else None,
+                          manifest_sha256=docking["sha256"], key_id=signer.key_id,
+                          prefix=docking["prefix"], kind=kind, actor=actor,
+                          created_at=state.now(), document=body, signature=sig,
+                          targets=[t.name for t in targets])
     return seq, digest
 
 
 def current_labels(state: State, docking_id: int) -> dict[str, Any]:
     """Labels of a docking as its newest revision states them."""
-    row = state.query_one("SELECT document FROM revisions WHERE docking_id = ? ORDER BY seq "
-                          "DESC LIMIT 1", (docking_id,))
-    if row is None:
+    doc = fleet.newest_revision_document(state, docking_id)
+    if doc is None:
         return {"docking": {}, "clips": {}}
-    labels = parse_revision(bytes(row["document"]))["labels"]
+    labels = parse_revision(doc)["labels"]
     return {"docking": dict(labels.get("docking") or {}),
             "clips": dict(labels.get("clips") or {})}
 
@@ -185,8 +175,7 @@ def retain(state: State, cfg: Config, signer: Any, targets: Sequence[StorageTarg
                 "message": f"every clip already has retention {retention_class}"}
     with state.tx() as conn:
         for c in raised:
-            conn.execute("UPDATE clips SET retention_class = ? WHERE id = ?",
-                         (retention_class, c["id"]))
+            store.set_retention_class(conn, c["id"], retention_class)
         change = {"kind": "retain", "class": retention_class, "reason": reason,
                   "clips": [c["safe_name"] for c in raised],
                   "from": {c["safe_name"]: c["retention_class"] for c in raised}}

@@ -33,6 +33,8 @@ from ..integrity.manifest import sign_manifest
 from ..integrity.revisions import rank, revision_key
 from ..lifecycle import retry_delay
 from ..store import State, iso, parse_iso
+from ..store import audit as store_audit
+from ..store import custody as store
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,7 @@ SEGMENT_INTERVAL_S = 60.0
 
 
 def _segment_due(state: State) -> bool:
-    row = state.query_one("SELECT max(created_at) AS t FROM audit_segments")
-    last = parse_iso(row["t"]) if row else None
+    last = parse_iso(store_audit.last_segment_at(state))
     return last is None or (state.clock() - last).total_seconds() >= SEGMENT_INTERVAL_S
 
 
@@ -60,22 +61,16 @@ def cut_segment(state: State, dock_id: str, signer: Any,
                 targets: Sequence[StorageTarget]) -> int | None:
     """Sign every audit entry not yet in a segment as a new segment; its id, or None."""
     with state.tx() as conn:
-        row = conn.execute("SELECT max(last_id) FROM audit_segments").fetchone()
-        last = int(row[0] or 0)
+        last = store_audit.last_segmented_id(conn)
         entries = db_entries(state, after_id=last, limit=SEGMENT_MAX_ENTRIES)
         if not entries:
             return None
         body = build_segment(dock_id, entries)
         sig = sign_manifest(body, signer.private_key)
-        cur = conn.execute(
-            "INSERT INTO audit_segments (dock_id, first_id, last_id, sha256, created_at, body, "
-            "signature) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (dock_id, entries[0]["id"], entries[-1]["id"], hashlib.sha256(body).hexdigest(),
-             state.now(), body, sig))
-        seg_id = int(cur.lastrowid or 0)
-        for t in targets:
-            conn.execute("INSERT OR IGNORE INTO audit_segment_deliveries (segment_id, target, "
-                         "state) VALUES (?, ?, 'pending')", (seg_id, t.name))
+        seg_id = store_audit.insert_segment(
+            conn, dock_id=dock_id, first_id=entries[0]["id"], last_id=entries[-1]["id"],
+            sha256=hashlib.sha256(body).hexdigest(), created_at=state.now(), body=body,
+            signature=sig, targets=[t.name for t in targets])
     log.info("audit entries %d..%d signed as segment %d", entries[0]["id"], entries[-1]["id"],
              seg_id)
     return seg_id
@@ -83,8 +78,7 @@ def cut_segment(state: State, dock_id: str, signer: Any,
 
 def _docking_retention(state: State, cfg: Config, docking_id: int) -> Retention:
     """The longest retention of any clip of a docking (for the docking's documents)."""
-    rows = state.query("SELECT c.retention_class, k.docked_at FROM clips c JOIN dockings k "
-                       "ON k.id = c.first_docking_id WHERE c.docking_id = ?", (docking_id,))
+    rows = store.clips_with_retention(state, docking_id)
     if not rows:
         d = state.docking(docking_id)
         rows = [{"retention_class": cfg.retention.default_class, "docked_at": d["docked_at"]}]
@@ -105,20 +99,14 @@ def _extend_clips(state: State, cfg: Config, target: StorageTarget, docking_id: 
     extend = getattr(target, "extend_retention", None)
     if extend is None:
         return 0
-    rows = state.query(
-        "SELECT dl.key, c.retention_class, k.docked_at FROM deliveries dl "
-        "JOIN clips c ON c.id = dl.clip_id JOIN dockings k ON k.id = c.first_docking_id "
-        "WHERE c.docking_id = ? AND dl.target = ? AND dl.state = 'delivered'",
-        (docking_id, target.name))
+    rows = store.delivered_clip_keys(state, docking_id, target.name)
     for r in rows:
         extend(r["key"], clip_retention(cfg, r["retention_class"], r["docked_at"]))
-    m = state.query_one("SELECT m.prefix FROM manifests m JOIN manifest_deliveries md ON "
-                        "md.manifest_id = m.id WHERE m.docking_id = ? AND md.target = ? AND "
-                        "md.state = 'delivered'", (docking_id, target.name))
-    if m is not None:  # the manifest and its signature are kept as long as the clips
+    prefix = store.delivered_manifest_prefix(state, docking_id, target.name)
+    if prefix is not None:  # the manifest and its signature are kept as long as the clips
         ret = _docking_retention(state, cfg, docking_id)
-        extend(f"{m['prefix']}/{MANIFEST_NAME}", ret)
-        extend(f"{m['prefix']}/{SIGNATURE_NAME}", ret)
+        extend(f"{prefix}/{MANIFEST_NAME}", ret)
+        extend(f"{prefix}/{SIGNATURE_NAME}", ret)
     return len(rows)
 
 
@@ -128,13 +116,8 @@ def deliver_custody(state: State, cfg: Config, targets: Sequence[StorageTarget],
     Failures stay pending (retried with backoff) unless they can never succeed."""
     landed = 0
     by_name = {t.name: t for t in targets}
-    due = "" if ignore_backoff else "AND (rd.next_try_at IS NULL OR rd.next_try_at <= :now)"
     now = state.now()
-    for r in state.query(
-            "SELECT r.id, r.docking_id, r.prefix, r.seq, r.kind, r.document, r.signature, "
-            "r.key_id, rd.target FROM revision_deliveries rd JOIN revisions r "
-            f"ON r.id = rd.revision_id WHERE rd.state = 'pending' {due} "
-            "ORDER BY r.docking_id, r.seq", {"now": now}):
+    for r in store.pending_revisions(state, now, ignore_backoff=ignore_backoff):
         target = by_name.get(r["target"])
         if target is None:
             continue
@@ -146,12 +129,10 @@ def deliver_custody(state: State, cfg: Config, targets: Sequence[StorageTarget],
             target.put_bytes(bytes(r["document"]), key, retention=retention)
             target.put_bytes(bytes(r["signature"]), key + SIG_SUFFIX, retention=retention)
         except (DeliveryError, OSError) as exc:
-            _failed(state, cfg, "revision_deliveries", "revision_id", r["id"], target, exc)
+            _failed(state, cfg, "revision", r["id"], target, exc)
             continue
         with state.tx() as conn:
-            conn.execute("UPDATE revision_deliveries SET state = 'delivered', verified_at = ?, "
-                         "last_error = NULL WHERE revision_id = ? AND target = ?",
-                         (state.now(), r["id"], target.name))
+            store.mark_delivered(conn, "revision", r["id"], target.name, state.now())
             state.audit("revision_delivered", f"docking/{r['docking_id']}",
                         {"target": target.name, "revision": r["seq"], "kind": r["kind"],
                          "key": key, "retention_applied_to": extended}, conn=conn)
@@ -159,11 +140,7 @@ def deliver_custody(state: State, cfg: Config, targets: Sequence[StorageTarget],
     if ignore_backoff or _segment_due(state):
         while cut_segment(state, cfg.dock.id, signer, targets) is not None:
             pass
-    for s in state.query(
-            "SELECT s.id, s.dock_id, s.first_id, s.last_id, s.body, s.signature, sd.target "
-            "FROM audit_segment_deliveries sd JOIN audit_segments s ON s.id = sd.segment_id "
-            f"WHERE sd.state = 'pending' {due.replace('rd.', 'sd.')} ORDER BY s.id",
-            {"now": now}):
+    for s in store.pending_segments(state, now, ignore_backoff=ignore_backoff):
         target = by_name.get(s["target"])
         if target is None:
             continue
@@ -174,32 +151,26 @@ def deliver_custody(state: State, cfg: Config, targets: Sequence[StorageTarget],
             target.put_bytes(bytes(s["body"]), key, retention=retention)
             target.put_bytes(bytes(s["signature"]), key + SIG_SUFFIX, retention=retention)
         except (DeliveryError, OSError) as exc:
-            _failed(state, cfg, "audit_segment_deliveries", "segment_id", s["id"], target,
-                    exc)
+            _failed(state, cfg, "segment", s["id"], target, exc)
             continue
         with state.tx() as conn:
-            conn.execute("UPDATE audit_segment_deliveries SET state = 'delivered', "
-                         "verified_at = ?, last_error = NULL WHERE segment_id = ? AND "
-                         "target = ?", (state.now(), s["id"], target.name))
+            store.mark_delivered(conn, "segment", s["id"], target.name, state.now())
         landed += 1
     return landed
 
 
-def _failed(state: State, cfg: Config, table: str, idcol: str, ident: int,
-            target: StorageTarget, exc: BaseException) -> None:
+def _failed(state: State, cfg: Config, kind: str, ident: int, target: StorageTarget,
+            exc: BaseException) -> None:
+    table = store.DELIVERY_TABLES[kind][0]
     retry = getattr(exc, "retry", True)
     log.warning("%s: custody document %s %d not delivered%s: %s", target.name, table, ident,
                 "" if retry else " (permanent)", exc)
     with state.tx() as conn:
-        row = conn.execute(f"SELECT attempts FROM {table} WHERE {idcol} = ? AND target = ?",
-                           (ident, target.name)).fetchone()
-        attempts = (row[0] if row else 0) + 1
+        attempts = store.attempts_of(conn, kind, ident, target.name) + 1
         delay = retry_delay(attempts, cfg.delivery.retry_seconds)
         next_try = datetime.fromtimestamp(state.clock().timestamp() + delay, tz=UTC)
-        conn.execute(f"UPDATE {table} SET attempts = ?, last_error = ?, state = ?, "
-                     f"next_try_at = ? WHERE {idcol} = ? AND target = ?",
-                     (attempts, str(exc), "pending" if retry else "failed", iso(next_try),
-                      ident, target.name))
+        store.record_failure(conn, kind, ident, target.name, attempts=attempts, error=str(exc),
+                             retry=retry, next_try_at=iso(next_try))
         if not retry:
             state.audit("delivery_failed", f"{table}/{ident}",
                         {"target": target.name, "error": str(exc)}, conn=conn)

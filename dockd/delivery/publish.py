@@ -27,7 +27,7 @@ from ..errors import DeliveryError
 from ..integrity.checkpoint import TOKEN_SUFFIX, build_checkpoint, checkpoint_key
 from ..integrity.keyhistory import local_records, parse_record, record_name
 from ..integrity.tsa import TimestampError, request_token
-from ..store import State, iso
+from ..store import State, iso, trust
 from .base import StorageTarget
 from .layout import KEYS_DIR, key_path
 
@@ -64,15 +64,14 @@ def timestamp(cfg: Config, data: bytes) -> bytes | None:
 def manifest_token(state: State, cfg: Config, manifest_id: int, body: bytes) -> bytes | None:
     """The manifest's token: from the state database, else asked now (and kept)."""
     subject = f"manifest/{manifest_id}"
-    row = state.query_one("SELECT token FROM timestamps WHERE subject = ?", (subject,))
-    if row is not None:
-        return bytes(row["token"])
+    kept = trust.token_of(state, subject)
+    if kept is not None:
+        return kept
     token = timestamp(cfg, body)
     if token is not None:
         with state.tx() as conn:
-            conn.execute("INSERT OR IGNORE INTO timestamps (subject, sha256, token, created_at) "
-                         "VALUES (?, ?, ?, ?)", (subject, hashlib.sha256(body).hexdigest(),
-                                                 token, state.now()))
+            trust.keep_token(conn, subject, hashlib.sha256(body).hexdigest(), token,
+                             state.now())
     return token
 
 
@@ -80,10 +79,7 @@ def chain_head(state: State, dock_id: str, target: str) -> tuple[int, str | None
     """The newest sequence number delivered to ``target`` with every earlier one, and its
     manifest hash ((0, None) when nothing is)."""
     seq, head = 0, None
-    for r in state.query(
-            "SELECT m.seq, m.sha256, md.state FROM manifests m LEFT JOIN manifest_deliveries md "
-            "ON md.manifest_id = m.id AND md.target = ? WHERE m.dock_id = ? ORDER BY m.seq",
-            (target, dock_id)):
+    for r in trust.manifest_chain_on(state, dock_id, target):
         if r["seq"] != seq + 1 or r["state"] != "delivered":
             break
         seq, head = r["seq"], r["sha256"]
@@ -116,16 +112,14 @@ def publish_checkpoints(state: State, cfg: Config, private_key: Any,
             error = str(exc)
             log.warning("checkpoint for %s not published on %s: %s", cfg.dock.id, t.name, exc)
         with state.tx() as conn:
-            conn.execute(
-                "INSERT INTO checkpoints (target, dock_id, seq, head, key, created_at, body, "
-                "token, published_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (t.name, cfg.dock.id, seq, head, key, iso(now), body, token,
-                 None if error else state.now(), error))
+            trust.record_checkpoint(conn, target=t.name, dock_id=cfg.dock.id, seq=seq,
+                                    head=head, key=key, created_at=iso(now) or "", body=body,
+                                    token=token, published_at=None if error else state.now(),
+                                    error=error)
     return landed
 
 
 def last_checkpoint_at(state: State) -> datetime | None:
     from ..store import parse_iso
 
-    row = state.query_one("SELECT max(created_at) AS t FROM checkpoints WHERE error IS NULL")
-    return parse_iso(row["t"]) if row and row["t"] else None
+    return parse_iso(trust.last_checkpoint_at(state))

@@ -25,7 +25,7 @@ from ..alerts import raise_alert
 from ..config import Config
 from ..errors import DeliveryError
 from ..integrity.checkpoint import TOKEN_SUFFIX
-from ..store import State
+from ..store import State, trust
 from .base import StorageTarget
 from .layout import MANIFEST_NAME, SIGNATURE_NAME
 
@@ -54,21 +54,14 @@ def _doc(key: str, data: bytes) -> Expected:
 
 def expected_objects(state: State, target: str) -> list[Expected]:
     """Everything the state database says was delivered to ``target``."""
-    out = [Expected(r["key"], r["size"], r["sha256"]) for r in state.query(
-        "SELECT d.key, c.size, c.sha256 FROM deliveries d JOIN clips c ON c.id = d.clip_id "
-        "WHERE d.target = ? AND d.state = 'delivered' ORDER BY d.key", (target,))]
-    for r in state.query(
-            "SELECT m.id, m.prefix, m.manifest, m.signature FROM manifest_deliveries md "
-            "JOIN manifests m ON m.id = md.manifest_id WHERE md.target = ? AND "
-            "md.state = 'delivered' ORDER BY m.id", (target,)):
+    out = [Expected(r["key"], r["size"], r["sha256"])
+           for r in trust.delivered_clips_on(state, target)]
+    for r in trust.delivered_manifests_on(state, target):
         out.append(_doc(f"{r['prefix']}/{MANIFEST_NAME}", bytes(r["manifest"])))
         out.append(_doc(f"{r['prefix']}/{SIGNATURE_NAME}", bytes(r["signature"])))
-        tok = state.query_one("SELECT token FROM timestamps WHERE subject = ?",
-                              (f"manifest/{r['id']}",))
-        if tok is not None:
-            out.append(_doc(f"{r['prefix']}/{MANIFEST_NAME}{TOKEN_SUFFIX}", bytes(tok["token"])))
-    for r in state.query("SELECT key, body, token FROM checkpoints WHERE target = ? AND "
-                         "published_at IS NOT NULL ORDER BY id", (target,)):
+        if r["token"] is not None:
+            out.append(_doc(f"{r['prefix']}/{MANIFEST_NAME}{TOKEN_SUFFIX}", bytes(r["token"])))
+    for r in trust.published_checkpoints_on(state, target):
         out.append(_doc(r["key"], bytes(r["body"])))
         if r["token"] is not None:
             out.append(_doc(r["key"] + TOKEN_SUFFIX, bytes(r["token"])))
@@ -91,8 +84,7 @@ def audit_target(state: State, target: StorageTarget, rehash: int) -> AuditResul
                 res.problems.append(f"{e.key}: stored checksum differs from the delivered "
                                     "SHA-256")
         bad = {p.split(": ", 1)[0] for p in res.problems}
-        last = {r["key"]: r["rehashed_at"] for r in state.query(
-            "SELECT key, rehashed_at FROM target_audit WHERE target = ?", (target.name,))}
+        last = trust.last_rehashed(state, target.name)
         order = sorted((e for e in expected if e.key not in bad),
                        key=lambda e: (last.get(e.key) or "", e.key))
         for e in order[:max(0, rehash)]:
@@ -102,10 +94,8 @@ def audit_target(state: State, target: StorageTarget, rehash: int) -> AuditResul
                 res.problems.append(f"{e.key}: content changed (SHA-256 differs from the "
                                     "delivered copy)")
             with state.tx() as conn:
-                conn.execute("INSERT INTO target_audit (target, key, rehashed_at, problem) "
-                             "VALUES (?, ?, ?, ?) ON CONFLICT(target, key) DO UPDATE SET "
-                             "rehashed_at = excluded.rehashed_at, problem = excluded.problem",
-                             (target.name, e.key, state.now(), None if ok else "changed"))
+                trust.record_rehash(conn, target.name, e.key, state.now(),
+                                    None if ok else "changed")
     except (DeliveryError, OSError) as exc:
         res.unreachable = str(exc)
         log.warning("target audit of %s incomplete: %s", target.name, exc)

@@ -198,15 +198,16 @@ def set_clock_after_offload(state: State, cfg: Config, docking_id: int, root: Pa
     port, serial, offset = d["port"], d["serial"], d["clock_offset_s"]
     if not cfg.health.set_clock or not profile.timeset_file or not needs_setting(offset):
         return None
-    left = state.query_one("SELECT count(*) AS n FROM clips WHERE docking_id = ? AND "
-                           "state = 'discovered'", (docking_id,))
-    if left is None or left["n"]:
+    from ..store import audit as store_audit
+    from ..store import status as store_status
+
+    left = store_status.clips_in_state(state, docking_id, "discovered")
+    if left:
         log.info("port %s serial %s: %s clip(s) not copied yet: clock not set", port, serial,
-                 left["n"] if left else "?")
+                 left)
         return None
     subject = f"docking/{docking_id}"
-    if state.query_one("SELECT 1 AS x FROM audit WHERE action = 'clock_set' AND subject = ?",
-                       (subject,)):
+    if store_audit.has_entry(state, "clock_set", subject):
         return None  # set already (offload resumed after a restart)
     synced, sync_detail = (synced_fn or dock_clock_synced)()
     if synced is False and cfg.health.require_ntp:

@@ -30,6 +30,12 @@ from typing import Any
 from ..config import HealthConfig
 from ..model import RecorderHealth
 
+# the ``recorder_health`` columns :func:`health_row` fills and the statement that stores one
+# live in the store (re-exported for callers that insert in their own transaction)
+from ..store.health import HEALTH_COLUMNS as HEALTH_COLUMNS
+from ..store.health import HEALTH_INSERT_SQL as HEALTH_INSERT_SQL
+from ..store.health import insert_health as insert_health
+
 log = logging.getLogger(__name__)
 
 OK, UNFIT, UNKNOWN, CHARGING, CORRECTED = "ok", "unfit", "unknown", "charging", "corrected"
@@ -44,15 +50,6 @@ _FSCK_VERDICTS = {"clean": FS_OK, "ok": FS_OK, "errors": FS_ERRORS}
 """The read-only fsck's verdicts (``DOCKD_FSCK`` hint); anything else: the check did not run."""
 
 SOURCE_DOCKING, SOURCE_REREAD = "docking", "reread"
-
-HEALTH_COLUMNS = ("ts", "serial", "docking_id", "source", "battery", "storage_total",
-                  "storage_free", "clip_count", "oldest_clip_age_s", "fs_check", "fs_detail",
-                  "firmware", "clock_offset_s")
-"""The ``recorder_health`` columns :func:`health_row` fills (besides the ``id`` key)."""
-
-HEALTH_INSERT_SQL = (f"INSERT INTO recorder_health ({', '.join(HEALTH_COLUMNS)}) "
-                     f"VALUES ({', '.join(':' + c for c in HEALTH_COLUMNS)})")
-"""Insert one :func:`health_row` (named parameters)."""
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,18 @@ Four threads keep the source, the CPU and the staging disk busy at once:
   refuses ``O_DIRECT``; it reports progress and honours ``should_stop``;
 * the *syncer* ``fdatasync``-s what has been written every ``SYNC_STEP`` bytes and reads
   that range back from the disk (``O_DIRECT``, or ``POSIX_FADV_DONTNEED`` then a buffered
-  read), handing the buffers to
+  read, which with ``keep_cached`` leaves the verified pages cached for a delivery that
+  reads them next), handing the buffers to
 * the *verify hasher*, so the final ``fsync`` and the verification pass are mostly done
   by the time the last byte is written.
 
-Memory is a handful of ``chunk_size`` buffers, whatever the file size.
+Memory is a handful of ``chunk_size`` buffers, whatever the file size; copies running at
+once share one buffer budget (``pacing.BUFFER_BUDGET``; later ones get smaller chunks), so it stays flat in the number
+of ports.
+
+:func:`pace_sources` makes the reader deliver no more than a given rate per copy (a
+simulated USB bus for ``bench/dock.py``, whose recorders are trees on a local disk); off
+unless called.
 """
 
 from __future__ import annotations
@@ -41,13 +48,19 @@ from typing import Any
 
 from ..errors import CopyError, HostileName, RecorderGone, SourceChanged, StagingFull
 from ..model import ClipEntry, CopyResult
+from .pacing import BufferBudget, pace_sources, source_rate
 from .scan import GONE_ERRNOS
+
+__all__ = ["CopyResult", "clean_stale_partials", "copy_clip", "hash_file", "pace_sources"]
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 4 * 1024 * 1024
-SYNC_STEP = 32 * 1024 * 1024
-"""Bytes written between two background ``fdatasync`` + verify rounds."""
+SYNC_STEP = 8 * 1024 * 1024
+"""Bytes written before the next background ``fdatasync`` + verify round starts (a round
+takes everything written so far, so rounds grow when the source outpaces the disk; small
+steps keep the verification close behind a slow source, so little is left after its last
+byte)."""
 READ_BUFFERS = 3
 VERIFY_BUFFERS = 2
 ALIGN = 4096
@@ -199,6 +212,7 @@ class _Reader(threading.Thread):
         for _ in range(READ_BUFFERS):
             self.free.put(mmap.mmap(-1, chunk_size))  # page-aligned, for O_DIRECT
         self.cancelled = threading.Event()
+        self.rate = source_rate()
 
     def run(self) -> None:
         try:
@@ -216,6 +230,7 @@ class _Reader(threading.Thread):
         except OSError:  # pragma: no cover - advisory only
             pass
         remaining = self.size
+        started = time.monotonic()
         while remaining > 0:
             buf = self.free.get()
             if buf is None or self.cancelled.is_set():
@@ -226,6 +241,10 @@ class _Reader(threading.Thread):
                 break
             self.hasher.update(mv[:n])
             remaining -= n
+            if self.rate:  # a simulated bus: the chunk arrives when the bus has carried it
+                due = started + (self.size - remaining) / self.rate - time.monotonic()
+                if due > 0 and self.cancelled.wait(due):
+                    return
             self.full.put(("data", buf, n))
         extra = len(os.read(self.fd, 1)) if remaining == 0 else 0
         self.full.put(("eof", extra, os.fstat(self.fd)))
@@ -301,7 +320,7 @@ class _Syncer(threading.Thread):
         self._written = 0
         self._final = False
         self._abort = False
-        self._step = max(SYNC_STEP, 2 * chunk_size)
+        self._step = max(SYNC_STEP, chunk_size)
 
     def advance(self, written: int, final: bool = False) -> None:
         with self._cond:
@@ -377,6 +396,9 @@ class _Syncer(threading.Thread):
 
 
 # --------------------------------------------------------------------------- copy
+
+
+_BUFFERS = BufferBudget(READ_BUFFERS + VERIFY_BUFFERS, ALIGN)
 
 
 def _pump(reader: _Reader, out: _StagedFile | None, syncer: _Syncer | None, what: str,
@@ -473,7 +495,8 @@ def _fsync_dir(path: Path) -> None:
 
 def copy_clip(root: Path, entry: ClipEntry, staging_dir: Path, *, chunk_size: int = CHUNK_SIZE,
               verify: bool = True, min_free: int = 0, progress: Progress | None = None,
-              should_stop: ShouldStop | None = None, direct_io: bool = True) -> CopyResult:
+              should_stop: ShouldStop | None = None, direct_io: bool = True,
+              keep_cached: bool = False) -> CopyResult:
     """Copy ``entry`` from the recorder mounted at ``root`` into ``staging_dir``.
 
     ``progress`` gets the number of bytes of this clip copied so far, after each chunk.
@@ -481,6 +504,12 @@ def copy_clip(root: Path, entry: ClipEntry, staging_dir: Path, *, chunk_size: in
     hashed again. ``direct_io`` uses O_DIRECT for staging writes and read-back where the
     filesystem allows it; without it (or where refused) writes are buffered and the pages
     are dropped from the page cache (``POSIX_FADV_DONTNEED``) before the read-back.
+    ``keep_cached`` reads back through the page cache (each range dropped first, so the
+    bytes still come from the disk) and leaves the verified pages there, so a delivery
+    that follows at once reads them from memory instead of reading the staging disk a
+    second time; it costs ~1 CPU-second per GiB more on the reference box (page-cache
+    fills), so it is off by default and the read-back uses ``O_DIRECT`` where
+    ``direct_io`` allows (bench/RESULTS.md, #13).
 
     Raises RecorderGone (source vanished, I/O error, changed under us), StagingFull (not
     enough room, ENOSPC), HostileName (not a regular file, unsafe name), CopyError (stopped,
@@ -503,6 +532,22 @@ def copy_clip(root: Path, entry: ClipEntry, staging_dir: Path, *, chunk_size: in
         os.close(fd)
         return CopyResult(size=st.st_size, sha256=resumed, staged_path=final,
                           seconds=time.monotonic() - t0)
+    chunk_size = _BUFFERS.take(chunk_size)
+    try:
+        return _copy_fresh(fd, st, entry, staging, final, partial, chunk_size=chunk_size,
+                           verify=verify, min_free=min_free, progress=progress,
+                           should_stop=should_stop, direct_io=direct_io,
+                           keep_cached=keep_cached, t0=t0)
+    finally:
+        _BUFFERS.give(chunk_size)
+
+
+def _copy_fresh(fd: int, st: os.stat_result, entry: ClipEntry, staging: Path, final: Path,
+                partial: Path, *, chunk_size: int, verify: bool, min_free: int,
+                progress: Progress | None, should_stop: ShouldStop | None, direct_io: bool,
+                keep_cached: bool, t0: float) -> CopyResult:
+    """The copy proper (``fd``: the opened source, owned from here on)."""
+    what = entry.safe_name
     reader = _Reader(fd, st.st_size, chunk_size)
     syncer: _Syncer | None = None
     out: _StagedFile | None = None
@@ -513,7 +558,7 @@ def copy_clip(root: Path, entry: ClipEntry, staging_dir: Path, *, chunk_size: in
             out = _StagedFile(partial, direct_io)
         except OSError as exc:
             raise _staging_error(exc, what) from exc
-        syncer = _Syncer(out.fd, partial, chunk_size, verify, direct_io)
+        syncer = _Syncer(out.fd, partial, chunk_size, verify, direct_io and not keep_cached)
         syncer.start()
         reader.start()
         done, extra, st_after = _pump(reader, out, syncer, what, progress, should_stop)

@@ -36,6 +36,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import VerifyError
+from ..store import Reader
+from ..store import audit as store_audit
 from .manifest import canonical_bytes, check_signature
 
 AUDIT_DIR = "_audit"
@@ -147,28 +149,22 @@ def chain_problems(entries: Sequence[Mapping[str, Any]], *, start_prev: str = ""
     return report
 
 
-def db_entries(state: Any, *, after_id: int = 0, limit: int = -1) -> list[dict[str, Any]]:
+def db_entries(state: Reader, *, after_id: int = 0, limit: int = -1) -> list[dict[str, Any]]:
     """Audit rows of a ``State`` in id order (detail parsed), at most ``limit``."""
-    rows = state.query("SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?",
-                       (after_id, limit))
+    rows = store_audit.entries_after(state, after_id, limit)
     return [{**r, "detail": _detail(r["detail"])} for r in rows]
 
 
-def verify_db(state: Any) -> ChainReport:
+def verify_db(state: Reader) -> ChainReport:
     """Check the dock's own audit chain, in the order the database stores it (rowid), and
     against the heads it already signed into delivered segments (so removing the newest
     entries is noticed too)."""
-    rows = state.query("SELECT * FROM audit ORDER BY rowid")
+    rows = store_audit.entries_as_stored(state)
     report = chain_problems([{**r, "detail": r["detail"]} for r in rows])
     if report.problems:
         return report
     by_id = {r["id"]: r["hash"] for r in rows}
-    try:
-        segs = state.query("SELECT id, first_id, last_id, body FROM audit_segments "
-                           "ORDER BY last_id")
-    except Exception:  # noqa: BLE001 - a database from before segments existed
-        segs = []
-    for seg in segs:
+    for seg in store_audit.segment_heads(state):
         head = json.loads(bytes(seg["body"]).split(b"\n", 1)[0])
         if by_id.get(seg["last_id"]) != head.get("head_hash"):
             missing = seg["last_id"] if seg["last_id"] not in by_id else None
@@ -202,10 +198,10 @@ def compare_with_delivered(db_entries_: Sequence[Mapping[str, Any]],
     return report
 
 
-def chain_head(state: Any) -> dict[str, Any]:
+def chain_head(state: Reader) -> dict[str, Any]:
     """The newest entry: ``{"id": N, "hash": hex}`` (``{"id": 0, "hash": ""}`` when empty).
     This is what checkpoints sign to commit to the whole trail."""
-    row = state.query_one("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
+    row = store_audit.newest_entry(state)
     return {"id": int(row["id"]), "hash": row["hash"]} if row else {"id": 0, "hash": ""}
 
 

@@ -81,7 +81,11 @@ class NoteParams:
     """Pauses up to this long join VAD segments into one span (a note has pauses)."""
     language: str | None = "zh"
     """Language of the notes (Whisper code); None lets Whisper detect it."""
-    beam_size: int = 2
+    beam_size: int = 5
+    """Whisper's beam width (its own default; 2 lost key words in noise, bench/RESULTS.md)."""
+    asr_pad_s: float = 0.3
+    """Audio kept before and after the speech span for ASR: VAD cuts close to the first
+    syllable, and Whisper mishears a clipped onset (雾 as 误)."""
     vad_threshold: float = 0.5
     cpu_threads: int = 0
     """Threads for CTranslate2; 0 lets it choose."""
@@ -97,6 +101,8 @@ class NoteParams:
             raise ValueError("window_s must be > 0 and <= probe_s")
         if self.min_speech_s < 0 or self.merge_gap_s < 0:
             raise ValueError("min_speech_s and merge_gap_s must be >= 0")
+        if not 0 <= self.asr_pad_s <= 5:
+            raise ValueError("asr_pad_s must be in [0, 5]")
         if self.beam_size < 1:
             raise ValueError("beam_size must be >= 1")
         if not 0 <= self.min_asr_prob <= 1:
@@ -235,10 +241,6 @@ class NoteAnalyzer:
         self._model: Any = None
         self._lock = threading.Lock()
 
-    @property
-    def has_model(self) -> bool:
-        return self.model_dir is not None
-
     def load(self) -> None:
         """Load the Whisper model now (otherwise on first transcription)."""
         with self._lock:
@@ -323,7 +325,9 @@ class NoteAnalyzer:
                 return NoteResult(verdict=VERDICT_UNCLASSIFIED, speech_start_s=start,
                                   speech_end_s=end, language=lang, timings=timings)
             t0 = time.monotonic()
-            piece = audio[int(span[0] * SAMPLE_RATE):int(math.ceil(span[1] * SAMPLE_RATE))]
+            pad = self.params.asr_pad_s
+            piece = audio[max(0, int((span[0] - pad) * SAMPLE_RATE)):
+                          int(math.ceil((span[1] + pad) * SAMPLE_RATE))]
             text, detected, prob = self.transcribe(piece, lang)
             timings["asr_s"] = round(time.monotonic() - t0, 3)
         except Exception as exc:  # VAD/ASR failure is a finding, not a crash

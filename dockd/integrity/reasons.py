@@ -19,6 +19,7 @@ unpacks as ``reason, confidence, matched``):
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import re
 import tomllib
@@ -131,12 +132,12 @@ def default_lexicon() -> Lexicon:
 @functools.cache
 def _opencc_t2s() -> Any:
     """OpenCC's traditional -> simplified converter, or None when it is not installed."""
-    try:
-        from opencc import OpenCC  # opencc-python-reimplemented
+    try:  # opencc-python-reimplemented (untyped: imported by name, used as Any)
+        opencc = importlib.import_module("opencc")
     except ImportError:
         log.warning("opencc not installed; using the lexicon's small traditional->simplified table")
         return None
-    return OpenCC("t2s")
+    return opencc.OpenCC("t2s")
 
 
 def to_simplified(text: str, lexicon: Lexicon | None = None) -> str:
@@ -284,9 +285,9 @@ def analyse(text: str, language: str | None = "zh",
             return Analysis(OTHER, 0.5, tuple(said_interruption),
                             review=("no known reason named",))
         if heard_interruption:
-            review = ("the interruption was only heard by sound: "
-                      + ", ".join(heard_interruption),)
-            return Analysis(OTHER, 0.3, tuple(said_context), tuple(heard_interruption), review)
+            return Analysis(OTHER, 0.3, tuple(said_context), tuple(heard_interruption),
+                            ("the interruption was only heard by sound: "
+                             + ", ".join(heard_interruption),))
         return Analysis(None, 0.0, ())
     order = list(lexicon.reasons)
     best = max(scores, key=lambda r: (scores[r], -order.index(r)))

@@ -14,20 +14,16 @@ import dataclasses
 from collections.abc import Collection
 from typing import Any
 
-from ..store import State
+from ..store import Reader, fleet
 from .continuity import Gap, Timeline
 
 _JUDGED = ("checked", "signed", "delivered", "cleared")
 _CLIP_KEYS = ("clip", "before_clip", "after_clip")
 
 
-def recorder_clips(state: State, serial: str, docking_id: int) -> list[dict[str, Any]]:
+def recorder_clips(state: Reader, serial: str, docking_id: int) -> list[dict[str, Any]]:
     """Clips of ``serial`` from its other dockings whose timeline is already judged."""
-    marks = ", ".join("?" * len(_JUDGED))
-    return state.query(
-        "SELECT c.* FROM clips c JOIN dockings d ON d.id = c.docking_id WHERE c.serial = ? "
-        f"AND c.docking_id != ? AND d.continuity IS NOT NULL AND c.state IN ({marks}) "
-        "ORDER BY c.id", (serial, docking_id, *_JUDGED))
+    return [dict(c) for c in fleet.judged_clips_elsewhere(state, serial, docking_id, _JUDGED)]
 
 
 def _touches(gap: Gap, own: Collection[Any]) -> bool:

@@ -26,7 +26,7 @@ from ..cli_text import tr
 from ..config import Config
 from ..devices import health
 from ..devices.health import HealthSample
-from ..store import State, parse_iso
+from ..store import Reader, fleet, parse_iso
 from .timefmt import local_time, zone_label, zone_of
 from .views import human_bytes, human_duration
 
@@ -43,15 +43,12 @@ CLIP_LIMIT = 30
 # --------------------------------------------------------------------------- data
 
 
-def devices_data(state: State, cfg: Config, now: datetime, *, serial: str | None = None,
+def devices_data(state: Reader, cfg: Config, now: datetime, *, serial: str | None = None,
                  dock_clock: tuple[bool | None, str] | None = None) -> dict[str, Any]:
     """All recorders (or one, with its history) with their latest health and verdict."""
-    has_health = _has_table(state, "recorder_health")
-    if serial is None:
-        recs = state.query("SELECT * FROM recorders ORDER BY serial")
-    else:
-        recs = state.query("SELECT * FROM recorders WHERE serial = ?", (serial,))
-    out = [_recorder(state, cfg, r, now, has_health, detailed=serial is not None) for r in recs]
+    fleet_ = _Fleet(state)
+    out = [_recorder(state, cfg, dict(r), now, fleet_, detailed=serial is not None)
+           for r in fleet.recorders(state, serial)]
     out.sort(key=lambda r: (VERDICT_ORDER.get(r["verdict"]["label"], 9), r["serial"]))
     return {
         "generated_at": now.astimezone(UTC).isoformat(timespec="seconds"),
@@ -68,25 +65,40 @@ def devices_data(state: State, cfg: Config, now: datetime, *, serial: str | None
     }
 
 
-def _recorder(state: State, cfg: Config, r: dict[str, Any], now: datetime, has_health: bool,
+class _Fleet:
+    """What every recorder's row needs, read once for all of them."""
+
+    def __init__(self, state: Reader):
+        self.last = fleet.last_dockings_by_serial(state)
+        self.docked = fleet.docked_ports_by_serial(state)
+        self.pending = fleet.pending_by_serial(state)
+        self.clock_sets = fleet.clock_sets_by_serial(state)
+        # the verdict weighs the newest reading and those of the same docking only
+        self.health = fleet.current_health_by_serial(state)
+
+
+def _recorder(state: Reader, cfg: Config, r: dict[str, Any], now: datetime, batch: _Fleet,
               *, detailed: bool) -> dict[str, Any]:
     serial = r["serial"]
-    dockings = state.query("SELECT * FROM dockings WHERE serial = ? ORDER BY id", (serial,))
-    samples = _samples(state, serial, dockings, has_health)
+    last_n = batch.last.get(serial)
+    last: dict[str, Any] | None = dict(last_n[0]) if last_n else None
+    n_dockings = last_n[1] if last_n else 0
+    health_rows = (fleet.health_of(state, serial) if detailed
+                   else batch.health.get(serial, []))
+    dockings: list[dict[str, Any]] | None = None
+    if detailed or not health_rows:
+        dockings = [dict(d) for d in fleet.dockings_of(state, serial)]
+    samples = _samples(serial, health_rows, dockings or [])
     latest = samples[-1] if samples else _sample_from_recorder(r)
-    last = dockings[-1] if dockings else None
-    port = state.query_one("SELECT port FROM ports WHERE serial = ? AND state != 'empty' "
-                           "ORDER BY updated_at DESC LIMIT 1", (serial,))
+    port = batch.docked.get(serial)
     docked_since = parse_iso(last["docked_at"]) if (port and last) else None
-    clock_set = _last_clock_set(state, serial)
+    clock_set = _clock_set(batch.clock_sets.get(serial))
     clock_set_at = parse_iso(clock_set["ts"]) if clock_set else None
     measured_with = _json(last.get("dock_clock")) if last else {}
     verdict = health.fitness(latest, samples, cfg.health, now, docked_since,
                              clock_set_at=clock_set_at,
                              dock_synced=measured_with.get("ntp_synced")
                              if isinstance(measured_with, dict) else None)
-    pending = state.query_one("SELECT count(*) AS n FROM clips WHERE serial = ? AND "
-                              "state NOT IN ('delivered', 'cleared')", (serial,))
     out: dict[str, Any] = {
         "serial": serial,
         "officer_no": r.get("officer_no") or "", "officer_name": r.get("officer_name") or "",
@@ -107,33 +119,25 @@ def _recorder(state: State, cfg: Config, r: dict[str, Any], now: datetime, has_h
         "health_read_at": latest.ts.isoformat() if latest else None,
         "first_seen": r.get("first_seen"), "last_docked": r.get("last_seen"),
         "last_port": r.get("last_port"),
-        "docked_now": port["port"] if port else None,
+        "docked_now": port,
         "docked_since": docked_since.isoformat() if docked_since else None,
-        "dockings": len(dockings),
-        "clips_pending": pending["n"] if pending else 0,
+        "dockings": n_dockings,
+        "clips_pending": batch.pending.get(serial, 0),
         "verdict": verdict.as_dict(),
     }
     if detailed:
         out["history"] = [_sample_dict(s) for s in samples[-HISTORY_LIMIT:]]
         out["trend"] = health.trend(samples)
-        out["docking_list"] = [_docking_dict(d) for d in dockings[-HISTORY_LIMIT:]]
+        out["docking_list"] = [_docking_dict(d) for d in (dockings or [])[-HISTORY_LIMIT:]]
         out["clips"] = _clips(state, last["id"], cfg.tz) if last else []
     return out
 
 
-def _has_table(state: State, name: str) -> bool:
-    return state.query_one("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND "
-                           "name = ?", (name,)) is not None
-
-
-def _samples(state: State, serial: str, dockings: Sequence[dict[str, Any]], has_health: bool
+def _samples(serial: str, health_rows: Sequence[Any], dockings: Sequence[dict[str, Any]]
              ) -> list[HealthSample]:
     """The recorder's health readings, oldest first; from the dockings when none are stored."""
-    if has_health:
-        rows = state.query("SELECT * FROM recorder_health WHERE serial = ? ORDER BY ts, id",
-                           (serial,))
-        if rows:
-            return [health.sample_from_row(r) for r in rows]
+    if health_rows:
+        return [health.sample_from_row(dict(r)) for r in health_rows]
     out = []
     for d in dockings:
         snap = _json(d.get("snapshot"))
@@ -160,10 +164,7 @@ def _sample_from_recorder(r: dict[str, Any]) -> HealthSample | None:
                         clock_offset_s=r.get("last_clock_offset_s"))
 
 
-def _last_clock_set(state: State, serial: str) -> dict[str, Any] | None:
-    row = state.query_one("SELECT ts, subject, detail FROM audit WHERE action = 'clock_set' "
-                          "AND json_extract(detail, '$.serial') = ? ORDER BY id DESC LIMIT 1",
-                          (serial,))
+def _clock_set(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
     detail = _json(row["detail"])
@@ -184,11 +185,9 @@ def _docking_dict(d: dict[str, Any]) -> dict[str, Any]:
             "dock_clock": _json(d.get("dock_clock")) or None}
 
 
-def _clips(state: State, docking_id: int, tz: ZoneInfo) -> list[dict[str, Any]]:
+def _clips(state: Reader, docking_id: int, tz: ZoneInfo) -> list[dict[str, Any]]:
     """The docking's clips with their start as recorded (recorder clock) and corrected."""
-    rows = state.query("SELECT safe_name, state, start_recorded, start_utc, duration_s FROM "
-                       "clips WHERE docking_id = ? ORDER BY rel_path LIMIT ?",
-                       (docking_id, CLIP_LIMIT))
+    rows = fleet.docking_clips(state, docking_id, CLIP_LIMIT)
     out = []
     for c in rows:
         utc = parse_iso(c["start_utc"])

@@ -24,7 +24,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from .. import __version__
 from ..config import Config
 from ..lifecycle import CLIP_STATES
-from ..store import State, parse_iso
+from ..store import Reader, parse_iso
+from ..store import status as store
 from .queue import pending_by_target, queue_data
 from .views import backlog_view, incomplete_view, ports_view
 from .web_data import disk_data, fleet_data
@@ -54,7 +55,7 @@ METRIC_NAMES = (
 class DockdCollector(Collector):
     """Yields the dock's metrics from the state at scrape time."""
 
-    def __init__(self, get_state: Callable[[], State], cfg: Config,
+    def __init__(self, get_state: Callable[[], Reader], cfg: Config,
                  clock: Callable[[], datetime]):
         self.get_state = get_state
         self.cfg = cfg
@@ -100,9 +101,9 @@ class DockdCollector(Collector):
                 g.add_metric([], disk[key])
                 yield g
 
-    def _from_state(self, state: State, now: datetime) -> Iterator[Metric]:
+    def _from_state(self, state: Reader, now: datetime) -> Iterator[Metric]:
         yield from self._ports(state)
-        counts = state.counts_by_state()
+        counts = store.clip_counts_by_state(state)
         clips = GaugeMetricFamily("dockd_clips", "Clips by state", labels=["state"])
         for st in CLIP_STATES:
             clips.add_metric([st], counts.get(st, 0))
@@ -111,7 +112,7 @@ class DockdCollector(Collector):
         yield from self._errors(state, now)
         yield from self._recorders(state, now)
 
-    def _ports(self, state: State) -> Iterator[Metric]:
+    def _ports(self, state: Reader) -> Iterator[Metric]:
         st = GaugeMetricFamily("dockd_port_state", "1 for the port's current state",
                                labels=["port", "state"])
         fams = {k: GaugeMetricFamily(n, doc, labels=["port"]) for k, n, doc in (
@@ -138,7 +139,7 @@ class DockdCollector(Collector):
         inc.add_metric([], len(incomplete_view(state)))
         yield inc
 
-    def _queue(self, state: State, now: datetime) -> Iterator[Metric]:
+    def _queue(self, state: Reader, now: datetime) -> Iterator[Metric]:
         q = queue_data(state, self.cfg, now)
         depth = GaugeMetricFamily("dockd_queue_clips", "Clips not yet delivered to the target",
                                   labels=["target"])
@@ -181,14 +182,13 @@ class DockdCollector(Collector):
                                    labels=["target"])
         secs = CounterMetricFamily("dockd_delivery_seconds", "Seconds spent delivering",
                                    labels=["target"])
-        for r in state.query("SELECT target, coalesce(sum(bytes), 0) AS b, "
-                             "coalesce(sum(seconds), 0) AS s FROM transfers GROUP BY target"):
-            sent.add_metric([r["target"]], r["b"])
-            secs.add_metric([r["target"]], r["s"])
+        for target, nbytes, seconds in store.transfer_totals(state):
+            sent.add_metric([target], nbytes)
+            secs.add_metric([target], seconds)
         yield sent
         yield secs
 
-    def _errors(self, state: State, now: datetime) -> Iterator[Metric]:
+    def _errors(self, state: Reader, now: datetime) -> Iterator[Metric]:
         errs = GaugeMetricFamily("dockd_delivery_errors", "Deliveries with an error: state "
                                  "pending (retrying) or failed (permanent)",
                                  labels=["target", "state"])
@@ -202,12 +202,11 @@ class DockdCollector(Collector):
             errs.add_metric([target, s], n)
         yield errs
         alerts = GaugeMetricFamily("dockd_alerts_open", "Open alerts", labels=["level", "kind"])
-        for r in state.query("SELECT level, kind, count(*) AS n FROM alerts "
-                             "WHERE resolved_at IS NULL GROUP BY level, kind"):
-            alerts.add_metric([r["level"], r["kind"]], r["n"])
+        for level, kind, n in store.open_alert_counts(state):
+            alerts.add_metric([level, kind], n)
         yield alerts
 
-    def _recorders(self, state: State, now: datetime) -> Iterator[Metric]:
+    def _recorders(self, state: Reader, now: datetime) -> Iterator[Metric]:
         labels = ["serial", "officer_no"]
         fams = {k: GaugeMetricFamily(n, doc, labels=labels) for k, n, doc in (
             ("battery_percent", "dockd_recorder_battery_percent", "Battery at last docking"),
@@ -234,14 +233,14 @@ class DockdCollector(Collector):
         yield seen
 
 
-def build_registry(get_state: Callable[[], State], cfg: Config,
+def build_registry(get_state: Callable[[], Reader], cfg: Config,
                    clock: Callable[[], datetime]) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DockdCollector(get_state, cfg, clock))
     return registry
 
 
-def metrics_response(get_state: Callable[[], State], cfg: Config,
+def metrics_response(get_state: Callable[[], Reader], cfg: Config,
                      clock: Callable[[], datetime]) -> tuple[bytes, str]:
     """The exposition text and its content type, read from the state now."""
     from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest

@@ -10,37 +10,27 @@ from typing import Any
 
 from ..config import Config
 from ..delivery.schedule import ALARM, OK, WARNING, Forecast, Pending, forecast, measured_throughput
-from ..store import State, parse_iso
+from ..store import Reader, parse_iso
+from ..store import status as store
 
 THROUGHPUT_WINDOW = 50  # most recent transfers per target used for the forecast
 
 
-def target_throughput(state: State, target: str) -> float | None:
-    rows = state.query("SELECT bytes, seconds FROM transfers WHERE target = ? "
-                       "ORDER BY id DESC LIMIT ?", (target, THROUGHPUT_WINDOW))
-    return measured_throughput([(r["bytes"], r["seconds"]) for r in rows])
+def target_throughput(state: Reader, target: str) -> float | None:
+    return measured_throughput(store.recent_transfers(state, target, THROUGHPUT_WINDOW))
 
 
-def pending_by_target(state: State, target: str) -> list[Pending]:
+def pending_by_target(state: Reader, target: str) -> list[Pending]:
     """Each docking's undelivered clips on ``target`` (clips not yet signed count as well:
     they will have to be delivered too)."""
-    rows = state.query(
-        "SELECT d.id, d.serial, d.port, d.docked_at, min(c.deadline_at) AS deadline, "
-        "count(c.id) AS n, coalesce(sum(c.size), 0) AS b, "
-        "sum(CASE WHEN dl.state = 'failed' THEN 1 ELSE 0 END) AS failed "
-        "FROM clips c JOIN dockings d ON d.id = c.docking_id "
-        "LEFT JOIN deliveries dl ON dl.clip_id = c.id AND dl.target = ? "
-        "WHERE c.state NOT IN ('delivered', 'cleared') "
-        "AND (dl.state IS NULL OR dl.state != 'delivered') "
-        "GROUP BY d.id", (target,))
     out = []
-    for r in rows:
+    for r in store.pending_on_target(state, target):
         out.append(Pending(r["id"], r["serial"], r["port"], parse_iso(r["deadline"]),  # type: ignore[arg-type]
                            parse_iso(r["docked_at"]), r["b"], r["n"], r["failed"] or 0))  # type: ignore[arg-type]
     return out
 
 
-def queue_forecasts(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+def queue_forecasts(state: Reader, cfg: Config, now: datetime) -> dict[str, Any]:
     """Per required target: throughput and per-docking forecasts; overall: the worst level."""
     warn_margin = timedelta(hours=cfg.delivery.warn_margin_hours)
     warn_age = timedelta(hours=cfg.delivery.warn_age_hours)
@@ -75,10 +65,9 @@ def _fc_dict(f: Forecast, now: datetime) -> dict[str, Any]:
     }
 
 
-def queue_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+def queue_data(state: Reader, cfg: Config, now: datetime) -> dict[str, Any]:
     q = queue_forecasts(state, cfg, now)
-    alerts = state.query("SELECT ts, level, kind, subject, message FROM alerts "
-                         "WHERE resolved_at IS NULL ORDER BY ts")
+    alerts = store.open_alerts_by_time(state)
     return {
         "generated_at": now.isoformat(),
         "level": q["level"],

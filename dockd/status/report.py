@@ -4,7 +4,6 @@ found at every resumption (R2), for supervisors' review (R11). Read-only over th
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, tzinfo
 from typing import Any
 
@@ -13,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..cli_text import tr
-from ..store import State
+from ..store import Reader, fleet
 from .timefmt import local_time, zone_of
 from .views import human_duration
 
@@ -27,34 +26,32 @@ VERDICT_LABELS = {
 }
 
 
-def report_data(state: State, *, docking_id: int | None = None, serial: str | None = None,
+def _referenced_clips(cont: dict[str, Any] | None, gaps: list[Any]) -> set[int]:
+    """The clip ids a docking's timeline and gaps name (a gap may start at a clip of an
+    earlier docking of the same recorder: R1 spans dockings)."""
+    ids = {c for g in gaps for c in (g["before_clip"], g["after_clip"]) if isinstance(c, int)}
+    if cont:
+        for s in cont.get("timeline", {}).get("sessions", []):
+            for r in s.get("runs", []):
+                ids.update(c for c in r.get("clips", []) if isinstance(c, int))
+    return ids
+
+
+def report_data(state: Reader, *, docking_id: int | None = None, serial: str | None = None,
                 limit: int = 20) -> dict[str, Any]:
-    where, params = [], []
-    if docking_id is not None:
-        where.append("d.id = ?")
-        params.append(docking_id)
-    if serial:
-        where.append("d.serial = ?")
-        params.append(serial)
-    sql = ("SELECT d.*, r.officer_no, r.officer_name, r.unit_name FROM dockings d "
-           "LEFT JOIN recorders r ON r.serial = d.serial "
-           + (f"WHERE {' AND '.join(where)} " if where else "")
-           + "ORDER BY d.id DESC LIMIT ?")
     out = []
-    for d in state.query(sql, (*params, limit)):
-        # a gap may start at a clip of an earlier docking of the same recorder (R1 spans
-        # dockings): names come from the recorder's clips
-        clips = {c["id"]: c for c in state.query(
-            "SELECT id, docking_id, safe_name, start_utc, duration_s, state FROM clips "
-            "WHERE serial = ?", (d["serial"],))}
+    for d in fleet.report_dockings(state, docking_id=docking_id, serial=serial, limit=limit):
         cont = json.loads(d["continuity"]) if d.get("continuity") else None
+        stored_gaps = fleet.gaps_of(state, d["id"])
+        # names come from the recorder's clips, only those the report shows
+        clips: dict[int | None, Any] = dict(fleet.clips_by_id(state, d["serial"],
+                                                  _referenced_clips(cont, stored_gaps)).items())
         notes_by_clip = {  # the note check behind each interruption: why it needs review
             f["detail"]["gap"]["after_clip"]: f["detail"].get("note", {})
             for f in (cont.get("findings", []) if cont else [])
             if f.get("kind", "").startswith("interruption") and "gap" in f.get("detail", {})}
         gaps = []
-        for g in state.query("SELECT * FROM gaps WHERE docking_id = ? ORDER BY start",
-                             (d["id"],)):
+        for g in stored_gaps:
             gaps.append({
                 "kind": g["kind"], "start": g["start"], "end": g["end"],
                 "length_s": g["length_s"],
@@ -94,16 +91,12 @@ def report_data(state: State, *, docking_id: int | None = None, serial: str | No
     return {"dockings": out}
 
 
-def _labels(state: State, docking_id: int) -> dict[str, Any]:
+def _labels(state: Reader, docking_id: int) -> dict[str, Any]:
     """Case labels (R4) from the docking's newest signed revision."""
     from ..integrity.revisions import latest_labels, parse_revision
 
-    try:
-        row = state.query_one("SELECT document FROM revisions WHERE docking_id = ? "
-                              "ORDER BY seq DESC LIMIT 1", (docking_id,))
-    except sqlite3.OperationalError:
-        return latest_labels(None)
-    return latest_labels(parse_revision(bytes(row["document"])) if row else None)
+    doc = fleet.newest_revision_document(state, docking_id)
+    return latest_labels(parse_revision(doc) if doc is not None else None)
 
 
 def _label_text(labels: dict[str, Any]) -> str:

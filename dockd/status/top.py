@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import Config
-from ..store import State, utcnow
+from ..store import Reader, utcnow
 from .timefmt import local_time
 from .views import human_bytes, human_duration
 from .web_data import api_queue, disk_data, kiosk_ports
@@ -41,7 +41,7 @@ STATE_WORD = {"empty": "empty", "identifying": "identifying", "copying": "copyin
               "error": "ERROR"}
 
 
-def top_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+def top_data(state: Reader, cfg: Config, now: datetime) -> dict[str, Any]:
     """Everything one frame shows (plain data)."""
     q = api_queue(state, cfg, now)
     return {"dock": cfg.dock.id, "now": now, "tz": cfg.tz, "ports": kiosk_ports(state, cfg), "queue": q,
@@ -160,7 +160,7 @@ def render_top(data: dict[str, Any], *, height: int = 24) -> RenderableType:
     return Group(*parts)
 
 
-def frame(state: State, cfg: Config, height: int = 24) -> RenderableType:
+def frame(state: Reader, cfg: Config, height: int = 24) -> RenderableType:
     return render_top(top_data(state, cfg, utcnow()), height=height)
 
 

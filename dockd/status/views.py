@@ -6,7 +6,6 @@ rich tables for the terminal. Nothing here writes.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
@@ -15,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..cli_text import tr
-from ..store import State, parse_iso
-from ..tiles import OPEN_INCOMPLETE_SQL, earlier_pending
+from ..store import Reader, parse_iso
+from ..store import status as store
 from .timefmt import local_time
 
 PORT_LABELS = {
@@ -50,29 +49,22 @@ def human_duration(seconds: float | None) -> str:
     return f"{sign}{h}h{m:02d}m" if h else f"{sign}{m}m{s:02d}s"
 
 
-def ports_view(state: State) -> list[dict[str, Any]]:
-    rows = state.query(
-        "SELECT p.*, r.officer_no, r.officer_name, r.unit_name, r.last_battery "
-        "FROM ports p LEFT JOIN recorders r ON r.serial = p.serial ORDER BY p.port")
+def ports_view(state: Reader) -> list[dict[str, Any]]:
+    rows = store.ports_with_recorders(state)
+    delivered_of = store.delivered_counts(
+        state, [d for r in rows if (d := r["docking_id"])])
     out = []
     for r in rows:
         rate = r.get("rate_bps") or None
         left = (r.get("bytes_total") or 0) - (r.get("bytes_done") or 0)
         eta = left / rate if (rate and r["state"] == "copying" and left > 0) else None
         delivered = None
-        if r.get("docking_id"):
+        docking_id = r["docking_id"]
+        counts = delivered_of.get(docking_id) if docking_id else None
+        if counts is not None:
             # its own clips and those an earlier docking copied that it found again: only a
             # verified delivery counts
-            dk = state.query_one("SELECT earlier_pending, skipped_known FROM dockings "
-                                 "WHERE id = ?", (r["docking_id"],))
-            ids = earlier_pending(dk["earlier_pending"]) if dk else []
-            known = (dk["skipped_known"] or 0) if dk else 0  # verified before this docking
-            d = state.query_one(
-                "SELECT count(*) AS total, sum(state IN ('delivered', 'cleared')) AS done "
-                "FROM clips WHERE docking_id = ? OR id IN (SELECT value FROM json_each(?))",
-                (r["docking_id"], json.dumps(ids)))
-            if d:
-                delivered = {"done": (d["done"] or 0) + known, "total": d["total"] + known}
+            delivered = {"done": counts[0], "total": counts[1]}
         out.append({
             "port": r["port"], "state": r["state"], "label": PORT_LABELS.get(r["state"], r["state"]),
             "serial": r.get("serial"), "officer_no": r.get("officer_no"),
@@ -86,15 +78,9 @@ def ports_view(state: State) -> list[dict[str, Any]]:
     return out
 
 
-def backlog_view(state: State, now: datetime) -> dict[str, Any]:
-    rows = state.query(
-        "SELECT c.docking_id, d.serial, d.port, d.docked_at, min(c.deadline_at) AS deadline_at, "
-        "count(*) AS clips, sum(c.size) AS bytes, group_concat(DISTINCT c.state) AS states "
-        "FROM clips c JOIN dockings d ON d.id = c.docking_id "
-        "WHERE c.state NOT IN ('delivered', 'cleared') "
-        "GROUP BY c.docking_id ORDER BY deadline_at, c.docking_id")
+def backlog_view(state: Reader, now: datetime) -> dict[str, Any]:
     items = []
-    for r in rows:
+    for r in store.backlog_by_docking(state):
         deadline = parse_iso(r["deadline_at"])
         items.append({
             "docking_id": r["docking_id"], "serial": r["serial"], "port": r["port"],
@@ -104,39 +90,30 @@ def backlog_view(state: State, now: datetime) -> dict[str, Any]:
             "clips": r["clips"], "bytes": r["bytes"] or 0,
             "states": sorted((r["states"] or "").split(",")),
         })
-    failures = state.query(
-        "SELECT dl.clip_id, dl.target, dl.attempts, dl.last_error, dl.state, dl.next_try_at "
-        "FROM deliveries dl WHERE dl.last_error IS NOT NULL AND dl.state != 'delivered' "
-        "ORDER BY dl.clip_id")
     return {
         "clips": sum(i["clips"] for i in items),
         "bytes": sum(i["bytes"] for i in items),
         "oldest_deadline_at": items[0]["deadline_at"] if items else None,
         "dockings": items,
-        "delivery_errors": failures,
+        "delivery_errors": store.delivery_errors(state),
     }
 
 
-def incomplete_view(state: State) -> list[dict[str, Any]]:
+def incomplete_view(state: Reader) -> list[dict[str, Any]]:
     """Dockings closed with clips left on the recorder, not re-docked, not acknowledged."""
-    rows = state.query(
-        "SELECT d.id, d.serial, d.port, d.docked_at, d.undocked_at, d.incomplete, "
-        "d.clips_total, d.error, r.officer_no, r.officer_name FROM dockings d LEFT JOIN "
-        f"recorders r ON r.serial = d.serial WHERE {OPEN_INCOMPLETE_SQL.replace('state', 'd.state')} "
-        "ORDER BY d.id")
     return [{"docking_id": r["id"], "serial": r["serial"], "port": r["port"],
              "officer_no": r["officer_no"], "officer_name": r["officer_name"],
              "docked_at": r["docked_at"], "undocked_at": r["undocked_at"],
              "uncopied": r["incomplete"], "clips_total": r["clips_total"],
-             "why": r["error"]} for r in rows]
+             "why": r["error"]} for r in store.open_incomplete(state)]
 
 
-def status_data(state: State, dock_id: str, now: datetime) -> dict[str, Any]:
+def status_data(state: Reader, dock_id: str, now: datetime) -> dict[str, Any]:
     return {
         "dock": dock_id,
         "generated_at": now.isoformat(),
         "ports": ports_view(state),
-        "clips_by_state": state.counts_by_state(),
+        "clips_by_state": store.clip_counts_by_state(state),
         "backlog": backlog_view(state, now),
         "incomplete": incomplete_view(state),
     }

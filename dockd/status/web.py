@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
 from ..errors import DockdError
-from ..store import State, utcnow
+from ..store import Reader, ReadOnlyState, utcnow
 from . import i18n, web_data, web_hosts
 from .metrics import metrics_response
 from .web_openapi import openapi_spec
@@ -150,13 +150,13 @@ class _StateHolder:
     def __init__(self, path: Path, clock: Callable[[], datetime]):
         self.path = path
         self.clock = clock
-        self._state: State | None = None
+        self._state: ReadOnlyState | None = None
         self._lock = threading.Lock()
 
-    def get(self) -> State:
+    def get(self) -> ReadOnlyState:
         with self._lock:
             if self._state is None:
-                self._state = web_data.ReadOnlyState(self.path, clock=self.clock)
+                self._state = ReadOnlyState(self.path, clock=self.clock)
             return self._state
 
     def close(self) -> None:
@@ -187,7 +187,7 @@ def create_app(cfg: Config, state_path: Path | str, *,
     spec = openapi_spec()
     default_lang = i18n.pick_language(cfg.web.language)
 
-    def api(build: Callable[[State, Config, datetime], dict[str, Any]]
+    def api(build: Callable[[Reader, Config, datetime], dict[str, Any]]
             ) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
             try:

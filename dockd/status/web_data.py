@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sqlite3
-import threading
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, HealthConfig
-from ..errors import StateError
-from ..store import State, utcnow
+from ..store import Reader, fleet
+from ..store import readonly as store_ro
+from ..store import status as store_status
 from .queue import queue_data
 from .report import report_data
 from .views import backlog_view, incomplete_view, ports_view, status_data
@@ -35,30 +33,13 @@ FINDINGS_LIMIT = 50  # most recent dockings scanned for /api/findings
 FLEET_LIMIT = 500  # recorders listed (bounded: the metrics labels come from here too)
 
 
-class ReadOnlyState(State):
-    """A :class:`State` over a read-only connection: no migrations, no writes possible."""
-
-    def __init__(self, path: Path | str, *, clock: Callable[[], datetime] = utcnow):
-        self.path = Path(path)
-        self.clock = clock
-        if not self.path.exists():
-            raise StateError(f"{path}: no state database (has the daemon run yet?)")
-        self._lock = threading.RLock()
-        try:
-            conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True,
-                                   check_same_thread=False, isolation_level=None, timeout=10.0)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA query_only = ON")
-            conn.execute("PRAGMA busy_timeout = 10000")
-        except sqlite3.Error as exc:
-            raise StateError(f"{path}: cannot open the state database read-only: {exc}") from exc
-        self.conn = conn
-        self.db = None  # type: ignore[assignment]  # sqlite-utils is for writers only
+ReadOnlyState = store_ro.ReadOnlyState
+"""The read-only store (one class for every read-only view: see :mod:`dockd.store.readonly`)."""
 
 
-def open_state_ro(path: Path | str) -> State:
+def open_state_ro(path: Path | str) -> store_ro.ReadOnlyState:
     """Open the daemon's state database for read-only views (web, metrics, top)."""
-    return ReadOnlyState(path)
+    return store_ro.ReadOnlyState(path)
 
 
 # --------------------------------------------------------------------------- recorders
@@ -129,10 +110,8 @@ def recorder_health(row: dict[str, Any], health: HealthConfig) -> dict[str, Any]
     return {"fit": not reasons, "reasons": reasons, "source": "thresholds"}
 
 
-def recorders_by_serial(state: State) -> dict[str, dict[str, Any]]:
-    rows = state.query("SELECT * FROM recorders ORDER BY last_seen DESC LIMIT ?",
-                       (FLEET_LIMIT,))
-    return {r["serial"]: r for r in rows}
+def recorders_by_serial(state: Reader) -> dict[str, dict[str, Any]]:
+    return {r["serial"]: dict(r) for r in fleet.recent_recorders(state, FLEET_LIMIT)}
 
 
 def recorder_view(row: dict[str, Any], health: HealthConfig) -> dict[str, Any]:
@@ -211,7 +190,7 @@ def _from_devices(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def fleet_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+def fleet_data(state: Reader, cfg: Config, now: datetime) -> dict[str, Any]:
     """The fleet, unfit first. Verdicts from ``dockd devices`` (the health check) when
     available; otherwise the last readings against the ``[health]`` thresholds."""
     try:
@@ -249,21 +228,12 @@ def fleet_data(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
     }
 
 
-def labelled_dockings(state: State, limit: int = 50) -> list[dict[str, Any]]:
+def labelled_dockings(state: Reader, limit: int = 50) -> list[dict[str, Any]]:
     """The newest dockings with case labels (R4), as their newest revision states them."""
     from ..integrity.revisions import latest_labels, parse_revision
 
-    try:
-        rows = state.query(
-            "SELECT r.docking_id, r.document, d.serial, d.docked_at, c.officer_no, "
-            "c.officer_name FROM revisions r JOIN dockings d ON d.id = r.docking_id "
-            "LEFT JOIN recorders c ON c.serial = d.serial WHERE r.seq = (SELECT max(seq) FROM "
-            "revisions WHERE docking_id = r.docking_id) ORDER BY r.docking_id DESC LIMIT ?",
-            (limit,))
-    except sqlite3.OperationalError:  # a database from before revisions existed
-        return []
     out = []
-    for r in rows:
+    for r in fleet.labelled_revisions(state, limit):
         labels = latest_labels(parse_revision(bytes(r["document"])))
         d = labels["docking"]
         if not d and not labels["clips"]:
@@ -311,7 +281,7 @@ def port_error_reason(text: str | None) -> str:
     return "other"
 
 
-def docking_problems(state: State, docking_id: int) -> list[dict[str, Any]]:
+def docking_problems(state: Reader, docking_id: int) -> list[dict[str, Any]]:
     """What the officer of this docking must be told (gaps needing review, errors found)."""
     data = report_data(state, docking_id=docking_id, limit=1)["dockings"]
     out: list[dict[str, Any]] = []
@@ -336,23 +306,24 @@ def docking_problems(state: State, docking_id: int) -> list[dict[str, Any]]:
     return out
 
 
-def _docking_findings(state: State, docking_id: int) -> list[dict[str, Any]]:
-    row = state.query_one("SELECT findings FROM dockings WHERE id = ?", (docking_id,))
+def _docking_findings(state: Reader, docking_id: int) -> list[dict[str, Any]]:
+    text = fleet.docking_findings(state, docking_id)
     try:
-        found = json.loads(row["findings"]) if row and row["findings"] else []
+        found = json.loads(text) if text else []
     except ValueError:
         return []
     return [f for f in found if isinstance(f, dict)]
 
 
-def kiosk_ports(state: State, cfg: Config) -> list[dict[str, Any]]:
+def kiosk_ports(state: Reader, cfg: Config) -> list[dict[str, Any]]:
     """One entry per port: who, what state, progress, battery/storage, problems."""
     recs = recorders_by_serial(state)
     out = []
     for p in ports_view(state):
         rec = recs.get(p["serial"]) if p["serial"] else None
         if p["serial"] and rec is None:
-            rec = state.query_one("SELECT * FROM recorders WHERE serial = ?", (p["serial"],))
+            one = fleet.recorder(state, p["serial"])
+            rec = dict(one) if one is not None else None
         display, percent = _display(p)
         problems: list[dict[str, Any]] = []
         if p["state"] == "incomplete":
@@ -402,19 +373,19 @@ def disk_data(cfg: Config) -> dict[str, Any]:
             "min_free": int(cfg.offload.min_free), "low": du.free < int(cfg.offload.min_free)}
 
 
-def api_status(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+def api_status(state: Reader, cfg: Config, now: datetime) -> dict[str, Any]:
     data = status_data(state, cfg.dock.id, now)
     q = queue_data(state, cfg, now)
     return {**data, "dock_name": cfg.dock.name, "level": q["level"], "disk": disk_data(cfg),
             "alerts_open": len(q["alerts"])}
 
 
-def api_ports(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+def api_ports(state: Reader, cfg: Config, now: datetime) -> dict[str, Any]:
     return {"dock": cfg.dock.id, "dock_name": cfg.dock.name, "generated_at": now.isoformat(),
             "ports": kiosk_ports(state, cfg)}
 
 
-def api_queue(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
+def api_queue(state: Reader, cfg: Config, now: datetime) -> dict[str, Any]:
     q = queue_data(state, cfg, now)
     b = backlog_view(state, now)
     return {**q, "dock": cfg.dock.id, "disk": disk_data(cfg),
@@ -422,10 +393,10 @@ def api_queue(state: State, cfg: Config, now: datetime) -> dict[str, Any]:
                         "oldest_deadline_at": b["oldest_deadline_at"]},
             "delivery_errors": b["delivery_errors"],
             "incomplete": incomplete_view(state),
-            "clips_by_state": state.counts_by_state()}
+            "clips_by_state": store_status.clip_counts_by_state(state)}
 
 
-def api_findings(state: State, cfg: Config, now: datetime,
+def api_findings(state: Reader, cfg: Config, now: datetime,
                  limit: int = FINDINGS_LIMIT) -> dict[str, Any]:
     """Gaps that need a supervisor's review and the findings of recent dockings."""
     gaps, findings = [], []

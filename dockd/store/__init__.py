@@ -14,12 +14,12 @@ from .db import (
     dumps,
     encode_path,
     iso,
-    open_readonly,
     parse_iso,
     utcnow,
 )
+from .readonly import Reader, ReadOnlyState, open_readonly, require_database
 
 __all__ = [
     "MIGRATIONS", "SCHEMA_VERSION", "State", "decode_row", "dumps", "encode_path", "iso",
-    "open_readonly", "parse_iso", "utcnow",
+    "ReadOnlyState", "Reader", "open_readonly", "parse_iso", "require_database", "utcnow",
 ]

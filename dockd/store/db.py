@@ -6,7 +6,7 @@ state transition is exactly one transaction. A process killed at any moment leav
 clip in its last committed state; the daemon resumes from there.
 
 Read-only views (``dockd status`` in another process) open the same file with
-:func:`open_readonly`.
+:func:`dockd.store.readonly.open_readonly`, which never migrates.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StateError, TransitionError
 from ..lifecycle import check_clip_edge, check_docking_edge
+
+if TYPE_CHECKING:  # imported by the writer only: sqlite-utils pulls in numpy (~0.5 s)
+    import sqlite_utils
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ def parse_iso(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+Params = Sequence[Any] | Mapping[str, Any]
+"""Query parameters: positional (``?``) or named (``:name``)."""
+
+
 def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True)
 
@@ -54,20 +59,20 @@ def dumps(obj: Any) -> str:
 
 
 def _m1_initial(db: sqlite_utils.Database) -> None:
-    db["ports"].create({
+    db.table("ports").create({
         "port": str, "dock_id": str, "state": str, "serial": str, "docking_id": int,
         "clips_done": int, "clips_total": int, "bytes_done": int, "bytes_total": int,
         "rate_bps": float, "message": str, "error": str, "updated_at": str,
     }, pk="port", not_null={"state"}, defaults={"state": "empty", "clips_done": 0,
                                                   "clips_total": 0, "bytes_done": 0,
                                                   "bytes_total": 0})
-    db["recorders"].create({
+    db.table("recorders").create({
         "serial": str, "officer_no": str, "officer_name": str, "unit_no": str,
         "unit_name": str, "vendor": str, "model": str, "firmware": str,
         "first_seen": str, "last_seen": str, "last_port": str, "last_battery": int,
         "last_clock_offset_s": float, "last_storage_total": int, "last_storage_free": int,
     }, pk="serial")
-    db["dockings"].create({
+    db.table("dockings").create({
         "id": int, "serial": str, "port": str, "dock_id": str, "root": str,
         "state": str, "docked_at": str, "undocked_at": str, "deadline_at": str,
         "driver": str, "profile": str, "snapshot": str, "findings": str,
@@ -76,7 +81,7 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
         "signed_at": str, "delivered_at": str,
     }, pk="id", not_null={"serial", "port", "state", "docked_at"},
         foreign_keys=[("serial", "recorders", "serial")])
-    db["clips"].create({
+    db.table("clips").create({
         "id": int, "docking_id": int, "first_docking_id": int, "serial": str,
         "rel_path": bytes, "safe_name": str, "size": int, "mtime": float,
         "state": str, "sha256": str, "staged_path": str, "probe": str, "findings": str,
@@ -86,34 +91,34 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     }, pk="id", not_null={"docking_id", "serial", "rel_path", "safe_name", "state"},
         defaults={"attempts": 0},
         foreign_keys=[("docking_id", "dockings", "id")])
-    db["clips"].create_index(["docking_id", "safe_name"], unique=True)
-    db["clips"].create_index(["serial", "rel_path"])
-    db["clips"].create_index(["state", "deadline_at"])
-    db["deliveries"].create({
+    db.table("clips").create_index(["docking_id", "safe_name"], unique=True)
+    db.table("clips").create_index(["serial", "rel_path"])
+    db.table("clips").create_index(["state", "deadline_at"])
+    db.table("deliveries").create({
         "clip_id": int, "target": str, "state": str, "key": str, "attempts": int,
         "last_error": str, "next_try_at": str, "verified_at": str,
     }, pk=("clip_id", "target"), defaults={"attempts": 0},
         foreign_keys=[("clip_id", "clips", "id")])
-    db["manifests"].create({
+    db.table("manifests").create({
         "id": int, "docking_id": int, "dock_id": str, "sha256": str, "prev_sha256": str,
         "key_id": str, "prefix": str, "created_at": str, "manifest": bytes,
         "signature": bytes,
     }, pk="id", not_null={"docking_id", "sha256", "manifest", "signature"})
-    db["manifests"].create_index(["docking_id"], unique=True)
-    db["manifests"].create_index(["sha256"], unique=True)
-    db["manifest_deliveries"].create({
+    db.table("manifests").create_index(["docking_id"], unique=True)
+    db.table("manifests").create_index(["sha256"], unique=True)
+    db.table("manifest_deliveries").create({
         "manifest_id": int, "target": str, "state": str, "attempts": int,
         "last_error": str, "next_try_at": str, "verified_at": str,
     }, pk=("manifest_id", "target"), defaults={"attempts": 0})
-    db["audit"].create({
+    db.table("audit").create({
         "id": int, "ts": str, "actor": str, "action": str, "subject": str,
         "detail": str, "prev_hash": str, "hash": str,
     }, pk="id")
 
 
 def _m2_continuity(db: sqlite_utils.Database) -> None:
-    db["dockings"].add_column("continuity", str)
-    db["gaps"].create({
+    db.table("dockings").add_column("continuity", str)
+    db.table("gaps").create({
         "id": int, "docking_id": int, "kind": str, "before_clip": int, "after_clip": int,
         "start": str, "end": str, "length_s": float, "verdict": str,
         "speech_start_s": float, "speech_end_s": float, "transcript": str, "reason": str,
@@ -121,38 +126,38 @@ def _m2_continuity(db: sqlite_utils.Database) -> None:
         "analyzed_at": str,
     }, pk="id", not_null={"docking_id", "kind"},
         foreign_keys=[("docking_id", "dockings", "id")])
-    db["gaps"].create_index(["docking_id"])
+    db.table("gaps").create_index(["docking_id"])
 
 
 def _m3_retention(db: sqlite_utils.Database) -> None:
-    db["clips"].add_column("retention_class", str)
+    db.table("clips").add_column("retention_class", str)
     db.execute("UPDATE clips SET retention_class = 'standard' WHERE retention_class IS NULL")
 
 
 def _m4_queue(db: sqlite_utils.Database) -> None:
-    db["transfers"].create({
+    db.table("transfers").create({
         "id": int, "ts": str, "target": str, "bytes": int, "seconds": float,
     }, pk="id")
-    db["transfers"].create_index(["target", "ts"])
-    db["alerts"].create({
+    db.table("transfers").create_index(["target", "ts"])
+    db.table("alerts").create({
         "id": int, "ts": str, "level": str, "kind": str, "subject": str, "message": str,
         "resolved_at": str, "hook_status": str,
     }, pk="id", not_null={"level", "kind", "subject"})
-    db["alerts"].create_index(["kind", "subject", "resolved_at"])
+    db.table("alerts").create_index(["kind", "subject", "resolved_at"])
 
 
 def _m5_health(db: sqlite_utils.Database) -> None:
     """Recorder health history (R9) and the dock's NTP state per docking (R10); existing
     dockings get one reading each from their stored snapshot."""
-    db["recorder_health"].create({
+    db.table("recorder_health").create({
         "id": int, "ts": str, "serial": str, "docking_id": int, "source": str,
         "battery": int, "storage_total": int, "storage_free": int, "clip_count": int,
         "oldest_clip_age_s": float, "fs_check": str, "fs_detail": str, "firmware": str,
         "clock_offset_s": float,
     }, pk="id", not_null={"ts", "serial"}, defaults={"fs_check": "not_run"},
         foreign_keys=[("serial", "recorders", "serial"), ("docking_id", "dockings", "id")])
-    db["recorder_health"].create_index(["serial", "ts"])
-    db["dockings"].add_column("dock_clock", str)
+    db.table("recorder_health").create_index(["serial", "ts"])
+    db.table("dockings").add_column("dock_clock", str)
     db.execute(
         "INSERT INTO recorder_health (ts, serial, docking_id, source, battery, storage_total, "
         "storage_free, fs_check, firmware, clock_offset_s) "
@@ -167,22 +172,22 @@ def _m5_health(db: sqlite_utils.Database) -> None:
 def _m6_custody(db: sqlite_utils.Database) -> None:
     """Signed manifest revisions (labels R4, retention R7) and delivered audit segments (R8),
     each with its per-target delivery state."""
-    db["revisions"].create({
+    db.table("revisions").create({
         "id": int, "docking_id": int, "seq": int, "sha256": str, "prev_sha256": str,
         "manifest_sha256": str, "key_id": str, "prefix": str, "kind": str, "actor": str,
         "created_at": str, "document": bytes, "signature": bytes,
     }, pk="id", not_null={"docking_id", "seq", "sha256", "document", "signature"},
         foreign_keys=[("docking_id", "dockings", "id")])
-    db["revisions"].create_index(["docking_id", "seq"], unique=True)
-    db["revision_deliveries"].create({
+    db.table("revisions").create_index(["docking_id", "seq"], unique=True)
+    db.table("revision_deliveries").create({
         "revision_id": int, "target": str, "state": str, "attempts": int,
         "last_error": str, "next_try_at": str, "verified_at": str,
     }, pk=("revision_id", "target"), defaults={"attempts": 0})
-    db["audit_segments"].create({
+    db.table("audit_segments").create({
         "id": int, "dock_id": str, "first_id": int, "last_id": int, "sha256": str,
         "created_at": str, "body": bytes, "signature": bytes,
     }, pk="id", not_null={"first_id", "last_id", "body", "signature"})
-    db["audit_segment_deliveries"].create({
+    db.table("audit_segment_deliveries").create({
         "segment_id": int, "target": str, "state": str, "attempts": int,
         "last_error": str, "next_try_at": str, "verified_at": str,
     }, pk=("segment_id", "target"), defaults={"attempts": 0})
@@ -192,20 +197,20 @@ def _m_trust(db: sqlite_utils.Database) -> None:
     """Deletion detection and trusted time (issue 9): each manifest's sequence number in its
     dock's chain (old manifests numbered in order), RFC 3161 tokens, published checkpoints
     and the target audit's re-read bookkeeping."""
-    db["manifests"].add_column("seq", int)
+    db.table("manifests").add_column("seq", int)
     db.execute(
         "UPDATE manifests SET seq = (SELECT count(*) FROM manifests m2 "
         "WHERE m2.dock_id = manifests.dock_id AND m2.id <= manifests.id)")
-    db["timestamps"].create({
+    db.table("timestamps").create({
         "subject": str, "sha256": str, "token": bytes, "created_at": str,
     }, pk="subject")
-    db["checkpoints"].create({
+    db.table("checkpoints").create({
         "id": int, "target": str, "dock_id": str, "seq": int, "head": str, "key": str,
         "created_at": str, "body": bytes, "token": bytes, "published_at": str,
         "error": str,
     }, pk="id", not_null={"target", "dock_id", "seq", "created_at"})
-    db["checkpoints"].create_index(["target", "created_at"])
-    db["target_audit"].create({
+    db.table("checkpoints").create_index(["target", "created_at"])
+    db.table("target_audit").create({
         "target": str, "key": str, "rehashed_at": str, "problem": str,
     }, pk=("target", "key"))
 
@@ -215,20 +220,51 @@ def _m6_incomplete(db: sqlite_utils.Database) -> None:
     (``incomplete``: how many) until it is re-docked (``resolved_by``) or acknowledged
     (``acked_at``/``acked_by``); clips found again that an earlier docking copied but has not
     delivered yet (``earlier_pending``: JSON list of clip ids)."""
-    cols = {c.name for c in db["dockings"].columns}
+    cols = {c.name for c in db.table("dockings").columns}
     for name, kind in (("incomplete", int), ("resolved_by", int), ("acked_at", str),
                        ("acked_by", str), ("earlier_pending", str)):
         if name not in cols:
-            db["dockings"].add_column(name, kind)
+            db.table("dockings").add_column(name, kind)
     db.execute("UPDATE dockings SET incomplete = (SELECT count(*) FROM clips c WHERE "
                "c.docking_id = dockings.id AND c.state = 'discovered') "
                "WHERE state = 'interrupted' OR error LIKE 'recorder removed%'")
     db.execute("UPDATE dockings SET incomplete = NULL WHERE incomplete = 0")
 
 
+FLEET_INDEXES: tuple[tuple[str, str], ...] = (
+    # the clips not delivered yet: a small set however long the dock's history (backlog,
+    # queue forecast, ports, clip counts); its rows come sorted by docking
+    ("clips_pending", "clips (docking_id, state) WHERE state IN "
+                      "('discovered', 'copied', 'probed', 'checked', 'signed')"),
+    # a recorder's dockings (devices, report --serial, continuity across dockings)
+    ("dockings_serial", "dockings (serial, id)"),
+    # the open incomplete copies (status, kiosk, fleet)
+    ("dockings_incomplete", "dockings (id) WHERE incomplete > 0"),
+    # deliveries that failed and are not delivered (status, metrics)
+    ("deliveries_errors",
+     "deliveries (clip_id, target) WHERE last_error IS NOT NULL AND state != 'delivered'"),
+    # the open alerts (queue, metrics, deadline check)
+    ("alerts_open", "alerts (ts) WHERE resolved_at IS NULL"),
+    # a target's newest transfers (the queue forecast's throughput)
+    ("transfers_target_id", "transfers (target, id)"),
+    # the health readings taken at one docking (the fleet's fitness verdicts)
+    ("recorder_health_docking", "recorder_health (docking_id, ts)"),
+    # audit entries of one kind (the last clock setting of each recorder)
+    ("audit_action", "audit (action, id)"),
+)
+"""Indexes of the fleet-status migration: (name, ``table (columns) [WHERE ...]``)."""
+
+
+def _m_fleet_status(db: sqlite_utils.Database) -> None:
+    """Status at fleet scale (#13): indexes so that ``dockd status`` and the web views read
+    only what they show with 100 000 clips and more (no full scan per port or recorder)."""
+    for name, spec in FLEET_INDEXES:
+        db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {spec}")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_continuity, _m3_retention, _m4_queue, _m5_health, _m6_custody, _m_trust,
-    _m6_incomplete,
+    _m6_incomplete, _m_fleet_status,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -251,6 +287,8 @@ class State:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA busy_timeout = 30000")
         self.conn = conn
+        import sqlite_utils
+
         self.db = sqlite_utils.Database(conn)
         if str(path) != ":memory:":
             self.db.enable_wal()
@@ -282,11 +320,11 @@ class State:
             else:
                 self.conn.execute("COMMIT")
 
-    def query(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         with self._lock:
             return [decode_row(r) for r in self.conn.execute(sql, params).fetchall()]
 
-    def query_one(self, sql: str, params: tuple | dict = ()) -> dict[str, Any] | None:
+    def query_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
         rows = self.query(sql, params)
         return rows[0] if rows else None
 
@@ -443,10 +481,3 @@ def decode_row(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
     if isinstance(d.get("rel_path"), bytes):
         d["rel_path"] = os.fsdecode(d["rel_path"])
     return d
-
-
-def open_readonly(path: Path) -> State:
-    """Open the state database for a read-only view (status, report) from another process."""
-    if not Path(path).exists():
-        raise StateError(f"{path}: no state database (has the daemon or an ingest run yet?)")
-    return State(path)

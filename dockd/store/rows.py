@@ -186,3 +186,167 @@ class TargetCopy(TypedDict):
     target: str
     state: str | None
     key: str | None
+
+
+class RecorderRow(TypedDict):
+    serial: str
+    officer_no: str | None
+    officer_name: str | None
+    unit_no: str | None
+    unit_name: str | None
+    vendor: str | None
+    model: str | None
+    firmware: str | None
+    first_seen: str | None
+    last_seen: str | None
+    last_port: str | None
+    last_battery: int | None
+    last_clock_offset_s: float | None
+    last_storage_total: int | None
+    last_storage_free: int | None
+
+
+class HealthRow(TypedDict):
+    id: int
+    ts: str
+    serial: str
+    docking_id: int | None
+    source: str | None
+    battery: int | None
+    storage_total: int | None
+    storage_free: int | None
+    clip_count: int | None
+    oldest_clip_age_s: float | None
+    fs_check: str | None
+    fs_detail: str | None
+    firmware: str | None
+    clock_offset_s: float | None
+
+
+class AlertRow(TypedDict):
+    id: int
+    ts: str | None
+    level: str
+    kind: str
+    subject: str
+    message: str | None
+    resolved_at: str | None
+    hook_status: str | None
+
+
+class AlertBriefRow(TypedDict):
+    ts: str | None
+    level: str
+    kind: str
+    subject: str
+    message: str | None
+
+
+class AuditRow(TypedDict):
+    id: int
+    ts: str
+    actor: str
+    action: str
+    subject: str
+    detail: str
+    prev_hash: str
+    hash: str
+
+
+class RevisionRow(TypedDict):
+    id: int
+    docking_id: int
+    seq: int
+    sha256: str
+    prev_sha256: str | None
+    manifest_sha256: str | None
+    key_id: str | None
+    prefix: str | None
+    kind: str | None
+    actor: str | None
+    created_at: str | None
+    document: bytes
+    signature: bytes
+
+
+class AuditSegmentRow(TypedDict):
+    id: int
+    dock_id: str | None
+    first_id: int
+    last_id: int
+    sha256: str | None
+    created_at: str | None
+    body: bytes
+    signature: bytes
+
+
+class CheckpointRow(TypedDict):
+    id: int
+    target: str
+    dock_id: str
+    seq: int
+    head: str | None
+    key: str | None
+    created_at: str
+    body: bytes | None
+    token: bytes | None
+    published_at: str | None
+    error: str | None
+
+
+# -- the status views' joins and aggregates ----------------------------------------------
+
+
+class PortViewRow(PortRow):
+    """A port with the recorder on it (``LEFT JOIN recorders``)."""
+
+    officer_no: str | None
+    officer_name: str | None
+    unit_name: str | None
+    last_battery: int | None
+
+
+class BacklogRow(TypedDict):
+    docking_id: int
+    serial: str
+    port: str
+    docked_at: str
+    deadline_at: str | None
+    clips: int
+    bytes: int | None
+    states: str | None  # comma-separated, distinct
+
+
+class DeliveryErrorRow(TypedDict):
+    clip_id: int
+    target: str
+    attempts: int
+    last_error: str | None
+    state: str | None
+    next_try_at: str | None
+
+
+class IncompleteRow(TypedDict):
+    id: int
+    serial: str
+    port: str
+    docked_at: str
+    undocked_at: str | None
+    incomplete: int
+    clips_total: int | None
+    error: str | None
+    officer_no: str | None
+    officer_name: str | None
+
+
+class PendingRow(TypedDict):
+    """One docking's clips not yet verified on one target."""
+
+    id: int
+    serial: str
+    port: str
+    docked_at: str
+    deadline: str | None
+    n: int
+    b: int
+    failed: int | None

@@ -55,7 +55,8 @@ def test_documented_install_step_gives_reasons(tmp_path: Path) -> None:
                     .replace("/var/lib/dockd", str(prefix / "var/lib/dockd")), encoding="utf-8")
     cfg = load(conf)
     analyzer = build_notes(cfg)
-    assert analyzer is not None and analyzer.has_model
+    assert analyzer is not None and analyzer.missing_model is None
+    assert analyzer.model_dir == prefix / "var/lib/dockd/models/whisper-base"
     res = analyzer.analyze(SPEECH / "zh_battery.wav")
     assert (res.verdict, res.reason) == ("note", "battery"), res
     check = run_dockd("config-check", "--config", str(conf), "--json")
@@ -90,7 +91,7 @@ def test_analyzer_without_the_model_detects_speech_only(tmp_path: Path,
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg not found")
     a = NoteAnalyzer(tmp_path / "absent")
-    assert not a.has_model and a.missing_model == tmp_path / "absent"
+    assert a.model_dir is None and a.missing_model == tmp_path / "absent"
     assert "no Whisper model at" in caplog.text
     res = a.analyze(SPEECH / "zh_battery.wav")
     assert res.verdict == VERDICT_UNCLASSIFIED and res.needs_review

@@ -267,3 +267,40 @@ def test_notes_from_the_evaluation_set(analyzer: NoteAnalyzer, tmp_path: Path, n
         assert res.verdict == VERDICT_NO_REASON and res.needs_review
     if name == "eval_w02.opus" and res.heard_as:  # matched by sound: never silently accepted
         assert res.needs_review and res.review
+
+
+class _Recording(NoteAnalyzer):
+    """Records the audio handed to Whisper instead of transcribing it."""
+
+    def __init__(self, params: NoteParams) -> None:
+        super().__init__(None, params)
+        self.model_dir = Path("/nonexistent")  # take the ASR branch of analyze_audio
+        self.pieces: list[int] = []
+
+    def transcribe(self, audio: object, language: str | None) -> tuple[str, str | None, float]:
+        import numpy as np
+
+        assert isinstance(audio, np.ndarray)
+        self.pieces.append(audio.size)
+        return "电池没电了，录像中断", language, 0.9
+
+
+@pytest.mark.parametrize("pad", [0.0, 0.3])
+def test_asr_gets_the_speech_span_with_padding(vad_only: NoteAnalyzer, tmp_path: Path,
+                                               pad: float) -> None:
+    """Whisper hears the note with ``asr_pad_s`` of audio either side of the VAD span (VAD
+    cuts close to the first syllable; a clipped onset is misheard), never past the clip."""
+    from dockd.integrity.notes import SAMPLE_RATE, read_audio
+
+    audio = read_audio(make_clip(tmp_path / "c.mp4", "zh_battery.wav", lead_s=1.0), 30.0)
+    rec = _Recording(NoteParams(ffmpeg=FFMPEG, asr_pad_s=pad))
+    res = rec.analyze_audio(audio)
+    assert res.reason == "battery" and res.speech_start_s is not None
+    assert res.speech_end_s is not None
+    span = int(res.speech_end_s * SAMPLE_RATE) - int(res.speech_start_s * SAMPLE_RATE)
+    assert abs(rec.pieces[0] - (span + 2 * pad * SAMPLE_RATE)) <= 2
+    # speech right at the start of the clip: the padding stops at sample 0
+    rec.analyze_audio(audio[int(res.speech_start_s * SAMPLE_RATE):])
+    assert 0.8 * span < rec.pieces[1] <= span + pad * SAMPLE_RATE + 2
+    with pytest.raises(ValueError, match="asr_pad_s"):
+        NoteParams(asr_pad_s=-0.1)
