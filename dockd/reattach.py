@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import tiles
 from .ingest.scan import scan_recorder
+from .store import clips, dockings
+from .store.rows import DockingRow
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -28,33 +30,28 @@ def reattach(pipe: Pipeline, port: str, root: Path,
              hints: Mapping[str, str] | None = None) -> int | None:
     """The id of the docking that goes on in ``port``, or None when this is a new one."""
     state = pipe.state
-    d = state.query_one(
-        "SELECT * FROM dockings WHERE port = ? AND undocked_at IS NULL AND "
-        "state != 'offloading' ORDER BY id DESC LIMIT 1", (port,))
+    d = dockings.still_on_port(state, port)
     if d is None:
         return None
     hints = dict(hints or {})
     snap = pipe.registry.select(root, hints).snapshot(root, hints, now=state.clock())
     if snap.identity.serial == d["serial"]:
-        scan = scan_recorder(root, pipe.profile(d["profile"]))
-        seen = {(r["rel_path"], r["size"]) for r in state.query(
-            "SELECT rel_path, size FROM clips WHERE serial = ?", (d["serial"],))}
+        scan = scan_recorder(root, pipe.profile(d["profile"] or ""))
+        seen = clips.paths_of_serial(state, d["serial"])
         if all((e.rel_path, e.size) in seen for e in scan.entries):
             restore_tile(pipe, port, d)
             log.info("port %s serial %s: resuming docking %d (recorder still docked, nothing "
                      "new on it)", port, d["serial"], d["id"])
-            if d["state"] in ("offloaded", "interrupted"):
-                pipe.finish(d["id"])
+            # its finishing (if still due) is the caller's: the daemon's finisher, or
+            # ``run_docking`` in place
             return int(d["id"])
     pipe.undocked(port)  # another recorder, or new clips: a new docking
     return None
 
 
-def restore_tile(pipe: Pipeline, port: str, d: dict[str, Any]) -> None:
+def restore_tile(pipe: Pipeline, port: str, d: DockingRow) -> None:
     """The port tile as it was: this docking, its counts, its findings (read by docking id)."""
-    n = pipe.state.query_one("SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM clips "
-                             "WHERE docking_id = ? AND state != 'discovered'", (d["id"],))
-    assert n is not None
+    n = clips.copied_so_far(pipe.state, d["id"])
     pipe.state.set_port(port, state="done", serial=d["serial"], docking_id=d["id"], error=None,
                         message="delivering", clips_done=n["n"], clips_total=d["clips_total"],
                         bytes_done=n["b"], bytes_total=d["bytes_total"], rate_bps=None)

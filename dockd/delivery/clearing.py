@@ -23,10 +23,11 @@ from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import DockdError
 from ..ingest.offload import hash_file
-from ..store import State
+from ..store import State, clips
 from .base import StorageTarget
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,11 @@ def clear_recorder(state: State, *, serial: str, root: Path, port: str,
     ``verify_copy`` re-verifies each required target's copy right before the erase.
     """
     out = ClearOutcome()
-    rows = state.query("SELECT * FROM clips WHERE serial = ? AND state = 'delivered' "
-                       "ORDER BY id", (serial,))
     candidates = []
-    for c in rows:
-        rows_t = state.query("SELECT target, state, key FROM deliveries WHERE clip_id = ?",
-                             (c["id"],))
-        states = {r["target"]: r["state"] for r in rows_t}
+    for row in clips.delivered_of_serial(state, serial):
+        c: dict[str, Any] = dict(row)
+        rows_t = clips.copies_of(state, c["id"])
+        states = {r["target"]: r["state"] or "" for r in rows_t}
         c["_keys"] = {r["target"]: r["key"] for r in rows_t}
         if not may_clear(required_targets, states, clip_state=c["state"]):
             out.kept.append((c["safe_name"], "not verified on every required target"))
@@ -137,7 +136,7 @@ def clear_recorder(state: State, *, serial: str, root: Path, port: str,
                 out.kept.append((c["safe_name"], f"erase failed: {exc.strerror or exc}"))
                 continue
             with state.tx() as conn:
-                state.advance_clip_in(conn, c["id"], "delivered", "cleared", {})
+                clips.advance_in(conn, c["id"], "delivered", "cleared", state.now())
                 state.audit("cleared", f"clip/{c['id']}",
                             {"serial": serial, "port": port, "name": c["safe_name"],
                              "sha256": digest, "size": size,

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..alerts import raise_alert
-from ..errors import DockdError
+from ..errors import DockdError, StateError
 from ..model import Finding
-from ..store import State, dumps
+from ..store import State
+from ..store import dockings as docking_rows
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,15 @@ def note_duplicate_serial(state: State, serial: str, dockings: Sequence[tuple[in
                       {"serial": serial, "ports": ports, "dockings": ids}).as_dict()
     with state.tx() as conn:
         for docking_id in ids:
-            row = conn.execute("SELECT state, findings FROM dockings WHERE id = ?",
-                               (docking_id,)).fetchone()
-            if row is None or row["state"] not in ("offloading", "offloaded", "interrupted"):
+            try:
+                row = docking_rows.get_in(conn, docking_id)
+            except StateError:
                 continue
+            if row["state"] not in ("offloading", "offloaded", "interrupted"):
+                continue  # signed already: its manifest is written
             findings = json.loads(row["findings"] or "[]")
-            findings = [f for f in findings if f.get("kind") != KIND] + [finding]
-            conn.execute("UPDATE dockings SET findings = ? WHERE id = ?",
-                         (dumps(findings), docking_id))
+            docking_rows.set_findings(conn, docking_id,
+                                      [f for f in findings if f.get("kind") != KIND] + [finding])
         state.audit(KIND, f"recorder/{serial}", {"ports": ports, "dockings": ids}, conn=conn)
     log.warning("serial %s: docked in ports %s at the same time: two recorders report the "
                 "same serial", serial, ", ".join(ports))

@@ -131,6 +131,63 @@ class GapRow(TypedDict):
     analyzed_at: str | None
 
 
+# --- rows of the docking stages (dockd.store.dockings / dockd.store.clips) --------------
+
+
+class SameNameClip(ClipRow):
+    """A clip row with the state of the docking it belongs to (registration's look-up)."""
+
+    docking_state: str
+
+
+class CountBytes(TypedDict):
+    n: int
+    b: int
+
+
+class IdSha(TypedDict):
+    id: int
+    sha256: str | None
+
+
+class IdPort(TypedDict):
+    id: int
+    port: str
+
+
+class IdRoot(TypedDict):
+    id: int
+    root: str | None
+
+
+class OpenDocking(TypedDict):
+    id: int
+    port: str
+    state: str
+    serial: str
+
+
+class PathSize(TypedDict):
+    rel_path: str
+    size: int | None
+
+
+class NameDocking(TypedDict):
+    safe_name: str
+    docking_id: int
+
+
+class LastManifest(TypedDict):
+    sha256: str
+    seq: int | None
+
+
+class TargetCopy(TypedDict):
+    target: str
+    state: str | None
+    key: str | None
+
+
 class RecorderRow(TypedDict):
     serial: str
     officer_no: str | None

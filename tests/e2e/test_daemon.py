@@ -75,7 +75,9 @@ def test_ready_watchdog_stop_and_logs(workdir, make_recorder, tmp_path):
         sock.close()
     text = log.read_text()
     assert "dockd stopped" in text
-    pipeline_lines = [ln for ln in text.splitlines() if " dockd.pipeline: " in ln]
+    # the docking path (the pipeline facade and its stages; the supervisor logs by port)
+    pipeline_lines = [ln for ln in text.splitlines() if " dockd.pipeline: " in ln or (
+        " dockd.stages." in ln and " dockd.stages.supervisor: " not in ln)]
     assert len(pipeline_lines) >= 5
     for line in pipeline_lines:
         assert "port port-01 serial A1234567" in line, line

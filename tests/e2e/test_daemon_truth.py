@@ -344,7 +344,7 @@ def test_stop_while_a_slow_recorder_is_read_is_not_an_unplug(workdir, make_recor
     import dataclasses
     import threading
 
-    import dockd.pipeline as pipeline_mod
+    import dockd.stages.offload as pipeline_mod  # the copy stage calls copy_clip
     from dockd.config import for_workdir
     from dockd.daemon import Daemon
     from dockd.integrity.keys import generate_key

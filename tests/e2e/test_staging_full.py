@@ -105,3 +105,56 @@ def test_no_room_and_no_target_still_raises_and_alarms(cfg, make_recorder, monke
         states = sorted(c["state"] for c in st.clips_of(d))
         assert states.count("discovered") == 2 and len(states) == 3
         assert len(list(rec.rglob("*.MP4"))) == 3
+
+
+def test_full_staging_of_another_docking_waits_for_its_delivery_and_resumes(
+        cfg, make_recorder, monkeypatch, workdir):
+    """Issue #13: staging is full of *another* docking's clips (signed, waiting for their
+    delivery) and this docking has nothing copied it could deliver ahead. The copy waits for
+    room — the other docking's delivery frees it — and then completes, instead of stopping
+    (it used to raise StagingFull at once and leave the recorder to a retry)."""
+    import threading
+
+    cfg = _cfg(cfg)
+    first = make_recorder(cfg, segments=3, serial="B7654321")
+    second = make_recorder(cfg, segments=3)
+    sizes = [p.stat().st_size for p in [*first.rglob("*.MP4"), *second.rglob("*.MP4")]]
+    first_bytes = sum(p.stat().st_size for p in first.rglob("*.MP4"))
+    cfg.paths.staging_dir.mkdir(parents=True, exist_ok=True)
+    # the first recorder fits; then not even one clip of the second one fits beside it
+    staging_quota(monkeypatch, cfg.paths.staging_dir, first_bytes + min(sizes) // 2)
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe = build_pipeline(cfg, st, prober)
+        pipe.staging_wait_s = 120.0
+        a, known = pipe.begin_docking("port-01", first)
+        assert pipe.offload(a, first, known).copied == 3
+        pipe.finish(a)
+        assert st.docking(a)["state"] == "signed"  # staged, not delivered yet
+        b, known = pipe.begin_docking("port-02", second)
+        result: dict[str, object] = {}
+
+        def copy_second() -> None:
+            try:
+                result["out"] = pipe.offload(b, second, known)
+            except Exception as exc:  # the assertion below shows it
+                result["error"] = exc
+
+        worker = threading.Thread(target=copy_second)
+        worker.start()
+        for _ in range(300):  # the copy hits the full staging and raises the alarm
+            if st.query_one("SELECT 1 FROM alerts WHERE kind = 'staging_full'"):
+                break
+            worker.join(0.1)
+        assert worker.is_alive(), result  # waiting for room, not given up
+        assert [c["state"] for c in st.clips_of(b)] == ["discovered"] * 3
+        pipe.deliver_pending(ignore_backoff=True)  # the first docking leaves staging
+        worker.join(120)
+        assert not worker.is_alive()
+        assert "error" not in result, result
+        assert result["out"].copied == 3  # type: ignore[attr-defined]
+        assert st.docking(b)["state"] == "offloaded"
+        pipe.finish(b)
+        pipe.deliver_pending(ignore_backoff=True)
+        assert {st.docking(a)["state"], st.docking(b)["state"]} == {"delivered"}
+    report = verify_path(workdir / "target", own_key(cfg.paths.public_key_file))
+    assert report.ok, report.problems

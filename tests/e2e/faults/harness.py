@@ -42,6 +42,7 @@ from dockd.ingest.probe import Prober
 from dockd.integrity.keys import generate_key, own_key
 from dockd.integrity.verify import verify_path
 from dockd.store import State, utcnow
+from dockd.store import clips as clips_store
 
 PORT = "port-01"
 STATES = ("discovered", "copying", "copied", "probed", "checked", "signing",
@@ -273,10 +274,28 @@ class Dock:
             if new in ("copied", "probed", "checked"):
                 self.hook(new)
 
+        # the stages commit clip transitions through dockd.store.clips (one clip, or a
+        # probed batch in one transaction): the fault fires right after that commit
+        real_one, real_many = clips_store.advance, clips_store.advance_many
+
+        def advance_one(st: State, clip_id: int, old: str, new: str,
+                        fields: dict[str, Any] | None = None) -> None:
+            real_one(st, clip_id, old, new, fields)
+            if new in ("copied", "probed", "checked"):
+                self.hook(new)
+
+        def advance_many(st: State, moves: Any, old: str, new: str) -> int:
+            n = real_many(st, moves, old, new)
+            if n and new in ("copied", "probed", "checked"):
+                self.hook(new)
+            return n
+
         monkeypatch.setattr(offload_mod, "_open_source", open_source)
         monkeypatch.setattr(os, "readv", readv)
         monkeypatch.setattr(os, "statvfs", statvfs)
         monkeypatch.setattr(State, "advance_clip", advance_clip)
+        monkeypatch.setattr(clips_store, "advance", advance_one)
+        monkeypatch.setattr(clips_store, "advance_many", advance_many)
 
     # -- one daemon pass --------------------------------------------------------------
 

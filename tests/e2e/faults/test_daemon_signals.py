@@ -23,6 +23,8 @@ from .harness import invariants, sha
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 CONFIG = """
+[web]
+port = 0
 [offload]
 settle_seconds = 0.2
 min_free = "0"
