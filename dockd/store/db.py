@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import StateError, TransitionError
 from ..lifecycle import check_clip_edge, check_docking_edge
@@ -272,7 +272,43 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # --------------------------------------------------------------------------- the store
 
 
-class State:
+class Connection:
+    """One SQLite connection behind one lock: the reading half shared by the writing
+    :class:`State` and the read-only store (:mod:`dockd.store.readonly`)."""
+
+    path: Path
+    clock: Callable[[], datetime]
+    conn: sqlite3.Connection
+    _lock: threading.RLock
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [decode_row(r) for r in self.conn.execute(sql, params).fetchall()]
+
+    def query_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def now(self) -> str:
+        return iso(self.clock()) or ""
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+class State(Connection):
     """The daemon's durable state. Thread-safe: one connection, one lock, short transactions."""
 
     def __init__(self, path: Path | str, *, clock: Callable[[], datetime] = utcnow):
@@ -297,16 +333,6 @@ class State:
 
     # -- plumbing ------------------------------------------------------------------
 
-    def close(self) -> None:
-        with self._lock:
-            self.conn.close()
-
-    def __enter__(self) -> State:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One atomic transaction (BEGIN IMMEDIATE ... COMMIT), serialised across threads."""
@@ -319,17 +345,6 @@ class State:
                 raise
             else:
                 self.conn.execute("COMMIT")
-
-    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            return [decode_row(r) for r in self.conn.execute(sql, params).fetchall()]
-
-    def query_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
-        rows = self.query(sql, params)
-        return rows[0] if rows else None
-
-    def now(self) -> str:
-        return iso(self.clock()) or ""
 
     def _migrate(self) -> None:
         with self._lock:
@@ -348,11 +363,6 @@ class State:
                     self.conn.execute("ROLLBACK")
                     raise
                 self.conn.execute("COMMIT")
-
-    @property
-    def schema_version(self) -> int:
-        with self._lock:
-            return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     # -- clip transitions ----------------------------------------------------------
 

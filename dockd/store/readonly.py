@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import StateError
-from .db import SCHEMA_VERSION, Params, decode_row, iso, utcnow
+from .db import SCHEMA_VERSION, Connection, Params, utcnow
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -36,7 +36,7 @@ class Reader(Protocol):
     def now(self) -> str: ...
 
 
-class ReadOnlyState:
+class ReadOnlyState(Connection):
     """The state database opened read-only. Thread-safe (one connection, one lock)."""
 
     def __init__(self, path: Path | str, *, clock: Callable[[], datetime] = utcnow):
@@ -74,34 +74,6 @@ class ReadOnlyState:
                 f"{self.path}: database schema version {version} is older than this dockd "
                 f"({SCHEMA_VERSION}); a read-only view does not upgrade it: restart the daemon "
                 "(or run any writing dockd command) once, then try again")
-
-    # -- plumbing ------------------------------------------------------------------
-
-    def close(self) -> None:
-        with self._lock:
-            self.conn.close()
-
-    def __enter__(self) -> ReadOnlyState:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            return [decode_row(r) for r in self.conn.execute(sql, params).fetchall()]
-
-    def query_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
-        rows = self.query(sql, params)
-        return rows[0] if rows else None
-
-    def now(self) -> str:
-        return iso(self.clock()) or ""
-
-    @property
-    def schema_version(self) -> int:
-        with self._lock:
-            return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 def open_readonly(path: Path | str, *,
