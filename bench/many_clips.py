@@ -1,7 +1,7 @@
 """A recorder with very many small clips through ``dockd ingest``: time per stage against a
 ``cp -r`` + ``sha256sum`` baseline of the same tree in the same run, and the 5-minute target.
 
-    .venv/bin/python bench/many_clips.py [--clips 20000] [--cores 2] [--probe batch|single]
+    .venv/bin/python bench/many_clips.py [--clips 20000] [--cores 2]
                                          [--workdir DIR] [--profile OUT.prof] [--reuse]
     .venv/bin/python bench/many_clips.py --clips 20000 --reuse --probe-only 300 \
                                          [--before-src /work/main]
@@ -12,17 +12,14 @@ encoded once and re-dated per clip, named ``A1234567_012345_<time>_<n>.MP4`` und
 recording), then, pinned to ``--cores`` CPUs:
 
 * ``cp -r + sha256sum``  the floor for the same files: copy the tree, ``sync``, hash every copy
-* ``dockd ingest``        the real CLI (``--workdir``: local target), in a subprocess, each
-                          stage timed by wrapping the pipeline's own methods:
-                          scan, register, copy, probe, check, continuity, sign, deliver,
-                          clear, verify
+* ``dockd ingest``        the real CLI (``--workdir``: local target), in a subprocess; its
+                          phases (first/last clip copied, checked, delivered; signed) are
+                          taken from its own log records, since the stages overlap (#13)
 
-``--probe batch`` (default) makes ``Pipeline.process`` probe the docking's copied clips with
-one ``Prober.probe_batch`` call, as the finisher of issue #13 will; ``--probe single`` runs
-today's ``Pipeline.process`` unchanged (one ``Prober.probe`` per clip). ``--profile`` writes
-a cProfile of the dockd run (read it with ``python -m pstats``). ``--probe-only K`` measures
-the prober alone on K of the clips: ``probe`` per clip in ``--before-src`` (a checkout of the
-code before batching), then this tree's ``probe`` per clip and ``probe_batch``.
+``--profile`` writes a cProfile of the dockd run, every thread included (read it with
+``python -m pstats``). ``--probe-only K`` measures the prober alone on K of the clips:
+``probe`` per clip in ``--before-src`` (a checkout of the code before batching), then this
+tree's ``probe`` per clip and ``probe_batch``.
 """
 
 from __future__ import annotations
@@ -40,8 +37,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_S = 300.0
-STAGES = ("scan", "register", "copy", "probe", "check", "continuity", "sign", "deliver",
-          "clear", "verify")
 
 
 def build_recorder(root: Path, clips: int) -> float:
@@ -83,105 +78,79 @@ def baseline(root: Path, dst: Path) -> float:
 
 
 def child(root: Path, work: Path, mode: str, profile_out: str) -> None:
-    """Run ``dockd ingest`` in this process with every stage timed; print JSON."""
+    """Run ``dockd ingest`` in this process; time its phases from its own log records (the
+    stages overlap since #13: the finisher probes while the port copies, delivery starts
+    with the first checked clip), count probe_batch calls; print JSON. ``profile_out``:
+    a cProfile of every thread (each thread profiled on its own, the stats merged)."""
     sys.path.insert(0, str(REPO))
-    import dockd.oneshot as oneshot
-    import dockd.pipeline as pipeline
+    import logging
+    import threading
+
     from dockd.cli import main
     from dockd.ingest.probe import Prober
 
-    spent: dict[str, float] = dict.fromkeys(STAGES, 0.0)
-    spent["process"] = 0.0
-    cpu: dict[str, float] = dict(spent)
     counts = {"probe_calls": 0, "probed": 0}
-    tick = os.sysconf("SC_CLK_TCK")
+    marks: dict[str, list[float]] = {}
+    patterns = {"copied": ": copied ", "checked": " timeline: ", "signed": " signed (",
+                "delivered": " verified on ", "docking delivered": " delivered and verified"}
 
-    probers: list[Prober] = []
-
-    def cpu_now() -> float:
-        """CPU seconds of this process (all threads) and its reaped children (ffprobe), plus
-        the live exiftool's (reaped only when the prober closes)."""
-        t = os.times()
-        total = time.process_time() + t.children_user + t.children_system
-        et = probers[-1]._et if probers else None
-        exiftool_pid = et._process.pid if et is not None and et._process is not None else None
-        if exiftool_pid:
-            try:
-                fields = Path(f"/proc/{exiftool_pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
-            except (OSError, IndexError, ValueError):
-                pass
-        return total
-
-    def timed(owner: Any, name: str, stage: str) -> None:
-        real = getattr(owner, name)
-
-        def wrapper(*args: Any, **kw: Any) -> Any:
-            t, c = time.perf_counter(), cpu_now()
-            try:
-                return real(*args, **kw)
-            finally:
-                spent[stage] += time.perf_counter() - t
-                cpu[stage] += cpu_now() - c
-        setattr(owner, name, wrapper)
-
-    if mode == "batch":
-        # Stand-in for #13's finisher: probe the copied clips with one probe_batch call,
-        # then let today's Pipeline.process use those answers (its logic unchanged).
-        real_process = pipeline.Pipeline.process
-
-        def process(self: Any, docking_id: int) -> None:
-            copied = self.state.clips_of(docking_id, "copied")
-            paths = [Path(c["staged_path"]) for c in copied]
-            answers = dict(zip(paths, self.prober.probe_batch(paths), strict=True))
-            real_probe = self.prober.probe
-            self.prober.probe = lambda p: answers.get(Path(p)) or real_probe(p)
-            try:
-                real_process(self, docking_id)
-            finally:
-                del self.prober.probe
-        pipeline.Pipeline.process = process  # type: ignore[method-assign]
+    class Marks(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            for name, needle in patterns.items():
+                if needle in msg:
+                    m = marks.setdefault(name, [record.created, record.created, 0])
+                    m[1] = record.created
+                    m[2] += 1
 
     real_batch = Prober.probe_batch
 
     def probe_batch(self: Prober, paths: Any) -> Any:
         counts["probe_calls"] += 1
         counts["probed"] += len(paths)
-        if self not in probers:
-            probers.append(self)
-        t, c = time.perf_counter(), cpu_now()
-        try:
-            return real_batch(self, paths)
-        finally:
-            spent["probe"] += time.perf_counter() - t
-            cpu["probe"] += cpu_now() - c
+        return real_batch(self, paths)
     Prober.probe_batch = probe_batch  # type: ignore[method-assign]
-    timed(pipeline, "scan_recorder", "scan")
-    timed(pipeline.Pipeline, "begin_docking", "register")
-    timed(pipeline.Pipeline, "offload", "copy")
-    timed(pipeline.Pipeline, "process", "process")
-    timed(pipeline.Pipeline, "analyze_continuity", "continuity")
-    timed(pipeline.Pipeline, "sign", "sign")
-    timed(pipeline.Pipeline, "deliver_pending", "deliver")
-    timed(pipeline.Pipeline, "clear", "clear")
-    timed(oneshot, "_verify_local", "verify")
 
-    argv = ["ingest", "--workdir", str(work), "--json", "--port", "bench", str(root)]
-    t = time.perf_counter()
+    profiles: list[Any] = []
     if profile_out:
         import cProfile
 
+        real_run = threading.Thread.run
+
+        def run(self: threading.Thread) -> None:
+            prof = cProfile.Profile()
+            profiles.append(prof)
+            prof.runcall(real_run, self)
+        threading.Thread.run = run  # type: ignore[method-assign]
+
+    real_basic = logging.basicConfig
+
+    def basic(*a: Any, **kw: Any) -> None:  # dockd's CLI sets logging up: add ours after
+        real_basic(*a, **kw)
+        logging.getLogger().addHandler(Marks())
+    logging.basicConfig = basic  # type: ignore[assignment]
+
+    argv = ["ingest", "--workdir", str(work), "--json", "--port", "bench", str(root)]
+    t0 = time.time()
+    c0 = time.process_time()
+    if profile_out:
+        import cProfile
+        import pstats
+
         prof = cProfile.Profile()
+        profiles.append(prof)
         rc = prof.runcall(main, argv)
-        prof.dump_stats(profile_out)
+        st = pstats.Stats(profiles[0])
+        for other in profiles[1:]:
+            st.add(other)
+        st.dump_stats(profile_out)
     else:
         rc = main(argv)
-    total = time.perf_counter() - t
-    for d in (spent, cpu):
-        d["register"] -= d["scan"]
-        d["check"] = d.pop("process") - d["probe"]
-    print("\n@@RESULT@@" + json.dumps({"rc": rc, "total": total, "stages": spent, "cpu": cpu,
-                                       "total_cpu": cpu_now(), **counts}))
+    total = time.time() - t0
+    phases = {k: {"first": v[0] - t0, "last": v[1] - t0, "n": v[2]} for k, v in marks.items()}
+    print("\n@@RESULT@@" + json.dumps({"rc": rc, "total": total, "phases": phases,
+                                       "cpu_main_process": time.process_time() - c0,
+                                       **counts}))
 
 
 PROBE_CHILD = r"""
@@ -273,11 +242,12 @@ def main() -> int:
     print(f"cp -r + sync + sha256sum: {floor:7.1f} s  ({len(files) / floor:7.0f} clips/s)")
     r = run_dockd(root, base / "dock", args.probe, cores, args.profile)
     total = r["total"]
-    print(f"  {'stage':<11} {'wall':>8}   {'CPU':>7}   wall rate")
-    for stage in STAGES:
-        s, c = r["stages"][stage], r["cpu"][stage]
-        rate = f"{len(files) / s:8.0f} clips/s" if s > 0.05 else ""
-        print(f"  {stage:<11} {s:8.1f} s {c:7.1f} s {rate}")
+    print(f"  {'phase':<18} {'first s':>8} {'last s':>8} {'count':>7}   rate (first to last)")
+    for name, ph in r["phases"].items():
+        span = ph["last"] - ph["first"]
+        rate = f"{ph['n'] / span:8.0f} /s" if span > 0.05 else ""
+        print(f"  {name:<18} {ph['first']:8.1f} {ph['last']:8.1f} {ph['n']:7d}   {rate}")
+    r["total_cpu"] = r["cpu_main_process"]
     print(f"dockd ingest total:  {total:7.1f} s wall, {r['total_cpu']:.1f} s CPU "
           f"({len(files) / total:.0f} clips/s); {total / floor:.1f}x the baseline; "
           f"target {TARGET_S:.0f} s: {'met' if total <= TARGET_S else 'NOT met'}")
