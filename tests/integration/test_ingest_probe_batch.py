@@ -3,6 +3,7 @@ does not settle a clip, and the same answer per clip as Prober.probe gives for i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from dockd.config import ToolsConfig
 from dockd.ingest import probe as probe_mod
 from dockd.ingest.probe import Prober, ffprobe_reason
+from dockd.model import ProbeResult
 from tests.conftest import garbage
 
 pytestmark = pytest.mark.skipif(
@@ -70,8 +72,86 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _same(a: object, b: object) -> None:
-    assert a == b
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory: pytest.TempPathFactory, pool: dict[str, Path]) -> dict[str, Path]:
+    """Every kind of file a profile may take as a clip (MP4 H.264/HEVC, audio-only, MOV, AVI,
+    TS, WAV, MP3, JPG, tagged by a camera in several groups), cut short, and misnamed."""
+    d = tmp_path_factory.mktemp("kinds")
+    v = ["-f", "lavfi", "-i", "testsrc2=s=64x48:r=5:d=1"]
+    a = ["-f", "lavfi", "-i", "sine=d=1"]
+    date = ["-metadata", "creation_time=2024-03-01T00:30:00Z"]
+    made = {
+        "hevc.MP4": [*v, *a, "-c:v", "libx265", "-preset", "ultrafast", "-tag:v", "hvc1",
+                     "-x265-params", "log-level=none", "-c:a", "aac", "-shortest", *date],
+        "audio_only.MP4": [*a, "-c:a", "aac", *date],
+        "clip.MOV": [*v, *a, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "pcm_s16le",
+                     "-shortest", *date],
+        "clip.AVI": [*v, *a, "-c:v", "mjpeg", "-c:a", "pcm_s16le", "-shortest"],
+        "clip.TS": [*v, "-c:v", "mpeg2video", "-f", "mpegts"],
+        "clip.WAV": [*a],
+        "clip.MP3": [*a, "-c:a", "libmp3lame"],
+        "photo.JPG": [*v, "-frames:v", "1"],
+    }
+    out: dict[str, Path] = {}
+    for name, args in made.items():
+        proc = subprocess.run(["ffmpeg", "-v", "error", "-y", *args, os.fspath(d / name)],
+                              check=False, capture_output=True)
+        if proc.returncode == 0:  # an ffmpeg without libx265/lame: that kind is left out
+            out[name] = d / name
+    tagged = {"tagged.JPG": (out.get("photo.JPG"),
+                             ["-Make=ACME", "-XMP:Make=OTHER", "-Model=M1", "-SerialNumber=SN9",
+                              "-DateTimeOriginal=2024:03:01 08:30:00", "-Software=fw1.2"]),
+              "keys_tagged.MP4": (pool["good"],
+                                  ["-Keys:Make=ACME", "-UserData:Make=UDM",
+                                   "-Keys:CreationDate=2024:03:01 08:30:00+08:00"])}
+    for name, (src, tags) in tagged.items():
+        if src is not None:
+            shutil.copyfile(src, d / name)
+            subprocess.run(["exiftool", "-q", "-overwrite_original", *tags,
+                            os.fspath(d / name)], check=True)
+            out[name] = d / name
+    for name in ("clip.AVI", "photo.JPG", "clip.WAV", "hevc.MP4"):
+        if name in out:
+            data = out[name].read_bytes()
+            (d / f"cut_{name}").write_bytes(data[: len(data) // 3])
+            out[f"cut_{name}"] = d / f"cut_{name}"
+    if "clip.AVI" in out:
+        shutil.copyfile(out["clip.AVI"], d / "avi_inside.MP4")
+        out["avi_inside.MP4"] = d / "avi_inside.MP4"
+    shutil.copyfile(pool["good"], d / "mp4_inside.AVI")
+    out["mp4_inside.AVI"] = d / "mp4_inside.AVI"
+    return out
+
+
+def _without_dump(r: ProbeResult) -> ProbeResult:
+    return dataclasses.replace(r, raw={k: v for k, v in r.raw.items() if k != "exiftool"})
+
+
+def test_the_asked_tags_give_the_same_answer_as_every_tag(
+        pool: dict[str, Path], kinds: dict[str, Path]) -> None:
+    """exiftool is asked only for probe.TAGS: on good, damaged, hostile-named and non-MP4
+    clips that gives the same ProbeResult (ok, times, codecs, errors, which tool answered,
+    why ffprobe ran) as asking for every tag; only the debugging dump is shorter."""
+    paths = [*pool.values(), *kinds.values()]
+    with Prober(ToolsConfig()) as p:
+        asked = p.probe_batch(paths)
+    with Prober(ToolsConfig(), tags=None) as p:
+        every = p.probe_batch(paths)
+    for name, a, e in zip([*pool, *kinds], asked, every, strict=True):
+        assert _without_dump(a) == _without_dump(e), name
+        assert a.raw["exiftool"].items() <= e.raw["exiftool"].items(), name
+        assert len(a.raw["exiftool"]) <= len(probe_mod.TAGS), name
+    by = dict(zip([*pool, *kinds], asked, strict=True))
+    # the variety is real: every path through ffprobe_reason and the tag fallbacks is taken
+    reasons = {r.raw["ffprobe_reason"] for r in by.values()}
+    assert {"", "exiftool error", "exiftool warning", "not an MP4/MOV file",
+            "no start time", "no exiftool answer"} <= reasons
+    if "tagged.JPG" in by:
+        t = by["tagged.JPG"]
+        assert (t.make, t.model, t.device_serial, t.encoder) == ("ACME", "M1", "SN9", "fw1.2")
+    if "hevc.MP4" in by:
+        assert by["hevc.MP4"].tool == "exiftool" and by["hevc.MP4"].video_codec == "hevc"
+    assert by["keys_tagged.MP4"].make == "ACME"
 
 
 def test_batch_equals_one_by_one_on_a_hostile_mix(pool: dict[str, Path]) -> None:
