@@ -59,6 +59,9 @@ class ToolsConfig:
     ffmpeg: str = "ffmpeg"
     ffprobe: str = "ffprobe"
     exiftool: str = "exiftool"
+    probe_processes: int = 2
+    """exiftool processes probing one docking's waiting clips in parallel (a second one
+    starts only when more than one batch waits)."""
 
 
 @dataclass(frozen=True)
@@ -394,6 +397,9 @@ def _semantic_checks(cfg: Config) -> list[str]:
     except (ZoneInfoNotFoundError, ValueError):
         problems.append(f"dock.timezone: unknown time zone {cfg.dock.timezone!r}")
     problems.extend(_integrity_checks(cfg.integrity))
+    if not 1 <= cfg.tools.probe_processes <= 16:
+        problems.append("tools.probe_processes: must be between 1 and 16, got "
+                        f"{cfg.tools.probe_processes}")
     if cfg.offload.workers < 1:
         problems.append(f"offload.workers: must be at least 1, got {cfg.offload.workers}")
     if cfg.offload.chunk_size < 4096:

@@ -29,11 +29,11 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import exiftool
 from exiftool.exceptions import ExifToolException, ExifToolOutputEmptyError
@@ -45,7 +45,8 @@ from .probe_read import TAGS, ffprobe_reason, merge, parse_time
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BATCH_SIZE", "TAGS", "Prober", "ffprobe_reason", "parse_time"]
+__all__ = ["BATCH_SIZE", "TAGS", "BatchProber", "Prober", "ffprobe_reason", "groups_of",
+           "parse_time", "probe_in_order"]
 
 BATCH_SIZE = 64
 """Clips per exiftool command. exiftool spends ~10 ms of CPU on a small MP4; one command
@@ -106,6 +107,7 @@ class Prober:
         self._et: exiftool.ExifToolHelper | None = None
         self._et_broken = ""
         self._ffprobe_broken = ""
+        self._helpers: list[Prober] = []
 
     def __enter__(self) -> Prober:
         return self
@@ -162,8 +164,18 @@ class Prober:
         et._running = False  # (a terminate that timed out left it set: __del__ then crashed)
 
     def close(self) -> None:
-        """Stop the exiftool process (if started)."""
+        """Stop the exiftool process (if started), and those of the :meth:`helpers`."""
         self._discard_exiftool()
+        for helper in self._helpers:
+            helper.close()
+
+    def helpers(self, n: int) -> list[Prober]:
+        """``n`` more Probers like this one (same tools, timeout and tags), each for one other
+        thread: kept for the next call, closed with this one. Each starts its exiftool on
+        first use."""
+        while len(self._helpers) < n:
+            self._helpers.append(Prober(self.tools, timeout=self.timeout, tags=self.tags))
+        return self._helpers[:max(0, n)]
 
     def _execute(self, files: Sequence[bytes]) -> list[dict[str, Any]]:
         """One exiftool command over ``files``: one dict per file that exiftool answered for.
@@ -391,3 +403,98 @@ def _match(files: Sequence[bytes], answers: list[dict[str, Any]]) -> list[dict[s
         got = by_name.get(n) if n is not None else None
         out.append(got[0] if got and len(got) == 1 else None)
     return out
+
+
+class BatchProber(Protocol):
+    """What :func:`probe_in_order` needs of a prober (a :class:`Prober`, or a test's own)."""
+
+    def probe_batch(self, paths: Sequence[Path]) -> list[ProbeResult]: ...
+
+
+MIN_SPLIT = 16
+"""With more than one process, a single batch of at least twice this many clips is cut in
+two, so that both exiftools get work; fewer clips are probed by one."""
+
+
+def groups_of(paths: Sequence[Path], batch: int, processes: int = 1) -> list[list[Path]]:
+    """``paths`` in order, cut into groups of at most ``batch`` (of even sizes, so that
+    parallel exiftools finish together); with ``processes`` > 1, a single group of at least
+    2 x :data:`MIN_SPLIT` clips becomes two."""
+    n, batch = len(paths), max(1, batch)
+    count = -(-n // batch)
+    if processes > 1 and count == 1 and n >= 2 * MIN_SPLIT:
+        count = 2
+    if count == 0:
+        return []
+    size = -(-n // count)
+    return [list(paths[i:i + size]) for i in range(0, n, size)]
+
+
+def probe_in_order(prober: BatchProber, groups: Sequence[Sequence[Path]], *,
+                   processes: int = 1) -> Generator[list[ProbeResult], None, None]:
+    """:meth:`Prober.probe_batch` of each group, yielded in the groups' order.
+
+    With ``processes`` > 1, more than one group and a real :class:`Prober`, up to that many
+    threads probe, each through its own Prober (``prober`` and its :meth:`Prober.helpers`,
+    so one exiftool process each), taking the next group as they finish one and running at
+    most two groups per thread ahead of the consumer. An exception from a group (e.g.
+    :class:`ProbeError`) is raised when that group's turn comes, after the groups before it;
+    no group after it is started. Closing the iterator early (``break``, an exception in
+    the consumer) stops handing out groups and waits for the ones being probed. One group,
+    or one process: no thread and no second exiftool.
+    """
+    todo = [list(g) for g in groups if g]
+    workers: list[BatchProber] = [prober]
+    if processes > 1 and len(todo) > 1 and isinstance(prober, Prober):
+        workers += prober.helpers(min(processes, len(todo)) - 1)
+    if len(workers) == 1:
+        for group in todo:
+            yield prober.probe_batch(group)
+        return
+    cv = threading.Condition()
+    done: dict[int, list[ProbeResult] | BaseException] = {}
+    handed = [0, 0]  # [groups handed out, groups yielded]
+    halt = [False]
+    ahead = 2 * len(workers)
+
+    def work(p: BatchProber) -> None:
+        while True:
+            with cv:
+                while not halt[0] and handed[0] < len(todo) and handed[0] - handed[1] >= ahead:
+                    cv.wait()
+                if halt[0] or handed[0] >= len(todo):
+                    return
+                i = handed[0]
+                handed[0] += 1
+            got: list[ProbeResult] | BaseException
+            try:
+                got = p.probe_batch(todo[i])
+            except BaseException as exc:  # handed to the consumer, raised in its thread
+                got = exc
+            with cv:
+                done[i] = got
+                if isinstance(got, BaseException):
+                    halt[0] = True  # the groups before it are handed out already
+                cv.notify_all()
+
+    threads = [threading.Thread(target=work, args=(w,), name=f"dockd-probe-{n + 1}",
+                                daemon=True) for n, w in enumerate(workers)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(len(todo)):
+            with cv:
+                while i not in done:
+                    cv.wait()
+                got = done.pop(i)
+                handed[1] = i + 1
+                cv.notify_all()
+            if isinstance(got, BaseException):
+                raise got
+            yield got
+    finally:
+        with cv:
+            halt[0] = True
+            cv.notify_all()
+        for t in threads:
+            t.join()

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProbeError
+from ..ingest.probe import groups_of, probe_in_order
 from ..integrity import checks
 from ..integrity.continuity import ClipTiming, ContinuityParams, build_timeline
 from ..integrity.notes import NoteResult, gap_finding
 from ..integrity.span import attributed, recorder_clips
-from ..model import Finding
+from ..model import Finding, ProbeResult
 from ..store import clips, dockings, dumps, iso, parse_iso
 from ..store.rows import ClipRow, DockingRow
 
 if TYPE_CHECKING:
+    from ..config import ProfileConfig
     from ..pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -48,45 +51,93 @@ def tile(pipe: Pipeline, d: DockingRow, message: str) -> None:
 
 def process(pipe: Pipeline, docking_id: int, batch: int = PROBE_BATCH) -> int:
     """Probe every copied clip of the docking (``batch`` at a time) and check it:
-    ``copied`` -> ``probed`` -> ``checked``. Returns how many clips became checked."""
+    ``copied`` -> ``probed`` -> ``checked``. Returns how many clips became checked.
+
+    Each batch is recorded in one transaction (both edges of every clip, and the port
+    tile's progress), in clip order, and ``pipe.on_ready`` is told after each, so delivery
+    starts while later batches are probed. With many clips waiting, ``tools.probe_processes``
+    exiftool processes probe batches in parallel (:func:`probe_in_order`). A crash loses
+    at most the batches not yet recorded: their clips are still ``copied`` and are probed
+    again. Stops between batches when dockd stops (``pipe.cancel``)."""
     state = pipe.state
     d = dockings.get(state, docking_id)
-    port, serial = d["port"], d["serial"]
     profile = pipe.profile(d["profile"] or "")
+    n = _check_probed(pipe, d)  # left 'probed' by an older dockd (one edge per transaction)
     copied = clips.of_docking(state, docking_id, "copied")
-    for start in range(0, len(copied), max(1, batch)):
-        group = copied[start:start + max(1, batch)]
-        tile(pipe, d, f"checking {group[0]['safe_name']}" if len(group) == 1 else
-             f"checking {len(group)} clips")
-        try:
-            with pipe.probe_lock:
-                results = pipe.prober.probe_batch([Path(c["staged_path"] or "") for c in group])
-        except ProbeError as exc:
-            # Tools missing altogether: not the clips' fault, they stay 'copied' (retried).
-            for c in group:
-                clips.failed(state, c["id"], str(exc))
-            log.error("port %s serial %s: cannot probe %s: %s", port, serial,
-                      group[0]["safe_name"], exc)
-            raise
-        moves = []
-        for c, probe in zip(group, results, strict=True):
-            times = checks.clip_times(c["rel_path"], probe, profile, pipe.cfg.tz,
-                                      d["clock_offset_s"], c["mtime"])
-            findings = checks.probe_findings(probe)
-            if not probe.ok:
-                log.warning("port %s serial %s: %s could not be parsed (%s); kept and flagged",
-                            port, serial, c["safe_name"], probe.error)
-            moves.append((c["id"], {
-                "probe": dumps(probe.summary()), "start_recorded": times.start_recorded,
-                "start_utc": iso(times.start_utc), "duration_s": times.duration_s,
-                "findings": dumps(_json_list(c["findings"]) +
-                                  [f.as_dict() for f in findings])}))
-        clips.advance_many(state, moves, "copied", "probed")
-    probed = clips.of_docking(state, docking_id, "probed")
-    return clips.advance_many(state, [
-        (c["id"], {"findings": dumps(_json_list(c["findings"]) + [
-            f.as_dict() for f in checks.clip_findings(dict(c), serial, profile)])})
-        for c in probed], "probed", "checked")
+    if not copied:
+        return n
+    tile(pipe, d, f"checking {copied[0]['safe_name']}" if len(copied) == 1 else
+         f"checking {len(copied)} clips")
+    groups = groups_of([Path(c["staged_path"] or "") for c in copied], batch,
+                       pipe.cfg.tools.probe_processes)
+    rows = iter(copied)
+    with pipe.probe_lock, closing(probe_in_order(
+            pipe.prober, groups, processes=pipe.cfg.tools.probe_processes)) as answers:
+        for group in groups:
+            rows_of_group = [next(rows) for _ in group]
+            try:
+                results = next(answers)
+            except ProbeError as exc:
+                # Tools missing altogether: not the clips' fault, they stay 'copied' (retried).
+                for c in rows_of_group:
+                    clips.failed(state, c["id"], str(exc))
+                log.error("port %s serial %s: cannot probe %s: %s", d["port"], d["serial"],
+                          rows_of_group[0]["safe_name"], exc)
+                raise
+            n += _record(pipe, d, profile, rows_of_group, results, done=n, of=len(copied))
+            pipe.on_ready(docking_id)
+            if pipe.cancel.is_set():
+                break
+    return n
+
+
+def _record(pipe: Pipeline, d: DockingRow, profile: ProfileConfig, group: list[ClipRow],
+            results: list[ProbeResult], *, done: int, of: int) -> int:
+    """One probed batch: each clip ``copied`` -> ``probed`` -> ``checked`` with its probe,
+    times and findings, and the tile's progress, in one transaction."""
+    state, port, serial = pipe.state, d["port"], d["serial"]
+    moves = []
+    for c, probe in zip(group, results, strict=True):
+        times = checks.clip_times(c["rel_path"], probe, profile, pipe.cfg.tz,
+                                  d["clock_offset_s"], c["mtime"])
+        if not probe.ok:
+            log.warning("port %s serial %s: %s could not be parsed (%s); kept and flagged",
+                        port, serial, c["safe_name"], probe.error)
+        probed: dict[str, Any] = {
+            "probe": dumps(probe.summary()), "start_recorded": times.start_recorded,
+            "start_utc": iso(times.start_utc), "duration_s": times.duration_s,
+            "findings": dumps(_json_list(c["findings"]) +
+                              [f.as_dict() for f in checks.probe_findings(probe)])}
+        moves.append((c["id"], probed, _checked_fields({**c, **probed}, serial, profile)))
+    with state.tx() as conn:
+        now = state.now()
+        for clip_id, probed, checked in moves:
+            clips.advance_in(conn, clip_id, "copied", "probed", now, probed)
+            clips.advance_in(conn, clip_id, "probed", "checked", now, checked)
+        if d["state"] != "offloading" and of > len(group):
+            dockings.tile(conn, port, d["id"], {
+                "state": "checking", "message": f"checked {done + len(group)} of {of} clips",
+                "updated_at": now})
+    return len(moves)
+
+
+def _checked_fields(row: dict[str, Any], serial: str, profile: ProfileConfig
+                    ) -> dict[str, Any]:
+    """The ``probed`` -> ``checked`` columns: the checks that need the stored clip row."""
+    return {"findings": dumps(_json_list(row["findings"]) + [
+        f.as_dict() for f in checks.clip_findings(row, serial, profile)])}
+
+
+def _check_probed(pipe: Pipeline, d: DockingRow) -> int:
+    """Clips left ``probed`` (recorded by an older dockd, whose crash came between the
+    two edges): checked now, in one transaction."""
+    probed = clips.of_docking(pipe.state, d["id"], "probed")
+    if not probed:
+        return 0
+    profile = pipe.profile(d["profile"] or "")
+    return clips.advance_many(pipe.state, [
+        (c["id"], _checked_fields(dict(c), d["serial"], profile)) for c in probed],
+        "probed", "checked")
 
 
 def analyze_continuity(pipe: Pipeline, docking_id: int) -> dict[str, Any]:

@@ -138,6 +138,14 @@ def test_tool_paths_are_settable():
     assert cfg.tools.ffmpeg == "/opt/ff/ffmpeg"
     assert cfg.tools.exiftool == "/opt/et/exiftool"
     assert cfg.tools.ffprobe == "ffprobe"
+    assert cfg.tools.probe_processes == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 17])
+def test_probe_processes_out_of_range_is_named(bad):
+    with pytest.raises(ConfigError, match=r"tools\.probe_processes: must be between 1 and 16"):
+        from_dict({"tools": {"probe_processes": bad}})
+    assert from_dict({"tools": {"probe_processes": 1}}).tools.probe_processes == 1
 
 
 def test_workdir_puts_everything_under_one_directory(tmp_path):
