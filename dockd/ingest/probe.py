@@ -174,7 +174,7 @@ class Prober:
         thread: kept for the next call, closed with this one. Each starts its exiftool on
         first use."""
         while len(self._helpers) < n:
-            self._helpers.append(Prober(self.tools, timeout=self.timeout, tags=self.tags))
+            self._helpers.append(type(self)(self.tools, timeout=self.timeout, tags=self.tags))
         return self._helpers[:max(0, n)]
 
     def _execute(self, files: Sequence[bytes]) -> list[dict[str, Any]]:
@@ -439,7 +439,7 @@ def probe_in_order(prober: BatchProber, groups: Sequence[Sequence[Path]], *,
     so one exiftool process each), taking the next group as they finish one and running at
     most two groups per thread ahead of the consumer. An exception from a group (e.g.
     :class:`ProbeError`) is raised when that group's turn comes, after the groups before it;
-    no group after it is started. Closing the iterator early (``break``, an exception in
+    no group is handed out once one failed. Closing the iterator early (``break``, an exception in
     the consumer) stops handing out groups and waits for the ones being probed. One group,
     or one process: no thread and no second exiftool.
     """
