@@ -25,11 +25,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -52,6 +53,7 @@ BATCH_SIZE = 64
 """Clips per exiftool command. exiftool spends ~10 ms of CPU on a small MP4; one command
 per clip adds a round trip, a watchdog thread and (before batching) an ffprobe run of
 ~100 ms. 64 small clips take well under a second, far inside the per-command timeout."""
+_WARNINGS = threading.Lock()
 _DOWN_LIMIT = 2
 """Clips probed one by one after a failed batch: after this many in a row on which exiftool
 died or hung, the rest of the batch goes to ffprobe alone (a broken exiftool costs a few
@@ -108,6 +110,7 @@ class Prober:
         self._et_broken = ""
         self._ffprobe_broken = ""
         self._helpers: list[Prober] = []
+        self._servers: list[_Server] = []  # one long-lived thread per helper
 
     def __enter__(self) -> Prober:
         return self
@@ -122,17 +125,15 @@ class Prober:
         et = self._et
         if et is not None:
             proc = et._process  # pyexiftool forgets it once it notices the death
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "process was previously running but died"
-                alive = et.running
+            # not et.running: it warns "previously running but died", and silencing that
+            # (warnings.catch_warnings) is not thread-safe
+            alive = proc is not None and proc.poll() is None
             if alive:
                 return et
             log.warning("exiftool process died; restarting it")
             self._discard_exiftool(proc)
-        args = ["-G", "-n", "-api", "LargeFileSupport=1"]
-        args += [f"-{t}" for t in self.tags or ()]
         et = exiftool.ExifToolHelper(executable=self.tools.exiftool, check_execute=False,
-                                     common_args=args)
+                                     common_args=["-G", "-n", "-api", "LargeFileSupport=1"])
         et.run()
         self._et = et
         log.debug("exiftool %s started (pid %s)", et.version, et._process.pid)
@@ -143,7 +144,7 @@ class Prober:
         if et is None:
             return
         proc = proc or getattr(et, "_process", None)
-        with warnings.catch_warnings():
+        with _WARNINGS, warnings.catch_warnings():  # the lock: catch_warnings is process-wide
             warnings.simplefilter("ignore")
             try:
                 if et.running:
@@ -166,19 +167,33 @@ class Prober:
     def close(self) -> None:
         """Stop the exiftool process (if started), and those of the :meth:`helpers`."""
         self._discard_exiftool()
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.stop()
         for helper in self._helpers:
             helper.close()
+        self._helpers = []
 
     def helpers(self, n: int) -> list[Prober]:
-        """``n`` more Probers like this one (same tools, timeout and tags), each for one other
-        thread: kept for the next call, closed with this one. Each starts its exiftool on
-        first use."""
+        """``n`` more Probers like this one (same tools, timeout and tags), each used only in
+        its own long-lived thread (see :meth:`_serve`): kept for the next call, closed with
+        this one. Each starts its exiftool on first use."""
         while len(self._helpers) < n:
             self._helpers.append(type(self)(self.tools, timeout=self.timeout, tags=self.tags))
+            self._servers.append(_Server(len(self._helpers)))
         return self._helpers[:max(0, n)]
 
-    def _execute(self, files: Sequence[bytes]) -> list[dict[str, Any]]:
-        """One exiftool command over ``files``: one dict per file that exiftool answered for.
+    def _serve(self, helper: int, job: Callable[[], None]) -> None:
+        """Run ``job`` in helper ``helper``'s own thread. A thread of its own that lives as
+        long as this Prober, because pyexiftool has the kernel end exiftool when the thread
+        that started it ends (PR_SET_PDEATHSIG): started in a short-lived thread, exiftool
+        would die after every call."""
+        self._servers[helper].inbox.put(job)
+
+    def _execute(self, files: Sequence[bytes], *, every_tag: bool = False
+                 ) -> list[dict[str, Any]]:
+        """One exiftool command over ``files``: one dict per file that exiftool answered for,
+        with the :attr:`tags` asked for (every tag with ``every_tag``).
 
         Raises :class:`_Unrunnable` when exiftool cannot be started, :class:`_ExifToolDown`
         when it died, timed out or answered garbage (the process is then discarded), and
@@ -192,7 +207,8 @@ class Prober:
         last: Exception | None = None
         with _Watchdog(proc, self.timeout) as dog:
             try:
-                out = et.execute_json(*files)
+                asked = [] if every_tag or self.tags is None else [f"-{t}" for t in self.tags]
+                out = et.execute_json(*asked, *files)
             except ExifToolOutputEmptyError as exc:
                 last, out = exc, None
                 if not dog.fired and proc.poll() is None:  # alive: it had nothing to say
@@ -206,7 +222,7 @@ class Prober:
         self._discard_exiftool(proc)
         raise _ExifToolDown(why, timed_out=dog.fired.startswith("exiftool timed out"))
 
-    def _run_exiftool(self, path: Path) -> dict[str, Any]:
+    def _run_exiftool(self, path: Path, *, every_tag: bool = False) -> dict[str, Any]:
         """exiftool's tags for ``path`` alone (restarting a dead exiftool once).
 
         Raises :class:`_Unrunnable`, :class:`_ExifToolDown` (timed out, or died twice) or
@@ -218,7 +234,7 @@ class Prober:
         arg = os.fsencode(path.absolute())  # absolute: a name like "-x.MP4" is no option
         for attempt in (1, 2):
             try:
-                out = self._execute([arg])
+                out = self._execute([arg], every_tag=every_tag)
             except _ExifToolDown as exc:
                 if exc.timed_out or attempt == 2:
                     raise
@@ -273,7 +289,24 @@ class Prober:
                 out[i] = _Exif(error=str(exc) if exc.timed_out else f"failed twice: {exc}")
             except ValueError as exc:
                 out[i] = _Exif(error=str(exc))
+        for i in todo:
+            x = out[i]
+            if self.tags is not None and x is not None and x.tags and _one_name_twice(x.tags):
+                out[i] = self._every_tag(paths[i], x)
         return [x if x is not None else _Exif(error="no answer") for x in out]
+
+    def _every_tag(self, path: Path, asked: _Exif) -> _Exif:
+        """exiftool's answer with every tag, for a clip whose answer holds one tag name in
+        two groups: which of them a lookup by name finds first depends on where the groups
+        begin in the file, which only the whole answer shows (the asked tags alone come in
+        the order of the tags themselves). Rare (a camera writing Make in EXIF and XMP);
+        when it fails, the asked tags' answer stands."""
+        try:
+            return _Exif(tags=self._run_exiftool(path, every_tag=True))
+        except (_Unrunnable, _ExifToolDown, ValueError) as exc:
+            log.warning("exiftool failed reading every tag of %s (%s); its asked tags stand",
+                        path.name, exc)
+            return asked
 
     # ------------------------------------------------------------------ ffprobe
 
@@ -377,6 +410,12 @@ class _ExifToolDown(OSError):
         self.timed_out = timed_out
 
 
+def _one_name_twice(tags: dict[str, Any]) -> bool:
+    """Whether a tag name holds a value in more than one group (``EXIF:Make``, ``XMP:Make``)."""
+    names = [k.rpartition(":")[2] for k, v in tags.items() if ":" in k and v not in (None, "")]
+    return len(names) != len(set(names))
+
+
 def _match(files: Sequence[bytes], answers: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
     """exiftool's answers lined up with the files asked for (None: no answer for it).
 
@@ -403,6 +442,23 @@ def _match(files: Sequence[bytes], answers: list[dict[str, Any]]) -> list[dict[s
         got = by_name.get(n) if n is not None else None
         out.append(got[0] if got and len(got) == 1 else None)
     return out
+
+
+class _Server:
+    """A long-lived thread that runs the jobs put in its inbox, one at a time."""
+
+    def __init__(self, n: int):
+        self.inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name=f"dockd-probe-{n}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.inbox.get()) is not None:
+            job()
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+        self.thread.join()
 
 
 class BatchProber(Protocol):
@@ -435,60 +491,84 @@ def probe_in_order(prober: BatchProber, groups: Sequence[Sequence[Path]], *,
     """:meth:`Prober.probe_batch` of each group, yielded in the groups' order.
 
     With ``processes`` > 1, more than one group and a real :class:`Prober`, up to that many
-    threads probe, each through its own Prober (``prober`` and its :meth:`Prober.helpers`,
-    so one exiftool process each), taking the next group as they finish one and running at
-    most two groups per thread ahead of the consumer. An exception from a group (e.g.
-    :class:`ProbeError`) is raised when that group's turn comes, after the groups before it;
-    no group is handed out once one failed. Closing the iterator early (``break``, an exception in
-    the consumer) stops handing out groups and waits for the ones being probed. One group,
-    or one process: no thread and no second exiftool.
+    exiftool processes probe at once: ``prober`` in the caller's thread (whenever the next
+    answer to yield is not there yet) and its :meth:`Prober.helpers`, each in its own
+    thread; each takes the next group as it finishes one, at most two groups per process
+    ahead of the consumer. An exception from a group (e.g. :class:`ProbeError`) is raised
+    when that group's turn comes, after the groups before it; no group is handed out once
+    one failed. Closing the iterator early (``break``, an exception in the consumer) stops
+    handing out groups and waits for those being probed. One group, or one process: the
+    caller's thread alone, no second exiftool.
     """
     todo = [list(g) for g in groups if g]
-    workers: list[BatchProber] = [prober]
+    helpers: list[Prober] = []
     if processes > 1 and len(todo) > 1 and isinstance(prober, Prober):
-        workers += prober.helpers(min(processes, len(todo)) - 1)
-    if len(workers) == 1:
+        helpers = prober.helpers(min(processes, len(todo)) - 1)
+    if not helpers:
         for group in todo:
             yield prober.probe_batch(group)
         return
+    assert isinstance(prober, Prober)
     cv = threading.Condition()
     done: dict[int, list[ProbeResult] | BaseException] = {}
-    handed = [0, 0]  # [groups handed out, groups yielded]
+    count = {"handed": 0, "yielded": 0, "busy": len(helpers)}
     halt = [False]
-    ahead = 2 * len(workers)
+    ahead = 2 * (len(helpers) + 1)
 
-    def work(p: BatchProber) -> None:
+    def take(block: bool) -> int | None:  # under cv
         while True:
-            with cv:
-                while not halt[0] and handed[0] < len(todo) and handed[0] - handed[1] >= ahead:
-                    cv.wait()
-                if halt[0] or handed[0] >= len(todo):
-                    return
-                i = handed[0]
-                handed[0] += 1
-            got: list[ProbeResult] | BaseException
-            try:
-                got = p.probe_batch(todo[i])
-            except BaseException as exc:  # handed to the consumer, raised in its thread
-                got = exc
-            with cv:
-                done[i] = got
-                if isinstance(got, BaseException):
-                    halt[0] = True  # the groups before it are handed out already
-                cv.notify_all()
+            if halt[0] or count["handed"] >= len(todo):
+                return None
+            if count["handed"] - count["yielded"] < ahead:
+                count["handed"] += 1
+                return count["handed"] - 1
+            if not block:
+                return None
+            cv.wait()
 
-    threads = [threading.Thread(target=work, args=(w,), name=f"dockd-probe-{n + 1}",
-                                daemon=True) for n, w in enumerate(workers)]
-    for t in threads:
-        t.start()
+    def probe(p: BatchProber, i: int) -> None:
+        got: list[ProbeResult] | BaseException
+        try:
+            got = p.probe_batch(todo[i])
+        except BaseException as exc:  # handed to the consumer, raised in its thread
+            got = exc
+        with cv:
+            done[i] = got
+            if isinstance(got, BaseException):
+                halt[0] = True  # the groups before it are handed out already
+            cv.notify_all()
+
+    def helper_job(p: Prober) -> Callable[[], None]:
+        def job() -> None:
+            try:
+                while True:
+                    with cv:
+                        i = take(block=True)
+                    if i is None:
+                        return
+                    probe(p, i)
+            finally:
+                with cv:
+                    count["busy"] -= 1
+                    cv.notify_all()
+        return job
+
+    for n, helper in enumerate(helpers):
+        prober._serve(n, helper_job(helper))
     try:
         for i in range(len(todo)):
-            with cv:
-                while i not in done:
-                    cv.wait()
-                got = done.pop(i)
-                handed[1] = i + 1
-                cv.notify_all()
+            while True:
+                with cv:
+                    if i in done:
+                        got = done.pop(i)
+                        count["yielded"] = i + 1
+                        cv.notify_all()
+                        break
+                    mine = take(block=False)
+                    if mine is None:
+                        cv.wait()
+                        continue
+                probe(prober, mine)  # the caller's own exiftool, in the caller's thread
             if isinstance(got, BaseException):
                 raise got
             yield got
@@ -496,5 +576,5 @@ def probe_in_order(prober: BatchProber, groups: Sequence[Sequence[Path]], *,
         with cv:
             halt[0] = True
             cv.notify_all()
-        for t in threads:
-            t.join()
+            while count["busy"]:
+                cv.wait()

@@ -27,11 +27,13 @@ TAGS: tuple[str, ...] = (
 """The tags exiftool is asked for: every tag :func:`ffprobe_reason` and :func:`_merge` read
 (by name, without a group, so each is reported from whichever group holds it, as
 :func:`_bare_names` looks it up), the trouble exiftool reports (``Error``, ``Warning``) and
-what decides whether ffprobe runs. Asking for these alone costs ~17 % less exiftool CPU per
+what decides whether ffprobe runs. Asking for these alone costs less exiftool CPU per
 small MP4 than every tag (the unasked ones are neither converted nor written as JSON) and
 gives the same :class:`ProbeResult` (``raw["exiftool"]``, a debugging aid that is not
-stored, then holds only these tags); a test checks this against every tag on good, damaged
-and non-MP4 clips. A tag read by this module must be added here."""
+stored, then holds only these tags); a test checks this against every tag on good, damaged,
+misnamed and non-MP4 clips. The one difference, which of two groups holding one tag name
+comes first, is settled by asking again for every tag (``Prober._every_tag``). A tag read
+by this module must be added here."""
 _QUICKTIME_TYPES = frozenset({"MP4", "MOV", "M4V", "3GP", "3G2"})
 _CODEC_NAMES = {"avc1": "h264", "avc3": "h264", "hvc1": "hevc", "hev1": "hevc", "mp4a": "aac",
                 "ulaw": "pcm_mulaw", "alaw": "pcm_alaw", "sowt": "pcm_s16le",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -120,7 +121,25 @@ def kinds(tmp_path_factory: pytest.TempPathFactory, pool: dict[str, Path]) -> di
         out["avi_inside.MP4"] = d / "avi_inside.MP4"
     shutil.copyfile(pool["good"], d / "mp4_inside.AVI")
     out["mp4_inside.AVI"] = d / "mp4_inside.AVI"
+    out["xmp_first.MP4"] = _xmp_box_before_moov(pool["moov_last"], d / "xmp_first.MP4")
     return out
+
+
+def _xmp_box_before_moov(src: Path, dest: Path) -> Path:
+    """Make in UserData (in moov) and in XMP (a top-level uuid box), the XMP box moved
+    before moov: the QuickTime group begins first in the file, the XMP Make comes first."""
+    shutil.copyfile(src, dest)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-UserData:Make=UDMAKE",
+                    "-XMP:Make=XMPMAKE", "-XMP:Model=XMPMODEL", os.fspath(dest)], check=True)
+    data, boxes, i = dest.read_bytes(), [], 0
+    while i < len(data):
+        size, kind = struct.unpack(">I4s", data[i:i + 8])
+        boxes.append((kind, data[i:i + size]))
+        i += size
+    order = [b for k, b in boxes if k == b"ftyp"] + [b for k, b in boxes if k == b"uuid"] + \
+        [b for k, b in boxes if k not in (b"ftyp", b"uuid")]
+    dest.write_bytes(b"".join(order))
+    return dest
 
 
 def _without_dump(r: ProbeResult) -> ProbeResult:
@@ -140,7 +159,11 @@ def test_the_asked_tags_give_the_same_answer_as_every_tag(
     for name, a, e in zip([*pool, *kinds], asked, every, strict=True):
         assert _without_dump(a) == _without_dump(e), name
         assert a.raw["exiftool"].items() <= e.raw["exiftool"].items(), name
-        assert len(a.raw["exiftool"]) <= len(probe_mod.TAGS), name
+        names = [k.rpartition(":")[2] for k, v in a.raw["exiftool"].items() if v]
+        if len(names) == len(set(names)):
+            assert len(a.raw["exiftool"]) <= len(probe_mod.TAGS), name
+        else:  # one tag name in two groups: asked again for every tag
+            assert a.raw["exiftool"] == e.raw["exiftool"], name
     by = dict(zip([*pool, *kinds], asked, strict=True))
     # the variety is real: every path through ffprobe_reason and the tag fallbacks is taken
     reasons = {r.raw["ffprobe_reason"] for r in by.values()}
@@ -152,6 +175,9 @@ def test_the_asked_tags_give_the_same_answer_as_every_tag(
     if "hevc.MP4" in by:
         assert by["hevc.MP4"].tool == "exiftool" and by["hevc.MP4"].video_codec == "hevc"
     assert by["keys_tagged.MP4"].make == "ACME"
+    # every tag picks the Make of the group that begins first in the file (QuickTime), the
+    # asked tags alone would have picked the one that comes first (XMP): asked again
+    assert (by["xmp_first.MP4"].make, by["xmp_first.MP4"].model) == ("UDMAKE", "XMPMODEL")
 
 
 def test_batch_equals_one_by_one_on_a_hostile_mix(pool: dict[str, Path]) -> None:
@@ -227,7 +253,7 @@ def test_ffprobe_runs_only_where_exiftool_does_not_settle_the_clip(
     real = probe_mod.exiftool.ExifToolHelper.execute_json
 
     def counting(self, *params):  # type: ignore[no-untyped-def]
-        calls.append(len(params))
+        calls.append(sum(isinstance(x, bytes) for x in params))  # files, not the tags
         return real(self, *params)
 
     monkeypatch.setattr(probe_mod.exiftool.ExifToolHelper, "execute_json", counting)

@@ -1,6 +1,7 @@
 """probe_in_order: batches through several exiftool processes at once (one Prober per
 thread), answers in the clips' order, the same answers as one process gives; no second
-exiftool for a single batch; errors raised in their turn; an early stop leaves no thread."""
+exiftool for a single batch; the helper's exiftool lives from call to call; errors raised
+in their turn; an early stop leaves nothing running."""
 
 from __future__ import annotations
 
@@ -73,17 +74,24 @@ def test_two_processes_give_the_same_answers_in_order(clips: list[Path]) -> None
     with Recording(ToolsConfig()) as p:
         got = [r for rs in probe_in_order(p, groups_of(clips, 2), processes=2) for r in rs]
         helper = p.helpers(1)[0]
-        assert helper._et is not None and helper._et.running  # its own exiftool did work
-        assert helper._et._process.pid != p._et._process.pid  # type: ignore[union-attr]
-    assert got == alone
+        assert helper._et is not None and p._et is not None  # each its own exiftool
+        pids = (p._et._process.pid, helper._et._process.pid)  # type: ignore[union-attr]
+        assert pids[0] != pids[1]
+        again = [r for rs in probe_in_order(p, groups_of(clips, 2), processes=2) for r in rs]
+        # the same two processes: exiftool ends with the thread that started it
+        # (PR_SET_PDEATHSIG), so the helper's lives in a thread of its own, not one per call
+        assert (p._et._process.pid, helper._et._process.pid) == pids  # type: ignore[union-attr]
+        assert helper._et._process.poll() is None  # type: ignore[union-attr]
+    assert got == again == alone
     assert [r.ok for r in got] == [c.exists() and c.name not in ("random.MP4", "half.MP4")
                                    for c in clips]
     probers = {who for who, _, _ in Recording.calls}
     threads = {name for _, name, _ in Recording.calls}
-    assert len(probers) == 2 and len(threads) == 2
-    assert all(name.startswith("dockd-probe-") for name in threads)
-    assert sorted(n for _, _, g in Recording.calls for n in g) == sorted(c.name for c in clips)
-    assert _probe_threads() == []
+    assert len(probers) == 2
+    assert threads == {threading.current_thread().name, "dockd-probe-1"}
+    assert sorted(n for _, _, g in Recording.calls for n in g) == \
+        sorted(c.name for c in clips * 2)
+    assert _probe_threads() == []  # closed with the Prober
 
 
 def test_a_single_batch_starts_no_second_exiftool_nor_thread(clips: list[Path]) -> None:
@@ -110,9 +118,10 @@ def test_an_error_comes_in_its_turn_and_stops_the_handing_out(clips: list[Path])
         with pytest.raises(ProbeError):
             for rs in probe_in_order(p, groups, processes=2):
                 seen.append(rs[0].raw["ffprobe_reason"] if rs else "")
+        after = len(Recording.calls)
     assert len(seen) == 4  # the four groups before the failed one, each in its turn
-    started = [g[0] for _, _, g in Recording.calls]
-    assert len(started) <= 4 + 1 + 2 * 2  # not every group: handing out stopped
+    assert after < len(groups)  # not every group: handing out stopped
+    assert len(Recording.calls) == after  # nothing ran once the error was raised
     assert _probe_threads() == []
 
 
@@ -122,10 +131,12 @@ def test_closing_early_waits_for_the_threads_and_starts_no_more(clips: list[Path
         answers = probe_in_order(p, groups, processes=2)
         first = next(answers)
         answers.close()
-        assert _probe_threads() == []
+        after = len(Recording.calls)
         assert len(first) == 1 and first[0].ok
-        # at most two groups per thread ahead of the consumer, plus those in progress
-        assert len(Recording.calls) <= 1 + 2 * 2 + 2 < len(groups)
+        # at most two groups per process ahead of the consumer, plus the one in progress
+        assert after <= 1 + 2 * 2 + 1 < len(groups)
+    assert len(Recording.calls) == after  # nothing was still running after close()
+    assert _probe_threads() == []
 
 
 @pytest.mark.parametrize("n,batch,processes,sizes", [
