@@ -26,7 +26,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dockd.config import ToolsConfig  # noqa: E402
-from dockd.ingest.probe import TAGS, Prober, groups_of, probe_in_order  # noqa: E402
+from dockd.ingest.probe import TAGS, Prober  # noqa: E402
+from dockd.ingest.probe_pool import groups_of, probe_in_order  # noqa: E402
 from dockd.model import ProbeResult  # noqa: E402
 
 

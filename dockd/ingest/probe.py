@@ -17,7 +17,10 @@ error=...)``; :class:`ProbeError` is raised only when neither tool can be run at
 pyexiftool reads exiftool's answer in a loop that never ends if the process dies in the
 middle of a command; a watchdog thread therefore kills a dead or overdue exiftool and
 points its output pipes at a directory, so the pending read fails (EISDIR) instead of
-spinning. One ``Prober`` serves one thread at a time.
+spinning. One ``Prober`` serves one thread at a time; :meth:`Prober.helpers` are more
+Probers for :mod:`dockd.ingest.probe_pool`, which probes many clips with several exiftool
+processes at once. exiftool is asked only for :data:`TAGS` (see
+:mod:`dockd.ingest.probe_read`, which says what the tools' answers mean).
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import exiftool
 from exiftool.exceptions import ExifToolException, ExifToolOutputEmptyError
@@ -46,8 +49,7 @@ from .probe_read import TAGS, ffprobe_reason, merge, parse_time
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BATCH_SIZE", "TAGS", "BatchProber", "Prober", "ffprobe_reason", "groups_of",
-           "parse_time", "probe_in_order"]
+__all__ = ["BATCH_SIZE", "TAGS", "Prober", "ffprobe_reason", "parse_time"]
 
 BATCH_SIZE = 64
 """Clips per exiftool command. exiftool spends ~10 ms of CPU on a small MP4; one command
@@ -134,7 +136,7 @@ class Prober:
             self._discard_exiftool(proc)
         et = exiftool.ExifToolHelper(executable=self.tools.exiftool, check_execute=False,
                                      common_args=["-G", "-n", "-api", "LargeFileSupport=1"])
-        et.run()
+        _in_starter(et.run)
         self._et = et
         log.debug("exiftool %s started (pid %s)", et.version, et._process.pid)
         return et
@@ -176,14 +178,14 @@ class Prober:
 
     def helpers(self, n: int) -> list[Prober]:
         """``n`` more Probers like this one (same tools, timeout and tags), each used only in
-        its own long-lived thread (see :meth:`_serve`): kept for the next call, closed with
-        this one. Each starts its exiftool on first use."""
+        its own long-lived thread (see :meth:`run_in_helper`): kept for the next call,
+        closed with this one. Each starts its exiftool on first use."""
         while len(self._helpers) < n:
             self._helpers.append(type(self)(self.tools, timeout=self.timeout, tags=self.tags))
             self._servers.append(_Server(len(self._helpers)))
         return self._helpers[:max(0, n)]
 
-    def _serve(self, helper: int, job: Callable[[], None]) -> None:
+    def run_in_helper(self, helper: int, job: Callable[[], None]) -> None:
         """Run ``job`` in helper ``helper``'s own thread. A thread of its own that lives as
         long as this Prober, because pyexiftool has the kernel end exiftool when the thread
         that started it ends (PR_SET_PDEATHSIG): started in a short-lived thread, exiftool
@@ -447,9 +449,10 @@ def _match(files: Sequence[bytes], answers: list[dict[str, Any]]) -> list[dict[s
 class _Server:
     """A long-lived thread that runs the jobs put in its inbox, one at a time."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, name: str = ""):
         self.inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name=f"dockd-probe-{n}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name or f"dockd-probe-{n}",
+                                       daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
@@ -461,120 +464,32 @@ class _Server:
         self.thread.join()
 
 
-class BatchProber(Protocol):
-    """What :func:`probe_in_order` needs of a prober (a :class:`Prober`, or a test's own)."""
-
-    def probe_batch(self, paths: Sequence[Path]) -> list[ProbeResult]: ...
+_starter: _Server | None = None
+_starter_lock = threading.Lock()
 
 
-MIN_SPLIT = 16
-"""With more than one process, a single batch of at least twice this many clips is cut in
-two, so that both exiftools get work; fewer clips are probed by one."""
+def _in_starter(start: Callable[[], None]) -> None:
+    """Run ``start`` (pyexiftool's ``run``, which forks exiftool) in one thread that lives
+    as long as dockd: pyexiftool has the kernel end exiftool when the thread that started
+    it ends (PR_SET_PDEATHSIG), so an exiftool started from a short-lived thread (a port's
+    copy job under staging pressure, a helper) would die with it and be restarted."""
+    global _starter
+    with _starter_lock:
+        if _starter is None:
+            _starter = _Server(0, "dockd-exiftool-starter")
+        starter = _starter
+    done = threading.Event()
+    failed: list[BaseException] = []
 
-
-def groups_of(paths: Sequence[Path], batch: int, processes: int = 1) -> list[list[Path]]:
-    """``paths`` in order, cut into groups of at most ``batch`` (of even sizes, so that
-    parallel exiftools finish together); with ``processes`` > 1, a single group of at least
-    2 x :data:`MIN_SPLIT` clips becomes two."""
-    n, batch = len(paths), max(1, batch)
-    count = -(-n // batch)
-    if processes > 1 and count == 1 and n >= 2 * MIN_SPLIT:
-        count = 2
-    if count == 0:
-        return []
-    size = -(-n // count)
-    return [list(paths[i:i + size]) for i in range(0, n, size)]
-
-
-def probe_in_order(prober: BatchProber, groups: Sequence[Sequence[Path]], *,
-                   processes: int = 1) -> Generator[list[ProbeResult], None, None]:
-    """:meth:`Prober.probe_batch` of each group, yielded in the groups' order.
-
-    With ``processes`` > 1, more than one group and a real :class:`Prober`, up to that many
-    exiftool processes probe at once: ``prober`` in the caller's thread (whenever the next
-    answer to yield is not there yet) and its :meth:`Prober.helpers`, each in its own
-    thread; each takes the next group as it finishes one, at most two groups per process
-    ahead of the consumer. An exception from a group (e.g. :class:`ProbeError`) is raised
-    when that group's turn comes, after the groups before it; no group is handed out once
-    one failed. Closing the iterator early (``break``, an exception in the consumer) stops
-    handing out groups and waits for those being probed. One group, or one process: the
-    caller's thread alone, no second exiftool.
-    """
-    todo = [list(g) for g in groups if g]
-    helpers: list[Prober] = []
-    if processes > 1 and len(todo) > 1 and isinstance(prober, Prober):
-        helpers = prober.helpers(min(processes, len(todo)) - 1)
-    if not helpers:
-        for group in todo:
-            yield prober.probe_batch(group)
-        return
-    assert isinstance(prober, Prober)
-    cv = threading.Condition()
-    done: dict[int, list[ProbeResult] | BaseException] = {}
-    count = {"handed": 0, "yielded": 0, "busy": len(helpers)}
-    halt = [False]
-    ahead = 2 * (len(helpers) + 1)
-
-    def take(block: bool) -> int | None:  # under cv
-        while True:
-            if halt[0] or count["handed"] >= len(todo):
-                return None
-            if count["handed"] - count["yielded"] < ahead:
-                count["handed"] += 1
-                return count["handed"] - 1
-            if not block:
-                return None
-            cv.wait()
-
-    def probe(p: BatchProber, i: int) -> None:
-        got: list[ProbeResult] | BaseException
+    def job() -> None:
         try:
-            got = p.probe_batch(todo[i])
-        except BaseException as exc:  # handed to the consumer, raised in its thread
-            got = exc
-        with cv:
-            done[i] = got
-            if isinstance(got, BaseException):
-                halt[0] = True  # the groups before it are handed out already
-            cv.notify_all()
+            start()
+        except BaseException as exc:  # raised again in the caller's thread
+            failed.append(exc)
+        finally:
+            done.set()
 
-    def helper_job(p: Prober) -> Callable[[], None]:
-        def job() -> None:
-            try:
-                while True:
-                    with cv:
-                        i = take(block=True)
-                    if i is None:
-                        return
-                    probe(p, i)
-            finally:
-                with cv:
-                    count["busy"] -= 1
-                    cv.notify_all()
-        return job
-
-    for n, helper in enumerate(helpers):
-        prober._serve(n, helper_job(helper))
-    try:
-        for i in range(len(todo)):
-            while True:
-                with cv:
-                    if i in done:
-                        got = done.pop(i)
-                        count["yielded"] = i + 1
-                        cv.notify_all()
-                        break
-                    mine = take(block=False)
-                    if mine is None:
-                        cv.wait()
-                        continue
-                probe(prober, mine)  # the caller's own exiftool, in the caller's thread
-            if isinstance(got, BaseException):
-                raise got
-            yield got
-    finally:
-        with cv:
-            halt[0] = True
-            cv.notify_all()
-            while count["busy"]:
-                cv.wait()
+    starter.inbox.put(job)
+    done.wait()
+    if failed:
+        raise failed[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProbeError
-from ..ingest.probe import groups_of, probe_in_order
+from ..ingest.probe_pool import groups_of, probe_in_order
 from ..integrity import checks
 from ..integrity.continuity import ClipTiming, ContinuityParams, build_timeline
 from ..integrity.notes import NoteResult, gap_finding

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import pytest
 
 from dockd.config import ToolsConfig
 from dockd.errors import ProbeError
-from dockd.ingest.probe import MIN_SPLIT, Prober, groups_of, probe_in_order
+from dockd.ingest.probe import Prober
+from dockd.ingest.probe_pool import MIN_SPLIT, groups_of, probe_in_order
 from dockd.model import ProbeResult
 from tests.conftest import garbage
 
@@ -156,3 +158,18 @@ def test_groups_of(n: int, batch: int, processes: int, sizes: list[int]) -> None
     groups = groups_of(paths, batch, processes)
     assert [len(g) for g in groups] == sizes
     assert [p for g in groups for p in g] == paths
+
+
+def test_exiftool_started_from_a_thread_that_ends_lives_on(clips: list[Path]) -> None:
+    """pyexiftool has exiftool killed when the thread that started it ends: a Prober first
+    used from a short-lived thread (a port's copy job) keeps its exiftool all the same."""
+    with Prober(ToolsConfig()) as p:
+        t = threading.Thread(target=p.probe_batch, args=([clips[0]],))
+        t.start()
+        t.join()
+        assert p._et is not None
+        pid = p._et._process.pid  # type: ignore[union-attr]
+        time.sleep(0.5)  # a SIGTERM from the thread's end would have arrived by now
+        assert p._et._process.poll() is None  # type: ignore[union-attr]
+        assert p.probe_batch([clips[1]])[0].ok
+        assert p._et._process.pid == pid  # type: ignore[union-attr]
