@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROBE_BATCH = 64
-"""Clips probed in one request to the long-lived exiftool process."""
+"""Clips probed in one request to a long-lived exiftool process."""
+TURN = 4
+"""Batches per exiftool process probed in one hold of ``pipe.probe_lock``: another
+docking's finisher waits for at most this many (a few seconds), not for a whole recorder."""
 
 
 def _json_list(text: str | None) -> list[Any]:
@@ -58,7 +61,8 @@ def process(pipe: Pipeline, docking_id: int, batch: int = PROBE_BATCH) -> int:
     starts while later batches are probed. With many clips waiting, ``tools.probe_processes``
     exiftool processes probe batches in parallel (:func:`probe_in_order`). A crash loses
     at most the batches not yet recorded: their clips are still ``copied`` and are probed
-    again. Stops between batches when dockd stops (``pipe.cancel``)."""
+    again. Stops between batches when dockd stops (``pipe.cancel``). Holds the probe lock
+    (the exiftool processes) for :data:`TURN` batches per process at a time."""
     state = pipe.state
     d = dockings.get(state, docking_id)
     profile = pipe.profile(d["profile"] or "")
@@ -68,27 +72,32 @@ def process(pipe: Pipeline, docking_id: int, batch: int = PROBE_BATCH) -> int:
         return n
     tile(pipe, d, f"checking {copied[0]['safe_name']}" if len(copied) == 1 else
          f"checking {len(copied)} clips")
-    groups = groups_of([Path(c["staged_path"] or "") for c in copied], batch,
-                       pipe.cfg.tools.probe_processes)
+    processes = pipe.cfg.tools.probe_processes
+    groups = groups_of([Path(c["staged_path"] or "") for c in copied], batch, processes)
     rows = iter(copied)
-    with pipe.probe_lock, closing(probe_in_order(
-            pipe.prober, groups, processes=pipe.cfg.tools.probe_processes)) as answers:
-        for group in groups:
-            rows_of_group = [next(rows) for _ in group]
-            try:
-                results = next(answers)
-            except ProbeError as exc:
-                # Tools missing altogether: not the clips' fault, they stay 'copied' (retried).
-                for c in rows_of_group:
-                    clips.failed(state, c["id"], str(exc))
-                log.error("port %s serial %s: cannot probe %s: %s", d["port"], d["serial"],
-                          rows_of_group[0]["safe_name"], exc)
-                raise
-            n += _record(pipe, d, profile, rows_of_group, results, done=n, of=len(copied))
-            pipe.on_ready(docking_id)
-            if pipe.cancel.is_set():
-                break
-    return n
+    checked = 0
+    for turn in range(0, len(groups), TURN * processes):
+        some = groups[turn:turn + TURN * processes]
+        with pipe.probe_lock, closing(probe_in_order(pipe.prober, some,
+                                                     processes=processes)) as answers:
+            for group in some:
+                rows_of_group = [next(rows) for _ in group]
+                try:
+                    results = next(answers)
+                except ProbeError as exc:
+                    # Tools missing altogether: not the clips' fault, they stay 'copied'
+                    # (retried).
+                    for c in rows_of_group:
+                        clips.failed(state, c["id"], str(exc))
+                    log.error("port %s serial %s: cannot probe %s: %s", d["port"],
+                              d["serial"], rows_of_group[0]["safe_name"], exc)
+                    raise
+                checked += _record(pipe, d, profile, rows_of_group, results, done=checked,
+                                   of=len(copied))
+                pipe.on_ready(docking_id)
+                if pipe.cancel.is_set():
+                    return n + checked
+    return n + checked
 
 
 def _record(pipe: Pipeline, d: DockingRow, profile: ProfileConfig, group: list[ClipRow],

@@ -6,6 +6,7 @@ two exiftool processes (one for a one-clip docking)."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import Counter
 from typing import Any
 
@@ -135,3 +136,29 @@ def test_clips_left_probed_by_an_older_dockd_are_checked(cfg: Config, make_recor
                                                "findings": "[]"})], "copied", "probed")
         assert check.process(pipe, d) == 3
         assert states(st, d) == ["checked"] * 3
+
+
+class CountingLock:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holds = 0
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self.holds += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_the_probe_lock_is_let_go_between_turns(cfg: Config, make_recorder: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another docking's finisher waits for a few batches, not for a whole recorder."""
+    rec = make_recorder(cfg, segments=10)
+    monkeypatch.setattr(check, "TURN", 2)
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe, d = _offloaded(cfg, st, prober, rec)
+        pipe.probe_lock = CountingLock()  # type: ignore[assignment]
+        assert check.process(pipe, d, batch=1) == 10
+        assert pipe.probe_lock.holds == 3  # type: ignore[attr-defined]  # 4 + 4 + 2 batches
+        assert states(st, d) == ["checked"] * 10
