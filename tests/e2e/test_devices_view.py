@@ -12,7 +12,8 @@ from rich.console import Console
 
 from dockd.config import Config
 from dockd.oneshot import ingest_tree
-from dockd.status.devices import add_devices_parser, cmd_devices, devices_data, render_devices
+from dockd.status.commands import add_devices_parser
+from dockd.status.devices import cmd_devices, devices_data, render_devices
 from dockd.store import State, parse_iso
 from tests.e2e.test_health_hooks import pin_ntp, sim, with_profile
 
