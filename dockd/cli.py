@@ -62,13 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .devices.simulator import add_simulate_parser
     add_simulate_parser(sub, parents=[common])
 
-    from .status.devices import add_devices_parser
+    from .status.commands import add_devices_parser, add_top_parser
     add_devices_parser(sub, parents=[common])
 
     from .devices.ports_cli import add_ports_parser
     add_ports_parser(sub, parents=[common])
 
-    from .status.top import add_top_parser
     add_top_parser(sub, parents=[common])
 
     from .operator import add_operator_parsers
@@ -249,8 +248,6 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
 
 def _readout(cfg: Config, args: argparse.Namespace, data_fn: Any, render_fn: Any) -> int:
     """The read-out commands' shape: read the state (read-only), print JSON or rich."""
-    from rich.console import Console
-
     from .store import open_readonly
 
     with open_readonly(cfg.paths.database) as state:
@@ -258,6 +255,8 @@ def _readout(cfg: Config, args: argparse.Namespace, data_fn: Any, render_fn: Any
     if args.json:
         _print_json(data)
     else:
+        from rich.console import Console
+
         console = Console()
         console.print(render_fn(data, console))
     return 0
