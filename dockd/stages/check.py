@@ -61,7 +61,8 @@ def process(pipe: Pipeline, docking_id: int, batch: int = PROBE_BATCH) -> int:
     starts while later batches are probed. With many clips waiting, ``tools.probe_processes``
     exiftool processes probe batches in parallel (:func:`probe_in_order`). A crash loses
     at most the batches not yet recorded: their clips are still ``copied`` and are probed
-    again. Stops between batches when dockd stops (``pipe.cancel``). Holds the probe lock
+    again. Stops between batches when dockd stops (``pipe.cancel``), and in a finisher
+    thread being stopped (:meth:`Finisher.stop_asked`). Holds the probe lock
     (the exiftool processes) for :data:`TURN` batches per process at a time."""
     state = pipe.state
     d = dockings.get(state, docking_id)
@@ -95,7 +96,7 @@ def process(pipe: Pipeline, docking_id: int, batch: int = PROBE_BATCH) -> int:
                 checked += _record(pipe, d, profile, rows_of_group, results, done=checked,
                                    of=len(copied))
                 pipe.on_ready(docking_id)
-                if pipe.cancel.is_set():
+                if pipe.cancel.is_set() or pipe.finisher.stop_asked():
                     return n + checked
     return n + checked
 

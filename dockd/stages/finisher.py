@@ -45,6 +45,7 @@ class Finisher:
         self._owned: set[int] = set()
         self._due: dict[int, None] = {}  # insertion-ordered: first asked, first served
         self._threads: list[threading.Thread] = []
+        self._running: set[threading.Thread] = set()  # until each ends, stop() or not
         self._stopping = False
 
     # ------------------------------------------------------------------ ownership
@@ -67,6 +68,14 @@ class Finisher:
     def owned(self) -> set[int]:
         with self._cv:
             return set(self._owned)
+
+    def stop_asked(self) -> bool:
+        """True in a finisher thread once :meth:`stop` was called: its pass ends after the
+        batch it is recording (the rest stays ``copied``, for whoever finishes the docking
+        next, e.g. ``dockd ingest`` in place), so that stop() does not wait for a whole
+        recorder's backlog. False in any other thread."""
+        with self._cv:
+            return self._stopping and threading.current_thread() in self._running
 
     # ------------------------------------------------------------------ the work
 
@@ -137,6 +146,7 @@ class Finisher:
             for n in range(max(1, threads)):
                 t = threading.Thread(target=self._work, name=f"finish-{n + 1}", daemon=True)
                 self._threads.append(t)
+                self._running.add(t)
                 t.start()
 
     def stop(self, timeout: float = 60.0) -> bool:
@@ -162,6 +172,13 @@ class Finisher:
         return None
 
     def _work(self) -> None:
+        try:
+            self._serve()
+        finally:
+            with self._cv:
+                self._running.discard(threading.current_thread())
+
+    def _serve(self) -> None:
         while (docking_id := self._next()) is not None:
             try:
                 self._finish_owned(docking_id)

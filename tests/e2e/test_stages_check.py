@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -162,3 +163,35 @@ def test_the_probe_lock_is_let_go_between_turns(cfg: Config, make_recorder: Any,
         assert check.process(pipe, d, batch=1) == 10
         assert pipe.probe_lock.holds == 3  # type: ignore[attr-defined]  # 4 + 4 + 2 batches
         assert states(st, d) == ["checked"] * 10
+
+
+def test_stopping_the_finisher_ends_its_pass_after_the_batch(
+        cfg: Config, make_recorder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dockd ingest`` stops its finisher thread once the copy ended and finishes in place:
+    the thread's pass over a big backlog ends after its current batch instead of holding
+    the docking (stop() would time out and the in-place finish find it owned)."""
+    rec = make_recorder(cfg, segments=6)
+    real = check.process
+    monkeypatch.setattr(check, "process", lambda pipe, docking_id: real(pipe, docking_id, 1))
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe, d = _offloaded(cfg, st, prober, rec)
+        first = threading.Event()
+
+        def ready(docking_id: int) -> None:
+            first.set()
+            for _ in range(200):  # hold the first batch until stop() is asked
+                if pipe.finisher._stopping:
+                    return
+                time.sleep(0.05)
+
+        pipe.on_ready = ready
+        pipe.finisher.start(threads=1)
+        pipe.finisher.request(d)
+        assert first.wait(60)
+        assert pipe.finisher.stop(timeout=60)
+        left = states(st, d)
+        assert 1 <= left.count("checked") < 6 and "probed" not in left
+        assert not pipe.finisher.owned()
+        assert not pipe.finisher.stop_asked()  # this thread is no finisher thread
+        assert pipe.finish(d) is True  # in place: the rest, then continuity and signing
+        assert set(states(st, d)) == {"signed"}
