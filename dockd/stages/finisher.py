@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..delivery.early import promote_delivered
 from ..errors import DockdError
-from ..store import dockings
+from ..store import dockings, finishing
 from . import check, sign
 
 if TYPE_CHECKING:
@@ -132,8 +132,15 @@ class Finisher:
 
     def backlog(self) -> int:
         """Ask for every docking copied but not signed yet (start-up, and now and then for
-        one a failure left behind). Returns how many were asked for."""
-        rows = dockings.unfinished(self.pipe.state)
+        one a failure left behind), and promote the early-delivered clips of signed ones
+        that a crash right after signing left ``signed``. Returns how many were asked for."""
+        pipe = self.pipe
+        for docking_id in finishing.signed_with_copies(pipe.state):
+            # signed, then killed before its early-delivered clips were promoted
+            if promote_delivered(pipe.state, docking_id,
+                                 [t.name for t in pipe.targets if t.required]):
+                self.on_ready(docking_id)
+        rows = dockings.unfinished(pipe.state)
         for r in rows:
             self.request(r["id"])
         return len(rows)

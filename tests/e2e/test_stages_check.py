@@ -195,3 +195,36 @@ def test_stopping_the_finisher_ends_its_pass_after_the_batch(
         assert not pipe.finisher.stop_asked()  # this thread is no finisher thread
         assert pipe.finish(d) is True  # in place: the rest, then continuity and signing
         assert set(states(st, d)) == {"signed"}
+
+
+def test_backlog_promotes_early_copies_a_crash_after_signing_left_signed(
+        cfg: Config, make_recorder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between signing and promoting the clips already delivered early: at start-up
+    the finisher's backlog promotes them (else the docking never completes nor clears)."""
+    from dockd.stages import finisher as finisher_mod
+    from dockd.store import deliveries
+
+    rec = make_recorder(cfg, segments=2)
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe, d = _offloaded(cfg, st, prober, rec)
+
+        def killed(*a: object, **kw: object) -> int:
+            raise KeyboardInterrupt("killed after signing")
+
+        monkeypatch.setattr(finisher_mod, "promote_delivered", killed)
+        with pytest.raises(KeyboardInterrupt):
+            pipe.finish(d)
+        monkeypatch.undo()
+        assert states(st, d) == ["signed", "signed"]
+        first = st.clips_of(d)[0]["id"]
+        with st.tx() as conn:  # its copy had landed early, before the signing
+            for t in pipe.targets:
+                deliveries.mark_delivered(conn, first, t.name, st.now())
+    with State(cfg.paths.database) as st, Prober(cfg.tools) as prober:
+        pipe = build_pipeline(cfg, st, prober)
+        woken: list[int] = []
+        pipe.on_ready = woken.append
+        pipe.finisher.backlog()
+        assert states(st, d) == ["delivered", "signed"] and woken == [d]
+        pipe.finisher.backlog()  # idempotent
+        assert states(st, d) == ["delivered", "signed"] and woken == [d]
