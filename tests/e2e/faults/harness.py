@@ -41,6 +41,7 @@ from dockd.ingest.offload import clean_stale_partials
 from dockd.ingest.probe import Prober
 from dockd.integrity.keys import generate_key, own_key
 from dockd.integrity.verify import verify_path
+from dockd.stages import check as check_mod
 from dockd.store import State, utcnow
 from dockd.store import clips as clips_store
 
@@ -296,6 +297,19 @@ class Dock:
         monkeypatch.setattr(State, "advance_clip", advance_clip)
         monkeypatch.setattr(clips_store, "advance", advance_one)
         monkeypatch.setattr(clips_store, "advance_many", advance_many)
+
+        # the check stage records a probed batch copied -> probed -> checked in one
+        # transaction: both moments come right after that commit
+        real_record = check_mod._record
+
+        def record(*a: Any, **kw: Any) -> int:
+            n = real_record(*a, **kw)
+            if n:
+                self.hook("probed")
+                self.hook("checked")
+            return n
+
+        monkeypatch.setattr(check_mod, "_record", record)
 
     # -- one daemon pass --------------------------------------------------------------
 
