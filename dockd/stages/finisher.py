@@ -84,12 +84,9 @@ class Finisher:
         owns it). Returns how many became checked."""
         self._claim(docking_id, wait=True)
         try:
-            n = check.process(self.pipe, docking_id)
+            return check.process(self.pipe, docking_id)  # wakes delivery per batch
         finally:
             self._release(docking_id)
-        if n:
-            self.on_ready(docking_id)
-        return n
 
     def finish(self, docking_id: int) -> bool:
         """Probe and check what is copied; sign once the offload ended (idempotent).
@@ -107,8 +104,7 @@ class Finisher:
         pipe = self.pipe
         if pipe.cancel.is_set():
             return
-        if check.process(pipe, docking_id):
-            self.on_ready(docking_id)
+        check.process(pipe, docking_id)  # wakes delivery (on_ready) after each batch
         if sign.ready_to_sign(pipe, docking_id) and not pipe.cancel.is_set():
             check.analyze_continuity(pipe, docking_id)
             pipe.sign(docking_id)  # through the facade: tests hook it
