@@ -66,6 +66,11 @@ class Receipt:
     size: int
     sha256: str
     already_present: bool
+    verified: bool = False
+    """The put itself read back what the final key holds after it was made durable (after
+    ``fsync``, from the disk or the server, not from a cache) and it matched ``sha256`` and
+    ``size``: the delivery step then does not read it again with ``verify`` (#13: each
+    delivered copy is read back once). False where only ``verify`` reads it back (S3)."""
 
 
 @dataclass(frozen=True)
@@ -142,12 +147,14 @@ def check_digest(sha256: str, size: int) -> None:
 
 
 def existing_receipt(target: str, key: str, found: tuple[int, str | None], *, sha256: str,
-                     size: int) -> Receipt:
+                     size: int, verified: bool = False) -> Receipt:
     """The rule every backend applies when the final object already exists: the same size and
-    SHA-256 is an idempotent success; anything else is never overwritten (``retry=False``)."""
+    SHA-256 is an idempotent success; anything else is never overwritten (``retry=False``).
+    ``verified``: ``found`` was hashed from the stored bytes (not a claimed checksum)."""
     if found == (size, sha256):
         log.info("%s: %s already present with the same content", target, key)
-        return Receipt(key=key, size=size, sha256=sha256, already_present=True)
+        return Receipt(key=key, size=size, sha256=sha256, already_present=True,
+                       verified=verified)
     raise DeliveryError(
         f"{target}: {key} already exists with different content ({found[0]} bytes "
         f"{found[1]}, ours {size} bytes {sha256}); refusing to overwrite evidence",

@@ -223,7 +223,8 @@ class LocalTarget:
             os.unlink(partial, dir_fd=dir_fd)
         os.fsync(dir_fd)
         log.info("%s: delivered %s (%d bytes, sha256 %s)", self.name, key, size, sha256)
-        return Receipt(key=key, size=size, sha256=sha256, already_present=False)
+        # the bytes read back above (fsync'ed, page cache dropped) are the published inode's
+        return Receipt(key=key, size=size, sha256=sha256, already_present=False, verified=True)
 
     def _lost_race(self, dir_fd: int, partial: str, name: str, key: str, sha256: str,
                    size: int) -> Receipt:
@@ -236,7 +237,9 @@ class LocalTarget:
         return self._compare(key, existing, sha256, size)
 
     def _compare(self, key: str, existing: tuple[int, str], sha256: str, size: int) -> Receipt:
-        return existing_receipt(self.name, key, existing, sha256=sha256, size=size)
+        # ``existing`` was hashed from the disk (``_hash_existing``): a read-back
+        return existing_receipt(self.name, key, existing, sha256=sha256, size=size,
+                                verified=True)
 
     # ------------------------------------------------------------------ file-system helpers
 

@@ -18,6 +18,7 @@ truth again and starts the cure.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -119,12 +120,21 @@ def docking_complete(state: State, docking_id: int, required: Collection[str]) -
         d = deliveries.docking_who(conn, docking_id)
         if d is None or d.get("state") != "signed":
             return False
-        left = deliveries.count_clips(conn, docking_id, "signed")
-        have = deliveries.docking_manifest_targets(conn, docking_id)
-        if left or not set(required) <= have:
-            return False
-        state.advance_docking_in(conn, docking_id, "signed", "delivered",
-                               {"delivered_at": state.now()})
-        state.audit("delivered", f"docking/{docking_id}", {"targets": sorted(have),
-                                                           "after": "re-sent copy"}, conn=conn)
+        return docking_complete_in(state, conn, docking_id, required)
+
+
+def docking_complete_in(state: State, conn: sqlite3.Connection, docking_id: int,
+                        required: Collection[str]) -> bool:
+    """``docking_complete`` inside the caller's transaction, for a docking the caller read as
+    ``signed``. The manifest is looked at first (two primary-key reads): it lands on a target
+    only after all the docking's clips are on it, so while clips are still landing the
+    manifest is not on every required target and the docking's clips are never counted;
+    only a re-sent copy (repair) gets as far as the count, an indexed one."""
+    have = deliveries.docking_manifest_targets(conn, docking_id)
+    if not set(required) <= have or deliveries.count_clips(conn, docking_id, "signed"):
+        return False
+    state.advance_docking_in(conn, docking_id, "signed", "delivered",
+                             {"delivered_at": state.now()})
+    state.audit("delivered", f"docking/{docking_id}", {"targets": sorted(have),
+                                                       "after": "re-sent copy"}, conn=conn)
     return True

@@ -102,3 +102,13 @@ def dockings_waiting_for(r: Reader, clip_id: int) -> list[int]:
     return [row["id"] for row in r.query(
         "SELECT d.id FROM dockings d, json_each(d.earlier_pending) j WHERE "
         "json_valid(d.earlier_pending) AND j.value = ?", (clip_id,))]
+
+
+def dockings_waiting_in(conn: sqlite3.Connection, serial: str, clip_id: int) -> list[int]:
+    """``dockings_waiting_for`` inside the caller's transaction, read through the recorder's
+    dockings (index ``dockings_serial``): only a docking of the clip's own recorder lists it
+    in ``earlier_pending``, so this reads a handful of rows however large the database."""
+    return [int(row[0]) for row in conn.execute(
+        "SELECT d.id FROM dockings d, json_each(d.earlier_pending) j WHERE d.serial = ? AND "
+        "d.earlier_pending IS NOT NULL AND json_valid(d.earlier_pending) AND j.value = ?",
+        (serial, clip_id))]
