@@ -11,6 +11,10 @@ Rules every backend keeps, because the upload queue relies on them:
   live under a temporary name, a multipart upload, ... and are published last).
 * **Checked.** ``put_file`` refuses a source whose content does not match the ``sha256``
   and ``size`` it was given, and the backend checks what landed before it is published.
+  A backend whose check re-reads what the key holds after it was made durable (local: the
+  disk after ``fsync``; SFTP: read-back or the server's ``sha256sum``) says so with
+  ``Receipt.verified``, and the delivery step does not read the copy again; for any other
+  (S3) it calls ``verify``. Each delivered copy is read back once (#13).
 * **Retry meaning.** Errors are ``DeliveryError`` with ``retry`` set: transient trouble
   (no space, I/O error, network) is ``retry=True``; the target's own state (read-only,
   not a directory, permission denied, missing key or credentials, authentication refused)
