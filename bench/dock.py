@@ -15,7 +15,9 @@ For each N in ``--ports``, in a fresh work directory:
 2. reads every source once (page cache warm: a recorder's bytes come over its own USB
    bus, not off the staging disk), then measures the **dd floor** for the same bytes:
    per clip ``src -> staging`` (``oflag=direct conv=fsync``), ``staging -> /dev/null``,
-   ``staging -> target`` and ``target -> /dev/null`` (all ``O_DIRECT``), one after another;
+   ``staging -> target`` and ``target -> /dev/null`` (all ``O_DIRECT``), one after another,
+   and the same traffic with N streams at once (one per recorder: what the disk allows N
+   ports together), for the copy alone and for copy + delivery;
 3. starts the real daemon (``dockd run --config ... --workdir ...``, its own process; see
    *Throttle*), plugs all N recorders at once (``simulator.plug``: one rename per port),
    and waits until every docking is ``delivered`` (manifest on every target) or
@@ -207,6 +209,39 @@ def dd_floor(run: Run) -> float:
     return secs
 
 
+def dd_floor_parallel(run: Run, *, deliver: bool) -> float:
+    """Seconds for the same dd traffic with the daemon's concurrency: one stream per
+    recorder, all at once, each doing its clips one after another: ``src -> staging`` and
+    ``staging -> /dev/null`` (the copy with its read-back), and with ``deliver`` also
+    ``staging -> target`` and ``target -> /dev/null``. What the disk itself allows N ports
+    to do at the same time; no pacing (the bus rate is not the disk's limit)."""
+    base = run.work / "floor-par"
+    stage, target = base / "staging", base / "target"
+    for d in (stage, target):
+        d.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["sync"], check=True)
+
+    def one(port: int, files: list[Path]) -> None:
+        for i, f in enumerate(files):
+            s, g = str(stage / f"{port}-{i}"), str(target / f"{port}-{i}")
+            dd(str(f), s, "oflag=direct", "conv=fsync")
+            dd(s, "/dev/null", "iflag=direct")
+            if deliver:
+                dd(s, g, "iflag=direct", "oflag=direct", "conv=fsync")
+                dd(g, "/dev/null", "iflag=direct")
+
+    threads = [threading.Thread(target=one, args=(port, files))
+               for port, files in run.recorders.items()]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    secs = time.perf_counter() - t
+    shutil.rmtree(base, ignore_errors=True)
+    return secs
+
+
 def start_daemon(run: Run, config: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1", DOCKD_CONFIG="")
     subprocess.run([sys.executable, "-m", "dockd.cli", "keygen", "--config", str(config),
@@ -332,6 +367,12 @@ def one_run(args: argparse.Namespace, n: int) -> dict[str, Any]:
           f"built in {time.perf_counter() - t:.1f} s; target {args.target}", flush=True)
     warm(run)
     floor_s = None if args.no_floor else dd_floor(run)
+    par: dict[str, float] = {}
+    if not args.no_floor:
+        warm(run)
+        par["copy"] = dd_floor_parallel(run, deliver=False)
+        warm(run)
+        par["all"] = dd_floor_parallel(run, deliver=True)
     warm(run)
     config = write_config(run)
     stop = threading.Event()
@@ -355,7 +396,7 @@ def one_run(args: argparse.Namespace, n: int) -> dict[str, Any]:
             th.join()
         stop_daemon(run)
     ports = collect(run)
-    summary = summarize(run, ports, floor_s, idle_fds)
+    summary = summarize(run, ports, floor_s, idle_fds, par)
     summary["ok"] = ok and len(ports) == n and all(p["state"] == "delivered" for p in ports)
     report(run, ports, summary)
     if not args.keep:
@@ -364,7 +405,7 @@ def one_run(args: argparse.Namespace, n: int) -> dict[str, Any]:
 
 
 def summarize(run: Run, ports: list[dict[str, Any]], floor_s: float | None,
-              idle_fds: int) -> dict[str, Any]:
+              idle_fds: int, par: dict[str, float] | None = None) -> dict[str, Any]:
     nbytes = sum(p["bytes"] for p in ports)
     docked = [p["docked_at"] for p in ports if p["docked_at"]]
     copied = [p["copied_at"] for p in ports if p["copied_at"]]
@@ -385,6 +426,10 @@ def summarize(run: Run, ports: list[dict[str, Any]], floor_s: float | None,
         "floor_s": floor_s,
         "floor_mb_s": nbytes / 1e6 / floor_s if floor_s else None,
         "delivered_over_floor": floor_s / deliv_span if floor_s and deliv_span else None,
+        # the disk with N streams at once: copy (write + read-back) alone, and copy + deliver
+        "parallel_copy_floor_mb_s": nbytes / 1e6 / par["copy"] if par else None,
+        "parallel_floor_mb_s": nbytes / 1e6 / par["all"] if par else None,
+        "delivered_over_parallel_floor": par["all"] / deliv_span if par and deliv_span else None,
         "delivered_over_copy_max": max(ratios) if ratios else None,
         "delivered_over_copy_median": statistics.median(ratios) if ratios else None,
         "peak_rss_mb": run.rss_peak_kb / 1024,
@@ -414,6 +459,13 @@ def report(run: Run, ports: list[dict[str, Any]], s: dict[str, Any]) -> None:
           f"{_f(s['delivered_span_s'])} s; dd floor for the same bytes "
           f"{_f(s['floor_mb_s'], '{:.1f}')} MB/s ({_f(s['floor_s'])} s): delivered / floor "
           f"{_f(s['delivered_over_floor'])}x")
+    if s.get("parallel_floor_mb_s"):
+        need = 0.9 * run.n * run.rate / 1e6 if run.rate else None
+        print(f"dd with {run.n} streams at once: copy + read-back "
+              f"{_f(s['parallel_copy_floor_mb_s'], '{:.1f}')} MB/s, copy + deliver "
+              f"{_f(s['parallel_floor_mb_s'], '{:.1f}')} MB/s (the disk's limit for this "
+              f"concurrency; 0.9 x the source cap = {_f(need, '{:.1f}')} MB/s); delivered / "
+              f"that floor {_f(s['delivered_over_parallel_floor'])}x")
     print(f"dock-to-delivered / copy time: median {_f(s['delivered_over_copy_median'])}x, "
           f"worst {_f(s['delivered_over_copy_max'])}x (target <= 1.1x)")
     print(f"daemon: peak RSS {s['peak_rss_mb']:.0f} MB, open files max {s['open_files_max']} "

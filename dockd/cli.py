@@ -62,13 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .devices.simulator import add_simulate_parser
     add_simulate_parser(sub, parents=[common])
 
-    from .status.devices import add_devices_parser
+    from .status.commands import add_devices_parser, add_top_parser
     add_devices_parser(sub, parents=[common])
 
     from .devices.ports_cli import add_ports_parser
     add_ports_parser(sub, parents=[common])
 
-    from .status.top import add_top_parser
     add_top_parser(sub, parents=[common])
 
     from .operator import add_operator_parsers

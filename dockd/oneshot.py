@@ -1,7 +1,10 @@
 """``dockd ingest PATH``: the manual import an admin uses for a recorder mounted elsewhere.
 
-One pass of the same pipeline the daemon runs: identify, offload, probe, check, sign,
-deliver, then check what landed. Succeeds only if every clip is delivered and verified.
+The same pipeline the daemon runs, with its stages overlapping as there: the recorder
+copies in this thread while a finisher thread probes and checks the clips that landed and
+each target's worker delivers them; once the copy ends the docking is signed and its
+manifest (the commit marker) delivered last, then what landed is checked. Succeeds only if
+every clip is delivered and verified.
 
 Each copy on a target is read back once, as it lands (the delivery's verification); the
 final check re-uses that record — every copy and the manifest have a verification time —
@@ -74,14 +77,27 @@ def ingest_tree(cfg: Config, root: Path, *, port: str = "manual",
         pipe.writable_for = writable_for
         pipe.resume()
         pipe.on_progress = progress
-        docking_id, known = pipe.begin_docking(port, root.absolute(), hints)
-        out = pipe.offload(docking_id, root.absolute(), known)
-        pipe.mark_interrupted(docking_id, "one-shot ingest finished")  # no-op when complete
-        pipe.finish(docking_id)
-        for _ in range(attempts):
-            pipe.deliver_pending(ignore_backoff=True)
-            if state.docking(docking_id)["state"] == "delivered":
-                break
+        # the stages overlap as in the daemon: a finisher thread probes and checks clips
+        # while the recorder copies, and each target's worker delivers them as they become
+        # checked; signing, then the manifest (the commit marker), come last
+        stage = pipe.delivery
+        pipe.on_ready = stage.wake
+        stage.start()
+        try:
+            pipe.finisher.start(threads=1)
+            try:
+                docking_id, known = pipe.begin_docking(port, root.absolute(), hints)
+                out = pipe.offload(docking_id, root.absolute(), known)
+            finally:
+                pipe.finisher.stop()
+            pipe.mark_interrupted(docking_id, "one-shot ingest finished")  # no-op if complete
+            pipe.finish(docking_id)
+            for _ in range(attempts):
+                pipe.deliver_pending(ignore_backoff=True)
+                if state.docking(docking_id)["state"] == "delivered":
+                    break
+        finally:
+            stage.stop()
         cleared = pipe.clear(port, root.absolute())
         d = state.docking(docking_id)
         clips = state.clips_of(docking_id)

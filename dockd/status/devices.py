@@ -365,14 +365,6 @@ def _short(iso_text: str | None) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-def add_devices_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
-    p = subparsers.add_parser("devices", parents=list(parents),
-                              help="recorders: health, clock and fit for the next shift (R9, R10)")
-    p.add_argument("--serial", help="one recorder, with its health history")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.set_defaults(func=cmd_devices)
-
-
 def cmd_devices(cfg: Config, args: argparse.Namespace) -> int:
     from rich.console import Console
 

@@ -14,7 +14,7 @@ import os
 import select
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -221,17 +221,6 @@ def run_top(cfg: Config, *, once: bool = False, interval: float = 1.0,
         except KeyboardInterrupt:
             pass
     return 0
-
-
-def add_top_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-                   parents: Sequence[argparse.ArgumentParser] = ()) -> None:
-    """Register ``top`` on an argparse subparsers object (``parents``: common options)."""
-    p = subparsers.add_parser("top", parents=list(parents),
-                              help="live dashboard: ports, backlog, deadlines, alarms (q quits)")
-    p.add_argument("--once", action="store_true", help="print one frame and exit")
-    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
-                   help="refresh interval (default 1 s)")
-    p.set_defaults(func=cmd_top)
 
 
 def cmd_top(cfg: Config, args: argparse.Namespace) -> int:

@@ -81,6 +81,15 @@ def copies_elsewhere(state: State, clip_id: int, rel_path: str, size: int | None
         (clip_id, encode_path(rel_path), size, clip_id)))
 
 
+def copied_paths_of_serial(state: State, serial: str) -> set[tuple[str, int | None]]:
+    """(path, size) of every clip of ``serial`` already copied: the candidates for
+    :func:`copies_elsewhere` (one query for a whole offload instead of one per clip)."""
+    rows = cast(list[PathSize], state.query(
+        "SELECT rel_path, size FROM clips WHERE serial = ? AND state != 'discovered'",
+        (serial,)))
+    return {(r["rel_path"], r["size"]) for r in rows}
+
+
 def names_of(conn: sqlite3.Connection, ids_json: str | None) -> list[NameDocking]:
     """Name and docking of the clips whose ids are the JSON list ``ids_json``."""
     return cast(list[NameDocking], _rows(conn.execute(

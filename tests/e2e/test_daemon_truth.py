@@ -314,8 +314,17 @@ def test_target_not_a_directory_is_retried_and_the_alarm_clears(workdir, make_re
     d = Dockd(workdir, config, tmp_path / "daemon.log").start()
     try:
         # ... and then the share goes wrong while the daemon runs
-        shutil.rmtree(target)
-        target.write_text("not a directory: the share is not mounted right\n")
+        # (the daemon may be writing its key files there right now: try until it is a file)
+        def broken() -> bool:
+            try:
+                if target.is_dir():
+                    shutil.rmtree(target)
+                if not target.exists():
+                    target.write_text("not a directory: the share is not mounted right\n")
+            except OSError:
+                return False
+            return target.is_file()
+        wait_for(broken, 30, 0.1, "the target replaced by a file")
         plug(rec, cfg.paths.ports_dir, 1)
         wait_db(workdir, lambda s: len(s.query(
             "SELECT 1 FROM deliveries WHERE attempts >= 2")) == 2, "retried with backoff")

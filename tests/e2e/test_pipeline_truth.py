@@ -38,9 +38,14 @@ def _manifest(st: State, docking_id: int) -> dict:
     return json.loads(bytes(row["manifest"]))
 
 
-def _pulled_after(st: State, n: int):
-    """should_stop for offload: the recorder is pulled once ``n`` clips are copied."""
-    return lambda: len(st.query("SELECT 1 FROM clips WHERE state != 'discovered'")) >= n
+def _pulled_after(cfg, n: int):
+    """should_stop for offload: the recorder is pulled once ``n`` clips are copied, i.e.
+    staged (the offload records copied clips in groups: the database may lag behind)."""
+    def pulled() -> bool:
+        staged = [p for p in cfg.paths.staging_dir.glob("docking-*/*")
+                  if not p.name.endswith(".partial")]
+        return len(staged) >= n
+    return pulled
 
 
 def test_gap_across_two_dockings_is_found_and_signed(cfg, make_recorder):
@@ -49,7 +54,7 @@ def test_gap_across_two_dockings_is_found_and_signed(cfg, make_recorder):
         pipe = build_pipeline(cfg, st, prober)
         d1, known = pipe.begin_docking("port-01", rec)
         with pytest.raises(CopyError):
-            pipe.offload(d1, rec, known, should_stop=_pulled_after(st, 3))
+            pipe.offload(d1, rec, known, should_stop=_pulled_after(cfg, 3))
         pipe.mark_interrupted(d1, "recorder removed")
         pipe.finish(d1)
         assert st.query("SELECT * FROM gaps WHERE docking_id = ?", (d1,)) == []
@@ -147,7 +152,7 @@ def test_ack_clears_the_incomplete_tile(cfg, make_recorder, workdir):
         pipe = build_pipeline(cfg, st, prober)
         d1, known = pipe.begin_docking("port-01", rec)
         with pytest.raises(CopyError):
-            pipe.offload(d1, rec, known, should_stop=_pulled_after(st, 2))
+            pipe.offload(d1, rec, known, should_stop=_pulled_after(cfg, 2))
         pipe.mark_interrupted(d1, "recorder removed")
         pipe.finish(d1)
         port = next(p for p in ports_view(st) if p["port"] == "port-01")

@@ -13,7 +13,8 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
-from dockd.status.top import add_top_parser, frame, run_top
+from dockd.status.commands import add_top_parser
+from dockd.status.top import frame, run_top
 from dockd.status.web_data import open_state_ro
 from tests.integration.test_status_data import build_dock
 
