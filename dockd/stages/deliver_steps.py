@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ from ..errors import DeliveryCancelled, DeliveryError
 from ..integrity.checkpoint import TOKEN_SUFFIX
 from ..lifecycle import retry_delay
 from ..store import State, deliveries, iso, parse_iso
-from ..store.rows import DueClipRow, DueManifestRow
+from ..store.rows import DueClipRow, DueManifestRow, LandedClipRow
+from .deliver_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,11 @@ class DeliveryContext:
     """The targets now (the pipeline's list, which a caller may replace)."""
     signer: Any
     staging_dir: Callable[[int], Path]
+    landings: GroupCommit = field(init=False)
+    """Where every lane records what landed (one transaction for those landing together)."""
+
+    def __post_init__(self) -> None:
+        self.landings = GroupCommit(self.state)
 
     @property
     def targets(self) -> Sequence[StorageTarget]:
@@ -121,17 +128,19 @@ def corrupt_copy(ctx: DeliveryContext, target: StorageTarget, r: DueClipRow) -> 
 
 def clip_landed(ctx: DeliveryContext, clip_id: int, target: str,
                 transfer: tuple[int, float] | None = None) -> bool:
-    """Record a verified copy, in ONE write transaction (#13: a few ms per clip, not one
-    fsync per step): the delivery is marked delivered, a signed clip on every required
-    target becomes delivered, a signed docking a re-sent copy completed becomes delivered
-    again, alerts on the target that the landing ends are resolved, and the tiles of
-    dockings waiting for this clip are refreshed. Then the staged copy is dropped when
-    nothing needs it any more. Returns whether the staged copy (or the docking's staging
-    folder) was removed."""
+    """Record a verified copy in one write transaction, shared with the copies other lanes
+    landed meanwhile (``ctx.landings``, a group commit; #13: not one fsync per step): the
+    delivery is marked delivered, a signed clip on every required target becomes
+    delivered, a signed docking a re-sent copy completed becomes delivered again, alerts on
+    the target that the landing ends are resolved, and the tiles of dockings waiting for
+    this clip are refreshed. Once that committed, the staged copy is dropped when nothing
+    needs it any more. Returns whether the staged copy (or the docking's staging folder)
+    was removed."""
     state = ctx.state
     required = ctx.required()
     everywhere = required | {t.name for t in ctx.targets}
-    with state.tx() as conn:
+
+    def record(conn: sqlite3.Connection) -> tuple[LandedClipRow, bool, bool] | None:
         now = state.now()
         deliveries.mark_delivered(conn, clip_id, target, now)
         if transfer is not None:
@@ -139,20 +148,25 @@ def clip_landed(ctx: DeliveryContext, clip_id: int, target: str,
         target_delivered_in(state, conn, target)
         c = deliveries.landed_clip(conn, clip_id)
         if c is None:
-            return False
-        docking_id = c["docking_id"]
+            return None
         have = set(json.loads(c["delivered_to"] or "[]"))
         if required <= have and c["clip_state"] == "signed":
             state.advance_clip_in(conn, clip_id, "signed", "delivered", {"delivered_at": now})
             tiles.clip_verified_in(state, conn, c["serial"], clip_id)
         completed = c["docking_state"] == "signed" and \
-            docking_complete_in(state, conn, docking_id, required)  # a re-sent copy did it
+            docking_complete_in(state, conn, c["docking_id"], required)  # a re-sent copy
         drop = (not ctx.cfg.delivery.keep_staged and bool(c["staged_path"])
                 and c["docking_state"] in ("signed", "delivered") and everywhere <= have)
+        return c, completed, drop
+
+    done = ctx.landings.run(record)
+    if done is None:
+        return False
+    c, completed, drop = done
     log.info("port %s serial %s: %s verified on %s", c["port"], c["serial"], c["safe_name"],
              target)
     if completed and not ctx.cfg.delivery.keep_staged:
-        shutil.rmtree(ctx.staging_dir(docking_id), ignore_errors=True)
+        shutil.rmtree(ctx.staging_dir(c["docking_id"]), ignore_errors=True)
         return True
     return drop and _unlink_staged(c["staged_path"] or "")
 

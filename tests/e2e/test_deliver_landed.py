@@ -2,7 +2,8 @@
 
 * a landed clip is recorded in ONE write transaction (each is an fsync of the WAL, all
   serialised on one lock), whatever it settles: the delivery, the clip's state, the
-  target's alarms, the tiles of dockings waiting for it;
+  target's alarms, the tiles of dockings waiting for it; clips landing together share one
+  (the group commit, ``test_deliver_commit``);
 * a target's ``delivery_failed`` alarm stays open while any delivery to it is still failed,
   and closes with the landing that leaves none;
 * a put that did not check what it stored (``Receipt.verified`` false) is read back by the
@@ -61,7 +62,9 @@ def test_a_landed_clip_is_recorded_in_one_write_transaction(cfg, make_recorder, 
     per_landing = _count_transactions(monkeypatch)
     out = ingest_tree(cfg, rec)
     assert out["ok"], out["problems"]
-    assert per_landing == [1, 1, 1, 1]
+    # each landing commits at most one transaction (none when another lane's transaction
+    # carried its record: the group commit), and every record is in one
+    assert len(per_landing) == 4 and set(per_landing) <= {0, 1} and sum(per_landing) >= 1
     with State(cfg.paths.database) as st:
         assert {r["state"] for r in st.query("SELECT state FROM clips")} == {"delivered"}
         assert {r["state"] for r in st.query("SELECT state FROM deliveries")} == {"delivered"}
