@@ -171,23 +171,6 @@ def clip_landed(ctx: DeliveryContext, clip_id: int, target: str,
     return drop and _unlink_staged(c["staged_path"] or "")
 
 
-def drop_staged_when_done(ctx: DeliveryContext, clip_id: int, docking_id: int) -> bool:
-    """Remove a clip's staged copy once nothing needs it: it is on every target (the
-    required ones at least, and no other still waits for it) and its docking is signed, so
-    the probe and the spoken-note analysis that read it are done. True if removed.
-    (:func:`clip_landed` takes the same decision inside its own transaction.)"""
-    if ctx.cfg.delivery.keep_staged:
-        return False
-    with ctx.state.tx() as conn:
-        c = deliveries.landed_clip(conn, clip_id)
-    if c is None or c["docking_state"] not in ("signed", "delivered"):
-        return False
-    if not (ctx.required() | {t.name for t in ctx.targets}) <= \
-            set(json.loads(c["delivered_to"] or "[]")):
-        return False
-    return bool(c["staged_path"]) and _unlink_staged(c["staged_path"] or "")
-
-
 def _unlink_staged(staged: str) -> bool:
     try:
         Path(staged).unlink()
