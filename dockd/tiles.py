@@ -93,11 +93,6 @@ def refresh_delivered_message_in(state: State, conn: Any, docking_id: int) -> bo
     return done
 
 
-def dockings_waiting_for(state: State, clip_id: int) -> list[int]:
-    """Delivered dockings that found ``clip_id`` (copied earlier) and wait for it."""
-    return ports.dockings_waiting_for(state, clip_id)
-
-
 def clip_verified_in(state: State, conn: Any, serial: str, clip_id: int) -> list[int]:
     """A clip of recorder ``serial`` became delivered: refresh the tiles of the dockings that
     found it copied earlier and wait for it (an indexed read of that recorder's dockings),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from ..alerts import resolve_alerts
 from ..store import State, deliveries
 from ..store import alerts as alert_store
 
@@ -36,18 +35,11 @@ def retry_deliveries(state: State, target: str | None = None, *, actor: str = "o
     return n
 
 
-def target_delivered(state: State, target: str) -> None:
-    """Something landed verified on ``target``: it is usable again; and once nothing of it is
-    failed any more, its failure alarm is over too."""
-    resolve_alerts(state, TARGET_UNUSABLE, f"target/{target}")
-    if deliveries.failed_count(state, target) == 0:
-        resolve_alerts(state, DELIVERY_FAILED, f"target/{target}")
-
-
 def target_delivered_in(state: State, conn: sqlite3.Connection, target: str) -> list[str]:
-    """``target_delivered`` inside the caller's transaction (a landed copy's record), costing
-    one read of the open alerts when none is open on the target, as nearly always. Returns
-    the kinds resolved."""
+    """Something landed verified on ``target``, inside the caller's transaction (a landed
+    copy's record): the target is usable again; and once nothing of it is failed any more,
+    its failure alarm is over too. One read of the open alerts when none is open on the
+    target, as nearly always. Returns the kinds resolved."""
     subject = f"target/{target}"
     kinds = alert_store.open_kinds(conn, subject, (TARGET_UNUSABLE, DELIVERY_FAILED))
     if DELIVERY_FAILED in kinds and deliveries.failed_count_in(conn, target) != 0:

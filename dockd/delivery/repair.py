@@ -113,23 +113,14 @@ def _restage(clip: Mapping[str, Any], staging_dir: Path, root: Path | None,
     return res.staged_path
 
 
-def docking_complete(state: State, docking_id: int, required: Collection[str]) -> bool:
-    """After a re-sent clip landed: move a ``signed`` docking whose manifest is already on
-    every required target and whose clips are all delivered back to ``delivered``."""
-    with state.tx() as conn:
-        d = deliveries.docking_who(conn, docking_id)
-        if d is None or d.get("state") != "signed":
-            return False
-        return docking_complete_in(state, conn, docking_id, required)
-
-
 def docking_complete_in(state: State, conn: sqlite3.Connection, docking_id: int,
                         required: Collection[str]) -> bool:
-    """``docking_complete`` inside the caller's transaction, for a docking the caller read as
-    ``signed``. The manifest is looked at first (two primary-key reads): it lands on a target
-    only after all the docking's clips are on it, so while clips are still landing the
-    manifest is not on every required target and the docking's clips are never counted;
-    only a re-sent copy (repair) gets as far as the count, an indexed one."""
+    """After a re-sent clip landed, inside the caller's transaction: move a docking the
+    caller read as ``signed``, whose manifest is already on every required target and whose
+    clips are all delivered, back to ``delivered``. The manifest is looked at first (two
+    primary-key reads): it lands on a target only after all the docking's clips are on it,
+    so while clips are still landing it is not on every required target and the docking's
+    clips are never counted; only a re-sent copy (repair) gets as far as the count."""
     have = deliveries.docking_manifest_targets(conn, docking_id)
     if not set(required) <= have or deliveries.count_clips(conn, docking_id, "signed"):
         return False

@@ -133,16 +133,6 @@ def clip_docking(conn: sqlite3.Connection, clip_id: int) -> tuple[int, str] | No
     return (int(row["docking_id"]), str(row["state"])) if row else None
 
 
-def staged_path_of(state: State, clip_id: int) -> str | None:
-    row = state.query_one("SELECT staged_path FROM clips WHERE id = ?", (clip_id,))
-    return row["staged_path"] if row else None
-
-
-def docking_state(state: State, docking_id: int) -> str | None:
-    row = state.query_one("SELECT state FROM dockings WHERE id = ?", (docking_id,))
-    return str(row["state"]) if row else None
-
-
 def mark_manifest_delivered(conn: sqlite3.Connection, manifest_id: int, target: str,
                             now: str) -> None:
     conn.execute("UPDATE manifest_deliveries SET state = 'delivered', verified_at = ?, "
@@ -255,11 +245,6 @@ FAILED_COUNT_SQL = (
     "(SELECT count(*) FROM manifest_deliveries WHERE target = :t AND state = 'failed') AS n")
 """How many deliveries (clips and manifests) to a target failed for good: read through the
 partial indexes ``deliveries_failed`` / ``manifest_deliveries_failed`` (failed rows only)."""
-
-
-def failed_count(state: State, target: str) -> int:
-    row = state.query_one(FAILED_COUNT_SQL, {"t": target})
-    return int(row["n"]) if row else 0
 
 
 def failed_count_in(conn: sqlite3.Connection, target: str) -> int:
