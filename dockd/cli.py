@@ -248,8 +248,6 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
 
 def _readout(cfg: Config, args: argparse.Namespace, data_fn: Any, render_fn: Any) -> int:
     """The read-out commands' shape: read the state (read-only), print JSON or rich."""
-    from rich.console import Console
-
     from .store import open_readonly
 
     with open_readonly(cfg.paths.database) as state:
@@ -257,6 +255,8 @@ def _readout(cfg: Config, args: argparse.Namespace, data_fn: Any, render_fn: Any
     if args.json:
         _print_json(data)
     else:
+        from rich.console import Console
+
         console = Console()
         console.print(render_fn(data, console))
     return 0

@@ -1,22 +1,22 @@
 """Read-only views of the state: what each port is doing, the backlog and its deadlines.
 
 ``status_data`` returns plain data (what ``--json`` prints); ``render_status`` turns it into
-rich tables for the terminal. Nothing here writes.
+rich tables for the terminal (rich is imported there: ``dockd status --json``, polled by
+monitoring, does not pay for it). Nothing here writes.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, tzinfo
-from typing import Any
-
-from rich.console import Group
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from ..cli_text import tr
 from ..store import Reader, parse_iso
 from ..store import status as store
 from .timefmt import local_time
+
+if TYPE_CHECKING:
+    from rich.console import Group
 
 PORT_LABELS = {
     "empty": "empty",
@@ -129,6 +129,10 @@ def render_status(data: dict[str, Any], *, show_empty: bool = True, width: int =
                   tz: tzinfo = UTC) -> Group:
     """Rich tables for the terminal; below 110 columns a compact port table is used. Times
     are shown in ``tz`` (the dock's zone) with the zone named."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     compact = width < 110
     ports = Table(title=tr("status.ports", dock=data["dock"]), expand=False)
     cols = (("port", "recorder", "state", "copied", "delivered") if compact
