@@ -77,17 +77,27 @@ def all_verified(conn: Any, docking_id: int) -> tuple[bool, int]:
 def refresh_delivered_message(state: State, docking_id: int) -> bool:
     """Say "delivered and verified" on the docking's port tile only when it is true."""
     with state.tx() as conn:
-        done, waiting = all_verified(conn, docking_id)
-        if done:
-            message = "delivered and verified"
-        elif waiting:
-            message = f"delivering: {waiting} clip(s) copied at an earlier docking not yet verified"
-        else:
-            return False
-        ports.set_done_message(conn, docking_id, message, state.now())
+        return refresh_delivered_message_in(state, conn, docking_id)
+
+
+def refresh_delivered_message_in(state: State, conn: Any, docking_id: int) -> bool:
+    """``refresh_delivered_message`` inside the caller's transaction."""
+    done, waiting = all_verified(conn, docking_id)
+    if done:
+        message = "delivered and verified"
+    elif waiting:
+        message = f"delivering: {waiting} clip(s) copied at an earlier docking not yet verified"
+    else:
+        return False
+    ports.set_done_message(conn, docking_id, message, state.now())
     return done
 
 
-def dockings_waiting_for(state: State, clip_id: int) -> list[int]:
-    """Delivered dockings that found ``clip_id`` (copied earlier) and wait for it."""
-    return ports.dockings_waiting_for(state, clip_id)
+def clip_verified_in(state: State, conn: Any, serial: str, clip_id: int) -> list[int]:
+    """A clip of recorder ``serial`` became delivered: refresh the tiles of the dockings that
+    found it copied earlier and wait for it (an indexed read of that recorder's dockings),
+    inside the caller's transaction. Returns those dockings."""
+    waiting = ports.dockings_waiting_in(conn, serial, clip_id)
+    for docking_id in waiting:
+        refresh_delivered_message_in(state, conn, docking_id)
+    return waiting

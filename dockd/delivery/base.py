@@ -11,6 +11,10 @@ Rules every backend keeps, because the upload queue relies on them:
   live under a temporary name, a multipart upload, ... and are published last).
 * **Checked.** ``put_file`` refuses a source whose content does not match the ``sha256``
   and ``size`` it was given, and the backend checks what landed before it is published.
+  A backend whose check re-reads what the key holds after it was made durable (local: the
+  disk after ``fsync``; SFTP: read-back or the server's ``sha256sum``) says so with
+  ``Receipt.verified``, and the delivery step does not read the copy again; for any other
+  (S3) it calls ``verify``. Each delivered copy is read back once (#13).
 * **Retry meaning.** Errors are ``DeliveryError`` with ``retry`` set: transient trouble
   (no space, I/O error, network) is ``retry=True``; the target's own state (read-only,
   not a directory, permission denied, missing key or credentials, authentication refused)
@@ -66,6 +70,11 @@ class Receipt:
     size: int
     sha256: str
     already_present: bool
+    verified: bool = False
+    """The put itself read back what the final key holds after it was made durable (after
+    ``fsync``, from the disk or the server, not from a cache) and it matched ``sha256`` and
+    ``size``: the delivery step then does not read it again with ``verify`` (#13: each
+    delivered copy is read back once). False where only ``verify`` reads it back (S3)."""
 
 
 @dataclass(frozen=True)
@@ -142,12 +151,14 @@ def check_digest(sha256: str, size: int) -> None:
 
 
 def existing_receipt(target: str, key: str, found: tuple[int, str | None], *, sha256: str,
-                     size: int) -> Receipt:
+                     size: int, verified: bool = False) -> Receipt:
     """The rule every backend applies when the final object already exists: the same size and
-    SHA-256 is an idempotent success; anything else is never overwritten (``retry=False``)."""
+    SHA-256 is an idempotent success; anything else is never overwritten (``retry=False``).
+    ``verified``: ``found`` was hashed from the stored bytes (not a claimed checksum)."""
     if found == (size, sha256):
         log.info("%s: %s already present with the same content", target, key)
-        return Receipt(key=key, size=size, sha256=sha256, already_present=True)
+        return Receipt(key=key, size=size, sha256=sha256, already_present=True,
+                       verified=verified)
     raise DeliveryError(
         f"{target}: {key} already exists with different content ({found[0]} bytes "
         f"{found[1]}, ours {size} bytes {sha256}); refusing to overwrite evidence",

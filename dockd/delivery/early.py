@@ -11,7 +11,7 @@ A recorder can hold more footage than the staging disk has room for. When a copy
 ``StagingFull`` the offload asks :func:`make_room`: the clips already copied are probed
 and checked, sent to every target now (each one verified by the target, as always), and
 removed from staging once they are on every target — earlier than the usual rule (on every
-required target and the docking signed, see ``deliver_steps.drop_staged_when_done``).
+required target and the docking signed, see ``deliver_steps.clip_landed``).
 
 ``promote_delivered`` runs after signing: a signed clip whose copies all landed early is
 moved on to ``delivered`` in the same way the upload queue would have done.

@@ -223,7 +223,8 @@ class LocalTarget:
             os.unlink(partial, dir_fd=dir_fd)
         os.fsync(dir_fd)
         log.info("%s: delivered %s (%d bytes, sha256 %s)", self.name, key, size, sha256)
-        return Receipt(key=key, size=size, sha256=sha256, already_present=False)
+        # the bytes read back above (fsync'ed, page cache dropped) are the published inode's
+        return Receipt(key=key, size=size, sha256=sha256, already_present=False, verified=True)
 
     def _lost_race(self, dir_fd: int, partial: str, name: str, key: str, sha256: str,
                    size: int) -> Receipt:
@@ -236,7 +237,9 @@ class LocalTarget:
         return self._compare(key, existing, sha256, size)
 
     def _compare(self, key: str, existing: tuple[int, str], sha256: str, size: int) -> Receipt:
-        return existing_receipt(self.name, key, existing, sha256=sha256, size=size)
+        # ``existing`` was hashed from the disk (``_hash_existing``): a read-back
+        return existing_receipt(self.name, key, existing, sha256=sha256, size=size,
+                                verified=True)
 
     # ------------------------------------------------------------------ file-system helpers
 
@@ -257,26 +260,21 @@ class LocalTarget:
         try:
             for part in parts[:-1]:
                 created = False
-                if create:
+                # open first: a docking's directories exist after its first clip, so most
+                # puts need no mkdir at all (#13: many small clips)
+                sub = self._open_dir(fd, part, key)
+                if sub is None:
+                    if not create:
+                        os.close(fd)
+                        return None
                     try:
                         os.mkdir(part, 0o755, dir_fd=fd)
                         created = True
                     except FileExistsError:
                         pass
-                try:
-                    sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                  | os.O_CLOEXEC, dir_fd=fd)
-                except FileNotFoundError:
-                    if create:
-                        raise
-                    os.close(fd)
-                    return None
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise DeliveryError(
-                            f"{self.name}: refusing key {key}: {part!r} is a symlink or not "
-                            "a directory inside the target", retry=False) from exc
-                    raise
+                    sub = self._open_dir(fd, part, key)
+                    if sub is None:
+                        raise FileNotFoundError(errno.ENOENT, "vanished after mkdir", part)
                 if created:
                     os.fsync(fd)
                 os.close(fd)
@@ -285,6 +283,21 @@ class LocalTarget:
             os.close(fd)
             raise
         return fd, parts[-1]
+
+    def _open_dir(self, dir_fd: int, part: str, key: str) -> int | None:
+        """A descriptor of the directory ``part`` inside ``dir_fd``; None if there is none. A
+        symlink or a non-directory there is refused (``retry=False``)."""
+        try:
+            return os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                           dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise DeliveryError(
+                    f"{self.name}: refusing key {key}: {part!r} is a symlink or not "
+                    "a directory inside the target", retry=False) from exc
+            raise
 
     def _hash_existing(self, dir_fd: int, name: str, key: str) -> tuple[int, str] | None:
         """(size, sha256) of the final file, read from disk; None if there is none."""

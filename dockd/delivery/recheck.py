@@ -5,9 +5,10 @@ re-checked then too), and the alarms that clear once a target delivers again."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 
-from ..alerts import resolve_alerts
 from ..store import State, deliveries
+from ..store import alerts as alert_store
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,16 @@ def retry_deliveries(state: State, target: str | None = None, *, actor: str = "o
     return n
 
 
-def target_delivered(state: State, target: str) -> None:
-    """Something landed verified on ``target``: it is usable again; and once nothing of it is
-    failed any more, its failure alarm is over too."""
-    resolve_alerts(state, TARGET_UNUSABLE, f"target/{target}")
-    if deliveries.failed_count(state, target) == 0:
-        resolve_alerts(state, DELIVERY_FAILED, f"target/{target}")
+def target_delivered_in(state: State, conn: sqlite3.Connection, target: str) -> list[str]:
+    """Something landed verified on ``target``, inside the caller's transaction (a landed
+    copy's record): the target is usable again; and once nothing of it is failed any more,
+    its failure alarm is over too. One read of the open alerts when none is open on the
+    target, as nearly always. Returns the kinds resolved."""
+    subject = f"target/{target}"
+    kinds = alert_store.open_kinds(conn, subject, (TARGET_UNUSABLE, DELIVERY_FAILED))
+    if DELIVERY_FAILED in kinds and deliveries.failed_count_in(conn, target) != 0:
+        kinds.discard(DELIVERY_FAILED)
+    now = state.now()
+    for kind in sorted(kinds):
+        alert_store.resolve(conn, kind, subject, now)
+    return sorted(kinds)

@@ -18,6 +18,7 @@ truth again and starts the cure.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -112,19 +113,19 @@ def _restage(clip: Mapping[str, Any], staging_dir: Path, root: Path | None,
     return res.staged_path
 
 
-def docking_complete(state: State, docking_id: int, required: Collection[str]) -> bool:
-    """After a re-sent clip landed: move a ``signed`` docking whose manifest is already on
-    every required target and whose clips are all delivered back to ``delivered``."""
-    with state.tx() as conn:
-        d = deliveries.docking_who(conn, docking_id)
-        if d is None or d.get("state") != "signed":
-            return False
-        left = deliveries.count_clips(conn, docking_id, "signed")
-        have = deliveries.docking_manifest_targets(conn, docking_id)
-        if left or not set(required) <= have:
-            return False
-        state.advance_docking_in(conn, docking_id, "signed", "delivered",
-                               {"delivered_at": state.now()})
-        state.audit("delivered", f"docking/{docking_id}", {"targets": sorted(have),
-                                                           "after": "re-sent copy"}, conn=conn)
+def docking_complete_in(state: State, conn: sqlite3.Connection, docking_id: int,
+                        required: Collection[str]) -> bool:
+    """After a re-sent clip landed, inside the caller's transaction: move a docking the
+    caller read as ``signed``, whose manifest is already on every required target and whose
+    clips are all delivered, back to ``delivered``. The manifest is looked at first (two
+    primary-key reads): it lands on a target only after all the docking's clips are on it,
+    so while clips are still landing it is not on every required target and the docking's
+    clips are never counted; only a re-sent copy (repair) gets as far as the count."""
+    have = deliveries.docking_manifest_targets(conn, docking_id)
+    if not set(required) <= have or deliveries.count_clips(conn, docking_id, "signed"):
+        return False
+    state.advance_docking_in(conn, docking_id, "signed", "delivered",
+                             {"delivered_at": state.now()})
+    state.audit("delivered", f"docking/{docking_id}", {"targets": sorted(have),
+                                                       "after": "re-sent copy"}, conn=conn)
     return True

@@ -404,7 +404,9 @@ class SftpTarget:
         with self._stats_lock:
             self.stats.files += 1
         log.info("%s: delivered %s (%d bytes, sha256 %s)", self.name, key, size, sha256)
-        return Receipt(key=key, size=size, sha256=sha256, already_present=False)
+        # the partial was checked (``_hash_landed``, as ``verify`` does) after fsync, and the
+        # link / rename published that very inode
+        return Receipt(key=key, size=size, sha256=sha256, already_present=False, verified=True)
 
     async def _lost_race(self, sftp: asyncssh.SFTPClient, partial: str, final: str, key: str,
                          sha256: str, size: int) -> Receipt:
@@ -422,7 +424,8 @@ class SftpTarget:
         found: tuple[int, str] = (attrs.size or 0, "(not read: size differs)")
         if attrs.size == size:
             found = await self._hash_landed(sftp, final, size)
-        return existing_receipt(self.name, key, found, sha256=sha256, size=size)
+        return existing_receipt(self.name, key, found, sha256=sha256, size=size,
+                                verified=True)
 
     # ------------------------------------------------------------------ remote helpers
 

@@ -7,11 +7,13 @@ These were ``Pipeline``'s delivery methods; the per-target workers of
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,14 +24,19 @@ from ..config import Config
 from ..delivery.base import StorageTarget
 from ..delivery.layout import manifest_key, signature_key
 from ..delivery.publish import manifest_token, publish_keys
-from ..delivery.recheck import DELIVERY_FAILED, TARGET_UNUSABLE, target_delivered
-from ..delivery.repair import docking_complete
+from ..delivery.recheck import (
+    DELIVERY_FAILED,
+    TARGET_UNUSABLE,
+    target_delivered_in,
+)
+from ..delivery.repair import docking_complete_in
 from ..delivery.targets import retention_for
 from ..errors import DeliveryCancelled, DeliveryError
 from ..integrity.checkpoint import TOKEN_SUFFIX
 from ..lifecycle import retry_delay
 from ..store import State, deliveries, iso, parse_iso
-from ..store.rows import DueClipRow, DueManifestRow
+from ..store.rows import DueClipRow, DueManifestRow, LandedClipRow
+from .deliver_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,11 @@ class DeliveryContext:
     """The targets now (the pipeline's list, which a caller may replace)."""
     signer: Any
     staging_dir: Callable[[int], Path]
+    landings: GroupCommit = field(init=False)
+    """Where every lane records what landed (one transaction for those landing together)."""
+
+    def __post_init__(self) -> None:
+        self.landings = GroupCommit(self.state)
 
     @property
     def targets(self) -> Sequence[StorageTarget]:
@@ -71,7 +83,10 @@ def deliver_clip(ctx: DeliveryContext, r: DueClipRow, target: StorageTarget,
                                   _aware(r["docked_at"]))
         receipt = target.put_file(Path(r["staged_path"]), key, sha256=r["sha256"],
                                   size=r["size"], retention=retention)
-        if not target.verify(key, sha256=r["sha256"], size=r["size"]):
+        # one read-back per delivered copy (#13): a put that read back what the key holds
+        # after fsync (local, SFTP) has checked it; otherwise the target reads it back now
+        if not receipt.verified and \
+                not target.verify(key, sha256=r["sha256"], size=r["size"]):
             corrupt_copy(ctx, target, r)
     except DeliveryCancelled:
         log.info("%s: upload of %s stopped (dockd stopping); resumed after restart",
@@ -112,50 +127,51 @@ def corrupt_copy(ctx: DeliveryContext, target: StorageTarget, r: DueClipRow) -> 
 
 
 def clip_landed(ctx: DeliveryContext, clip_id: int, target: str,
-                transfer: tuple[int, float] | None = None) -> None:
-    """Record a verified copy; a signed clip on every required target becomes delivered."""
+                transfer: tuple[int, float] | None = None) -> bool:
+    """Record a verified copy in one write transaction, shared with the copies other lanes
+    landed meanwhile (``ctx.landings``, a group commit; #13: not one fsync per step): the
+    delivery is marked delivered, a signed clip on every required target becomes
+    delivered, a signed docking a re-sent copy completed becomes delivered again, alerts on
+    the target that the landing ends are resolved, and the tiles of dockings waiting for
+    this clip are refreshed. Once that committed, the staged copy is dropped when nothing
+    needs it any more. Returns whether the staged copy (or the docking's staging folder)
+    was removed."""
     state = ctx.state
     required = ctx.required()
-    with state.tx() as conn:
+    everywhere = required | {t.name for t in ctx.targets}
+
+    def record(conn: sqlite3.Connection) -> tuple[LandedClipRow, bool, bool] | None:
         now = state.now()
         deliveries.mark_delivered(conn, clip_id, target, now)
         if transfer is not None:
             deliveries.record_transfer(conn, now, target, *transfer)
-        have = deliveries.delivered_targets(conn, clip_id)
-        found = deliveries.clip_docking(conn, clip_id)
-        if found is None:
-            return
-        docking_id, clip_state = found
-        if required <= have and clip_state == "signed":
+        target_delivered_in(state, conn, target)
+        c = deliveries.landed_clip(conn, clip_id)
+        if c is None:
+            return None
+        have = set(json.loads(c["delivered_to"] or "[]"))
+        if required <= have and c["clip_state"] == "signed":
             state.advance_clip_in(conn, clip_id, "signed", "delivered", {"delivered_at": now})
-    if docking_complete(state, docking_id, required) and \
-            not ctx.cfg.delivery.keep_staged:  # a re-sent copy completed it again
-        shutil.rmtree(ctx.staging_dir(docking_id), ignore_errors=True)
-    else:
-        drop_staged_when_done(ctx, clip_id, docking_id)
-    who = deliveries.who_clip(state, clip_id)
-    log.info("port %s serial %s: %s verified on %s", who.get("port"), who.get("serial"),
-             who.get("safe_name"), target)
-    target_delivered(state, target)
-    for waiting in tiles.dockings_waiting_for(state, clip_id):
-        tiles.refresh_delivered_message(state, waiting)
+            tiles.clip_verified_in(state, conn, c["serial"], clip_id)
+        completed = c["docking_state"] == "signed" and \
+            docking_complete_in(state, conn, c["docking_id"], required)  # a re-sent copy
+        drop = (not ctx.cfg.delivery.keep_staged and bool(c["staged_path"])
+                and c["docking_state"] in ("signed", "delivered") and everywhere <= have)
+        return c, completed, drop
+
+    done = ctx.landings.run(record)
+    if done is None:
+        return False
+    c, completed, drop = done
+    log.info("port %s serial %s: %s verified on %s", c["port"], c["serial"], c["safe_name"],
+             target)
+    if completed and not ctx.cfg.delivery.keep_staged:
+        shutil.rmtree(ctx.staging_dir(c["docking_id"]), ignore_errors=True)
+        return True
+    return drop and _unlink_staged(c["staged_path"] or "")
 
 
-def drop_staged_when_done(ctx: DeliveryContext, clip_id: int, docking_id: int) -> bool:
-    """Remove a clip's staged copy once nothing needs it: it is on every target (the
-    required ones at least, and no other still waits for it) and its docking is signed, so
-    the probe and the spoken-note analysis that read it are done. True if removed."""
-    if ctx.cfg.delivery.keep_staged:
-        return False
-    if deliveries.docking_state(ctx.state, docking_id) not in ("signed", "delivered"):
-        return False
-    with ctx.state.tx() as conn:
-        have = deliveries.delivered_targets(conn, clip_id)
-    if not ctx.required() <= have or not {t.name for t in ctx.targets} <= have:
-        return False
-    staged = deliveries.staged_path_of(ctx.state, clip_id)
-    if not staged:
-        return False
+def _unlink_staged(staged: str) -> bool:
     try:
         Path(staged).unlink()
     except FileNotFoundError:
@@ -207,11 +223,11 @@ def manifest_landed(ctx: DeliveryContext, manifest_id: int, docking_id: int,
                                      {"delivered_at": state.now()})
             state.audit("delivered", f"docking/{docking_id}",
                         {"targets": sorted(have)}, conn=conn)
-    target_delivered(state, target)
+            tiles.refresh_delivered_message_in(state, conn, docking_id)
+        target_delivered_in(state, conn, target)
     if finished and d is not None:
         log.info("port %s serial %s: docking %d delivered and verified on %s", d.get("port"),
                  d.get("serial"), docking_id, ", ".join(sorted(have)))
-        tiles.refresh_delivered_message(state, docking_id)
         if not ctx.cfg.delivery.keep_staged:
             shutil.rmtree(ctx.staging_dir(docking_id), ignore_errors=True)
 

@@ -51,3 +51,12 @@ def open_subjects(r: Reader, kind: str) -> list[str]:
     """Subjects of the open alerts of one kind."""
     return [row["subject"] for row in r.query(
         "SELECT subject FROM alerts WHERE kind = ? AND resolved_at IS NULL", (kind,))]
+
+
+def open_kinds(conn: sqlite3.Connection, subject: str, kinds: tuple[str, ...]) -> set[str]:
+    """Which of ``kinds`` have an open alert on ``subject``, inside the caller's transaction
+    (read through the partial index of open alerts: as cheap as the open set is small)."""
+    marks = ", ".join("?" for _ in kinds)
+    return {r[0] for r in conn.execute(
+        f"SELECT DISTINCT kind FROM alerts WHERE resolved_at IS NULL AND subject = ? AND "
+        f"kind IN ({marks})", (subject, *kinds))}

@@ -262,9 +262,19 @@ def _m_fleet_status(db: sqlite_utils.Database) -> None:
         db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {spec}")
 
 
+def _m_delivery_failed_index(db: sqlite_utils.Database) -> None:
+    """A target's failed deliveries counted without a scan (#13: a landed copy asks whether
+    its target's failure alarm can close): partial indexes over the failed rows only, so
+    they cost nothing while deliveries go well."""
+    db.execute("CREATE INDEX IF NOT EXISTS deliveries_failed ON deliveries (target) "
+               "WHERE state = 'failed'")
+    db.execute("CREATE INDEX IF NOT EXISTS manifest_deliveries_failed ON "
+               "manifest_deliveries (target) WHERE state = 'failed'")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_continuity, _m3_retention, _m4_queue, _m5_health, _m6_custody, _m_trust,
-    _m6_incomplete, _m_fleet_status,
+    _m6_incomplete, _m_fleet_status, _m_delivery_failed_index,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -12,7 +12,7 @@ from collections.abc import Collection
 from typing import Literal, cast
 
 from .db import State
-from .rows import DueClipRow, DueManifestRow, ReadyClipRow, WhoRow
+from .rows import DueClipRow, DueManifestRow, LandedClipRow, ReadyClipRow, WhoRow
 
 Table = Literal["deliveries", "manifest_deliveries"]
 _ID_COLUMN: dict[str, str] = {"deliveries": "clip_id", "manifest_deliveries": "manifest_id"}
@@ -115,20 +115,22 @@ def record_transfer(conn: sqlite3.Connection, now: str, target: str, size: int,
                  (now, target, size, seconds))
 
 
+def landed_clip(conn: sqlite3.Connection, clip_id: int) -> LandedClipRow | None:
+    """The clip, its docking and the targets holding a verified copy, in one indexed read
+    inside the caller's transaction (a landed copy's record); None when the clip is gone."""
+    row = conn.execute(
+        "SELECT c.state AS clip_state, c.docking_id, c.serial, c.staged_path, c.safe_name, "
+        "k.state AS docking_state, k.port, (SELECT json_group_array(d.target) FROM "
+        "deliveries d WHERE d.clip_id = c.id AND d.state = 'delivered') AS delivered_to "
+        "FROM clips c JOIN dockings k ON k.id = c.docking_id WHERE c.id = ?",
+        (clip_id,)).fetchone()
+    return cast(LandedClipRow, dict(row)) if row is not None else None
+
+
 def clip_docking(conn: sqlite3.Connection, clip_id: int) -> tuple[int, str] | None:
     """(docking id, clip state) of a clip; None when it is gone."""
     row = conn.execute("SELECT docking_id, state FROM clips WHERE id = ?", (clip_id,)).fetchone()
     return (int(row["docking_id"]), str(row["state"])) if row else None
-
-
-def staged_path_of(state: State, clip_id: int) -> str | None:
-    row = state.query_one("SELECT staged_path FROM clips WHERE id = ?", (clip_id,))
-    return row["staged_path"] if row else None
-
-
-def docking_state(state: State, docking_id: int) -> str | None:
-    row = state.query_one("SELECT state FROM dockings WHERE id = ?", (docking_id,))
-    return str(row["state"]) if row else None
 
 
 def mark_manifest_delivered(conn: sqlite3.Connection, manifest_id: int, target: str,
@@ -238,12 +240,16 @@ def retry_failed(conn: sqlite3.Connection, target: str | None) -> int:
     return n
 
 
-def failed_count(state: State, target: str) -> int:
-    row = state.query_one(
-        "SELECT (SELECT count(*) FROM deliveries WHERE target = :t AND state = 'failed') + "
-        "(SELECT count(*) FROM manifest_deliveries WHERE target = :t AND state = 'failed') "
-        "AS n", {"t": target})
-    return int(row["n"]) if row else 0
+FAILED_COUNT_SQL = (
+    "SELECT (SELECT count(*) FROM deliveries WHERE target = :t AND state = 'failed') + "
+    "(SELECT count(*) FROM manifest_deliveries WHERE target = :t AND state = 'failed') AS n")
+"""How many deliveries (clips and manifests) to a target failed for good: read through the
+partial indexes ``deliveries_failed`` / ``manifest_deliveries_failed`` (failed rows only)."""
+
+
+def failed_count_in(conn: sqlite3.Connection, target: str) -> int:
+    """``failed_count`` inside the caller's transaction."""
+    return int(conn.execute(FAILED_COUNT_SQL, {"t": target}).fetchone()[0])
 
 
 # --------------------------------------------------------------------------- ingest check

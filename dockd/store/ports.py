@@ -9,7 +9,6 @@ import json
 import sqlite3
 from typing import Any
 
-from .readonly import Reader
 from .status import OPEN_INCOMPLETE_SQL
 
 INCOMPLETE_TILE_SQL = (
@@ -97,8 +96,12 @@ def set_done_message(conn: sqlite3.Connection, docking_id: int, message: str,
                  "state = 'done'", (message, now, docking_id))
 
 
-def dockings_waiting_for(r: Reader, clip_id: int) -> list[int]:
-    """Dockings that found ``clip_id`` (copied at an earlier docking) and wait for it."""
-    return [row["id"] for row in r.query(
-        "SELECT d.id FROM dockings d, json_each(d.earlier_pending) j WHERE "
-        "json_valid(d.earlier_pending) AND j.value = ?", (clip_id,))]
+def dockings_waiting_in(conn: sqlite3.Connection, serial: str, clip_id: int) -> list[int]:
+    """Dockings that found ``clip_id`` (copied at an earlier docking) and wait for it, inside
+    the caller's transaction, read through the recorder's
+    dockings (index ``dockings_serial``): only a docking of the clip's own recorder lists it
+    in ``earlier_pending``, so this reads a handful of rows however large the database."""
+    return [int(row[0]) for row in conn.execute(
+        "SELECT d.id FROM dockings d, json_each(d.earlier_pending) j WHERE d.serial = ? AND "
+        "d.earlier_pending IS NOT NULL AND json_valid(d.earlier_pending) AND j.value = ?",
+        (serial, clip_id))]

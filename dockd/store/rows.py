@@ -389,3 +389,18 @@ class WhoRow(TypedDict, total=False):
     serial: str
     safe_name: str
     state: str
+
+
+class LandedClipRow(TypedDict):
+    """What recording a landed copy needs of its clip and docking, read in one query inside
+    the landing transaction (``deliveries.landed_clip``)."""
+
+    clip_state: str
+    docking_id: int
+    serial: str
+    staged_path: str | None
+    safe_name: str
+    docking_state: str
+    port: str
+    delivered_to: str
+    """The targets holding a verified copy, a JSON list (this one included)."""

@@ -147,7 +147,9 @@ def test_missing_bucket_alarms_and_is_retried_until_fixed(workdir, make_recorder
     with State(cfg.paths.database) as st:
         rows = st.query("SELECT state, attempts FROM deliveries WHERE target = 'offsite'")
         assert {r["state"] for r in rows} == {"pending"}
-        assert {r["attempts"] for r in rows} == {3}  # retried, not given up
+        # retried, not given up: ingest's 3 passes, after the worker's first try when the
+        # clip became ready during the copy (the stages overlap since 7e1ca9b)
+        assert all(r["attempts"] >= 3 for r in rows)
         alarms = st.query("SELECT * FROM alerts WHERE resolved_at IS NULL")
         assert [(a["level"], a["kind"]) for a in alarms] == [("alarm", "target_unusable")]
         assert "offsite" in alarms[0]["subject"]
@@ -177,6 +179,9 @@ class FlakyDisk:
             data = bytearray(path.read_bytes())
             data[len(data) // 3] ^= 0x40
             path.write_bytes(bytes(data))
+            # what the inner put read back is not what this storage keeps: its put cannot
+            # claim a checked copy, so the delivery step reads it back (``verify``)
+            receipt = dataclasses.replace(receipt, verified=False)
         return receipt
 
     def __getattr__(self, name):

@@ -167,22 +167,23 @@ def test_clip_of_docking_still_offloading_is_delivered_before_signing(cfg, make_
 
 
 def _count_reads(monkeypatch) -> tuple[Counter[str], Counter[str]]:
-    """(target read-backs per key, full re-reads per file by the offline verifier)."""
+    """(reads of the stored copy per file name on the target: the put's read-back of what
+    landed and any ``verify`` after it, full re-reads per file by the offline verifier)."""
     import dockd.integrity.verify as verify_mod
 
     readbacks: Counter[str] = Counter()
     rereads: Counter[str] = Counter()
-    real_verify, real_hash = LocalTarget.verify, verify_mod._hash_file
+    real_read_back, real_hash = LocalTarget._read_back, verify_mod._hash_file
 
-    def verify(self, key, **kw):
-        readbacks[key] += 1
-        return real_verify(self, key, **kw)
+    def read_back(self, dir_fd, name):
+        readbacks[name.removesuffix(".partial")] += 1
+        return real_read_back(self, dir_fd, name)
 
     def hash_file(p):
         rereads[Path(p).name] += 1
         return real_hash(p)
 
-    monkeypatch.setattr(LocalTarget, "verify", verify)
+    monkeypatch.setattr(LocalTarget, "_read_back", read_back)
     monkeypatch.setattr(verify_mod, "_hash_file", hash_file)
     return readbacks, rereads
 
@@ -196,7 +197,8 @@ def test_ingest_reads_each_delivered_copy_once_unless_reverify(cfg, make_recorde
     assert out["ok"], out["problems"]
     clips = [k for k in readbacks if k.endswith(".MP4")]
     assert len(clips) == 3
-    assert all(readbacks[k] == 1 for k in clips)  # each copy read back once, as it landed
+    # each copy read back once, as it landed (the put's read-back after fsync), not again
+    assert [readbacks[k] for k in clips] == [1, 1, 1]
     if reverify:
         assert sorted(rereads.values()) == [1, 1, 1]  # and once more, on request
     else:
