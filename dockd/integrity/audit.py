@@ -35,6 +35,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ..delivery.layout import PARTIAL_SUFFIX
 from ..errors import VerifyError
 from ..store import Reader
 from ..store import audit as store_audit
@@ -94,6 +95,8 @@ class ChainReport:
     entries: int
     problems: list[str] = field(default_factory=list)
     first_bad: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    """Not problems: e.g. a segment's upload in progress (or cut by a crash) right now."""
     """Id of the first entry named in a problem (None when intact)."""
 
     @property
@@ -310,6 +313,8 @@ def verify_segments(audit_dir: Path, keys: Mapping[str, Ed25519PublicKey], *,
             m = _SEGMENT_RE.fullmatch(f.name)
             if m:
                 segs.append((int(m[1]), int(m[2]), f))
+            elif f.name.endswith(PARTIAL_SUFFIX):  # being uploaded now, or cut by a crash
+                report.warnings.append(f"{where_dock}/{f.name}: stray partial upload")
             elif not (f.name.endswith(SIG_SUFFIX) and
                       _SEGMENT_RE.fullmatch(f.name[:-len(SIG_SUFFIX)])):
                 report.problems.append(f"{where_dock}/{f.name}: not an audit segment")

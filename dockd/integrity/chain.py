@@ -23,6 +23,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from ..delivery.layout import PARTIAL_SUFFIX
 from ..errors import VerifyError
 from .checkpoint import (
     TOKEN_SUFFIX,
@@ -58,6 +59,9 @@ def check_checkpoint_dir(ctx: VerifyContext, cdir: Path) -> None:
             if os.path.islink(d / name) or name.endswith(TOKEN_SUFFIX):
                 if name.endswith(TOKEN_SUFFIX) and not (d / name[:-len(TOKEN_SUFFIX)]).exists():
                     ctx.problems.append(f"{where}: timestamp token without its checkpoint")
+                continue
+            if name.endswith(PARTIAL_SUFFIX):  # being uploaded now, or cut by a crash
+                ctx.warnings.append(f"{where}: stray partial upload")
                 continue
             if not name.endswith(".json"):
                 ctx.problems.append(f"{where}: not a checkpoint")

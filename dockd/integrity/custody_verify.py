@@ -42,6 +42,7 @@ def check_custody(root: Path | None, path: Path, keys: Mapping[str, Ed25519Publi
         entries: list[dict[str, Any]] = []
         report, _heads = verify_segments(root / AUDIT_DIR, keys, collect=entries)
         problems.extend(report.problems)
+        warnings.extend(report.warnings)
         check_revisions_against_trail(root, entries, problems)
         if (root / EXPORT_DIR).exists():
             check_package(root, keys, problems, warnings)

@@ -28,6 +28,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ..delivery.layout import PARTIAL_SUFFIX
 from ..errors import VerifyError
 from .manifest import (
     _strict_json,
@@ -148,6 +149,9 @@ def verify_revisions(root: Path, keys: Mapping[str, Ed25519PublicKey], problems:
             elif not (name.endswith(".sig") and _REV_RE.fullmatch(name[:-4])):
                 if os.path.isdir(d / name):
                     continue  # a deeper prefix level, checked on its own
+                if name.endswith(PARTIAL_SUFFIX):  # being uploaded now, or cut by a crash
+                    warnings.append(f"{where_dir}/{name}: stray partial upload")
+                    continue
                 problems.append(f"{where_dir}/{name}: not a revision file")
         if not seqs:
             continue
