@@ -12,9 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import Config
-from .delivery.recheck import retry_deliveries
 from .store import State, require_database
-from .tiles import acknowledge
 
 
 def add_operator_parsers(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
@@ -43,6 +41,8 @@ def cmd_ack(cfg: Config, args: argparse.Namespace) -> int:
         print("dockd ack: give a PORT or --docking N", file=sys.stderr)
         return 2
     with _writable_state(cfg) as state:
+        from .tiles import acknowledge  # here: registering the parser stays light
+
         done = acknowledge(state, port=args.port, docking_id=args.docking, actor=args.by)
     if not done:
         what = f"docking {args.docking}" if args.docking is not None else f"port {args.port}"
@@ -59,6 +59,8 @@ def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
         print(f"dockd retry: no target named {args.target!r} (configured: "
               f"{', '.join(names) or 'none'})", file=sys.stderr)
         return 2
+    from .delivery.recheck import retry_deliveries
+
     with _writable_state(cfg) as state:
         n = retry_deliveries(state, args.target, actor="operator")
     if args.json:
