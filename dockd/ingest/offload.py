@@ -302,12 +302,7 @@ def _copy_small(fd: int, st: os.stat_result, entry: ClipEntry, staging: Path, fi
     reader = _Reader(fd, st.st_size, min(chunk_size, -(-max(st.st_size, 1) // ALIGN) * ALIGN))
     out: _StagedFile | None = None
     try:
-        _check_free(staging, st.st_size + min_free, what)
-        partial.unlink(missing_ok=True)
-        try:
-            out = _StagedFile(partial, False)
-        except OSError as exc:
-            raise _staging_error(exc, what) from exc
+        out = _open_partial(staging, partial, st.st_size + min_free, False, what)
         reader.start()
         done, extra, st_after = _pump(reader, out, None, what, progress, should_stop)
         _check_complete(done, extra, st, st_after, what)
@@ -337,12 +332,7 @@ def _copy_fresh(fd: int, st: os.stat_result, entry: ClipEntry, staging: Path, fi
     syncer: _Syncer | None = None
     out: _StagedFile | None = None
     try:
-        _check_free(staging, st.st_size + min_free, what)
-        partial.unlink(missing_ok=True)
-        try:
-            out = _StagedFile(partial, direct_io)
-        except OSError as exc:
-            raise _staging_error(exc, what) from exc
+        out = _open_partial(staging, partial, st.st_size + min_free, direct_io, what)
         syncer = _Syncer(out.fd, partial, chunk_size, verify, direct_io and not keep_cached)
         syncer.start()
         reader.start()
@@ -363,6 +353,17 @@ def _copy_fresh(fd: int, st: os.stat_result, entry: ClipEntry, staging: Path, fi
             raise _staging_error(exc, what) from exc
         raise
     return _staged(reader, what, done, sha, final, t0)
+
+
+def _open_partial(staging: Path, partial: Path, need: int, direct: bool, what: str
+                  ) -> _StagedFile:
+    """The ``.partial`` to write, once staging has ``need`` bytes free (a stale one goes)."""
+    _check_free(staging, need, what)
+    partial.unlink(missing_ok=True)
+    try:
+        return _StagedFile(partial, direct)
+    except OSError as exc:
+        raise _staging_error(exc, what) from exc
 
 
 def _mismatch(what: str, back_size: int, back_sha: str, sha: str) -> CopyError:
